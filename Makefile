@@ -1,0 +1,42 @@
+# `make demo` and `make test` each do every set-up step on a fresh machine, then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# The demo keeps its keyring and database under var/ (git-ignored).
+DEMO_ENV := PROVISION_KEYRING=$(CURDIR)/var/demo-keyring.json \
+            PROVISION_DB_URL=sqlite:///$(CURDIR)/var/demo.db \
+            PROVISION_OUTPUT=$(CURDIR)/output
+N ?= 10000
+
+.PHONY: demo test lint typecheck pytest clean install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	mkdir -p var output
+	test -f var/demo-keyring.json || $(DEMO_ENV) $(BIN)/provision keys init
+	$(DEMO_ENV) $(BIN)/provision db upgrade
+	$(DEMO_ENV) $(BIN)/provision run jobs/demo.toml
+
+lint: $(STAMP)
+	$(BIN)/ruff check provision tests benchmarks
+	$(BIN)/ruff format --check provision tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) var output/*.pdf output/*.json output/*.png

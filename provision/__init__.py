@@ -1,0 +1,3 @@
+"""provision: track a manufactured device from the factory floor to its owner."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,573 @@
+"""The `provision` command: each command parses, makes one library call, formats the result."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from tqdm import tqdm
+
+from provision import __version__
+from provision.config import DEFAULT_TTL_DAYS, SETTINGS
+from provision.errors import ManifestError, ProvisionError
+from provision.keys import Keyring, init_keyring, load_keyring
+from provision.payload import verify_payload
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Settings:
+    """The global options, resolved; the registry and keyring open on first use."""
+
+    db: str
+    keyring_path: str | None
+    base_url: str
+    output: str
+    _registry: Any = field(default=None, repr=False)
+    _keyring: Keyring | None = field(default=None, repr=False)
+
+    def registry(self) -> Any:
+        if self._registry is None:
+            from provision.registry import Registry
+
+            self._registry = Registry(self.db)
+        return self._registry
+
+    def keyring(self) -> Keyring:
+        if self._keyring is None:
+            self._keyring = load_keyring(self.keyring_path)
+        return self._keyring
+
+    def close(self) -> None:
+        if self._registry is not None:
+            self._registry.close()
+
+
+class ProvisionGroup(click.Group):
+    """Turns ProvisionError into a one-line `Error: ...` on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ManifestError as exc:
+            for row in exc.rows:
+                click.echo(str(row), err=True)
+            _fail(ctx, exc, "manifest", rows=[str(r) for r in exc.rows])
+        except ProvisionError as exc:
+            _fail(ctx, exc, type(exc).__name__)
+
+
+def _fail(ctx: click.Context, exc: Exception, kind: str, **extra: Any) -> None:
+    if _wants_json(ctx):
+        click.echo(json.dumps({"error": {"type": kind, "message": str(exc), **extra}}))
+    click.echo(f"Error: {exc}", err=True)
+    ctx.exit(1)
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    # The error surfaces in the group, after the subcommand's context is gone: look at the
+    # parameters of the innermost context that was created.
+    return bool(_LAST_PARAMS.get("as_json"))
+
+
+_LAST_PARAMS: dict[str, Any] = {}
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(f)
+
+
+def quiet_option(f: F) -> F:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(f)
+
+
+def emit(as_json: bool, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def progress_bar(quiet: bool) -> Callable[[str, int, int], None]:
+    """A tqdm bar per stage on stderr, shown only for long runs on a terminal."""
+    bars: dict[str, tqdm[Any]] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if quiet or total < 2000:
+            return
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(
+                total=total, desc=stage, unit="dev", file=sys.stderr, disable=None, leave=False
+            )
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def pass_settings(f: F) -> F:
+    @click.pass_obj
+    @functools.wraps(f)
+    def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> Any:
+        _LAST_PARAMS.clear()
+        _LAST_PARAMS.update(kwargs)
+        return f(settings, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings_options(f: F) -> F:
+    """Global options from the settings table, each with its env var."""
+    for s in reversed(SETTINGS):
+        f = click.option(
+            f"--{s.name.replace('_', '-')}",
+            s.name,
+            envvar=s.env,
+            default=s.default,
+            show_default=s.default is not None,
+            show_envvar=True,
+            metavar="PATH" if s.name in ("keyring", "output") else "URL",
+            help=s.help,
+        )(f)
+    return f
+
+
+@click.group(cls=ProvisionGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@settings_options
+@click.option("--verbose", "-v", is_flag=True, help="Log progress messages to stderr.")
+@click.version_option(__version__, prog_name="provision")
+@click.pass_context
+def cli(
+    ctx: click.Context, db: str, keyring: str | None, base_url: str, output: str, verbose: bool
+) -> None:
+    """Register devices, sign their QR codes and print their labels.
+
+    \b
+    Example: the nightly batch of a production line
+      export PROVISION_KEYRING=/etc/provision/keyring.json
+      provision keys init
+      provision run jobs/demo.toml
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    ctx.obj = Settings(db, keyring, base_url, output)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+@cli.group(cls=ProvisionGroup)
+def keys() -> None:
+    """Manage the keyring: signing keys and the serial-hash pepper.
+
+    \b
+    Example:
+      provision --keyring /etc/provision/keyring.json keys init
+    """
+
+
+def _key_rows(keyring: Keyring) -> list[dict[str, Any]]:
+    return [k.public() for k in keyring.keys]
+
+
+def _key_table(keyring: Keyring) -> str:
+    lines = [f"{'KEY':>4}  {'STATE':<12} CREATED"]
+    for k in keyring.keys:
+        extra = f"  (revoked {k.revoked_at})" if k.revoked_at else ""
+        lines.append(f"{k.id:>4}  {k.state:<12} {k.created_at}{extra}")
+    return "\n".join(lines)
+
+
+def _keyring_path(settings: Settings) -> Path:
+    if not settings.keyring_path:
+        load_keyring(None)  # raises the "how to create one" message
+    return Path(str(settings.keyring_path))
+
+
+@keys.command("init")
+@json_option
+@pass_settings
+def keys_init(settings: Settings, as_json: bool) -> None:
+    """Create a new keyring (mode 0600) with one active signing key and a pepper.
+
+    Refuses to overwrite an existing keyring.
+
+    \b
+    Example:
+      PROVISION_KEYRING=/etc/provision/keyring.json provision keys init
+    """
+    path = _keyring_path(settings)
+    keyring = init_keyring(path)
+    emit(
+        as_json,
+        {"keyring": str(path), "keys": _key_rows(keyring)},
+        f"Created keyring {path} (mode 0600) with signing key {keyring.active.id}.",
+    )
+
+
+@keys.command("rotate")
+@json_option
+@pass_settings
+def keys_rotate(settings: Settings, as_json: bool) -> None:
+    """Add a new active signing key; older keys stay valid for verification.
+
+    \b
+    Example:
+      provision keys rotate
+    """
+    keyring = settings.keyring()
+    key = keyring.rotate()
+    keyring.save()
+    emit(
+        as_json,
+        {"key_id": key.id, "keys": _key_rows(keyring)},
+        f"Signing key {key.id} is now active; earlier keys verify only.",
+    )
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+@json_option
+@pass_settings
+def keys_revoke(settings: Settings, key_id: int, as_json: bool) -> None:
+    """Revoke a key: payloads it signed fail with `revoked_key`; its secret is destroyed.
+
+    \b
+    Example:
+      provision keys revoke 1
+    """
+    keyring = settings.keyring()
+    key = keyring.revoke(key_id)
+    keyring.save()
+    emit(as_json, {"key_id": key.id, "keys": _key_rows(keyring)}, f"Key {key.id} revoked.")
+
+
+@keys.command("list")
+@json_option
+@pass_settings
+def keys_list(settings: Settings, as_json: bool) -> None:
+    """List the signing keys and their states (never the secrets).
+
+    \b
+    Example:
+      provision keys list --json
+    """
+    keyring = settings.keyring()
+    emit(as_json, {"keyring": str(keyring.path), "keys": _key_rows(keyring)}, _key_table(keyring))
+
+
+# -- db --------------------------------------------------------------------------------------
+
+
+@cli.group(cls=ProvisionGroup)
+def db() -> None:
+    """Database schema management.
+
+    \b
+    Example:
+      provision --db postgresql+psycopg://provision@db/provision db upgrade
+    """
+
+
+@db.command("upgrade")
+@json_option
+@pass_settings
+def db_upgrade(settings: Settings, as_json: bool) -> None:
+    """Apply every pending migration (also done automatically on first use).
+
+    \b
+    Example:
+      provision db upgrade
+    """
+    from provision.registry import Registry
+
+    registry = Registry(settings.db, migrate=False)
+    try:
+        revision = registry.upgrade()
+    finally:
+        registry.close()
+    emit(
+        as_json,
+        {"db": registry.safe_url, "revision": revision},
+        f"{registry.safe_url} is at revision {revision}.",
+    )
+
+
+# -- the batch -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("serials", type=click.Path(dir_okay=False))
+@click.option("--components", type=click.Path(dir_okay=False), help="Component manifest CSV.")
+@click.option("--batch", help="Batch name (default: manifest name + first 8 hex of its SHA-256).")
+@click.option("--device-type", help="Device type for rows that leave it empty.")
+@click.option(
+    "--ttl-days",
+    type=click.IntRange(min=1),
+    default=DEFAULT_TTL_DAYS,
+    show_default=True,
+    help="Days the QR payload stays valid.",
+)
+@click.option(
+    "--reject-file",
+    type=click.Path(dir_okay=False),
+    help="Let good rows through; write bad rows with a reason column here.",
+)
+@json_option
+@quiet_option
+@pass_settings
+def register(
+    settings: Settings,
+    serials: str,
+    components: str | None,
+    batch: str | None,
+    device_type: str | None,
+    ttl_days: int,
+    reject_file: str | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Validate a serial manifest and register its devices as pending.
+
+    Any bad row stops the batch before anything is written, unless --reject-file is given.
+    Running the same manifest again registers nothing new.
+
+    \b
+    Example:
+      provision register serials.csv --components components.csv --batch line1-20261128
+    """
+    from provision.pipeline import register_batch
+
+    result = register_batch(
+        settings.registry(),
+        settings.keyring(),
+        serials,
+        components_path=components,
+        batch=batch,
+        device_type=device_type,
+        ttl_days=ttl_days,
+        reject_file=reject_file,
+        on_progress=progress_bar(quiet),
+    )
+    for row in result.skipped:
+        click.echo(f"warning: {row}", err=True)
+    data = {
+        "batch": result.batch,
+        "registered": result.registered,
+        "already_registered": result.already_registered,
+        "rejected": result.rejected,
+        "other_batch": result.other_batch,
+        "components": result.components,
+    }
+    if result.reject_file:
+        data["reject_file"] = result.reject_file
+    text = (
+        f"Batch {result.batch}: {result.registered} registered, "
+        f"{result.already_registered} already registered, "
+        f"{result.other_batch} in other batches (skipped), {result.rejected} rejected"
+        + (f" (see {result.reject_file})" if result.reject_file and result.rejected else "")
+        + f"; {result.components} components."
+    )
+    emit(as_json, data, text)
+
+
+@cli.command()
+@click.argument("batch")
+@click.option(
+    "--template",
+    "-t",
+    default="avery-l7160",
+    show_default=True,
+    help="Template name (see templates/) or path of a template TOML file.",
+)
+@click.option(
+    "--start-at",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="First free label position on the first sheet (for a partly used sheet).",
+)
+@json_option
+@quiet_option
+@pass_settings
+def labels(
+    settings: Settings, batch: str, template: str, start_at: int, as_json: bool, quiet: bool
+) -> None:
+    """Render a batch's label sheets to OUTPUT/BATCH.pdf, then OUTPUT/BATCH.json.
+
+    \b
+    Example:
+      provision labels line1-20261128 --template avery-5160 --start-at 5
+    """
+    from provision.labels.templates import load_template
+    from provision.pipeline import render_batch_labels
+
+    tpl = load_template(template)
+    keyring = settings.keyring() if tpl.prints_serial else None
+    result = render_batch_labels(
+        settings.registry(),
+        batch,
+        tpl,
+        settings.output,
+        settings.base_url,
+        keyring=keyring,
+        start_at=start_at,
+        on_progress=progress_bar(quiet),
+    )
+    emit(
+        as_json,
+        result.to_json(),
+        f"{result.labels} labels on {result.pages} pages ({result.template}): {result.pdf}",
+    )
+
+
+@cli.command()
+@click.argument("job", type=click.Path(dir_okay=False))
+@json_option
+@quiet_option
+@pass_settings
+def run(settings: Settings, job: str, as_json: bool, quiet: bool) -> None:
+    """Run a job file: register its manifests, then render its labels.
+
+    \b
+    Example (a cron line):
+      30 1 * * *  cd /srv/provision && provision run jobs/line1.toml --quiet
+    """
+    from provision.jobs import load_job, run_job
+
+    parsed = load_job(job)
+    result = run_job(
+        settings.registry(),
+        settings.keyring(),
+        parsed,
+        base_url=settings.base_url,
+        output_dir=settings.output,
+        on_progress=progress_bar(quiet),
+    )
+    for row in result.register.skipped:
+        click.echo(f"warning: {row}", err=True)
+    r, lab = result.register, result.labels
+    text = (
+        f"Batch {r.batch}: {r.registered} registered, {r.already_registered} already "
+        f"registered, {r.other_batch} in other batches, {r.rejected} rejected.\n"
+        f"Labels: {lab.labels} on {lab.pages} pages ({lab.template})\n"
+        f"PDF: {lab.pdf}\nSummary: {lab.summary}"
+    )
+    emit(as_json, result.to_json(), text)
+
+
+@cli.command()
+@click.argument("payload")
+@json_option
+@pass_settings
+def verify(settings: Settings, payload: str, as_json: bool) -> None:
+    """Check a payload or scanned URL offline (no database); `-` reads one per line from stdin.
+
+    Exit code 1 when any payload is invalid.
+
+    \b
+    Example:
+      provision verify HTTP://LOCALHOST:5001/A/AEAX...
+      scanner-dump | provision verify - --json
+    """
+    keyring = settings.keyring()
+    items = (line.strip() for line in sys.stdin) if payload == "-" else iter([payload])
+    all_valid = True
+    for item in items:
+        if payload == "-" and not item:
+            continue
+        result = verify_payload(item, keyring)
+        all_valid &= result.valid
+        if as_json:
+            click.echo(json.dumps(result.to_json()))
+        elif result.valid:
+            assert result.expires_at is not None
+            click.echo(
+                f"valid: device {result.device_id}, key {result.key_id}, "
+                f"expires {result.expires_at.isoformat()}"
+            )
+        else:
+            click.echo(f"invalid: {result.reason}")
+    if not all_valid:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("serial")
+@click.argument("device_type", metavar="TYPE")
+@click.option(
+    "--component",
+    "components",
+    multiple=True,
+    metavar="TYPE=SPEC",
+    help="A fitted component; repeat for several.",
+)
+@click.option(
+    "--template",
+    "-t",
+    default="thermal-50x30",
+    show_default=True,
+    help="Template of the one-label PDF.",
+)
+@click.option("--ttl-days", type=click.IntRange(min=1), default=DEFAULT_TTL_DAYS, show_default=True)
+@json_option
+@pass_settings
+def generate(
+    settings: Settings,
+    serial: str,
+    device_type: str,
+    components: tuple[str, ...],
+    template: str,
+    ttl_days: int,
+    as_json: bool,
+) -> None:
+    """Register one device; print its id and QR URL, write a PNG and a one-label PDF.
+
+    \b
+    Example:
+      provision generate SN-000123 sensor --component battery=CR2032 --component mcu=STM32L4
+    """
+    from provision.labels.templates import load_template
+    from provision.pipeline import generate_device
+
+    parsed = []
+    for c in components:
+        t, sep, spec = c.partition("=")
+        if not sep or not t.strip() or not spec.strip():
+            raise click.BadParameter(f"{c!r} is not TYPE=SPEC", param_hint="--component")
+        parsed.append((t.strip(), spec.strip()))
+    tpl = load_template(template)
+    result = generate_device(
+        settings.registry(),
+        settings.keyring(),
+        serial,
+        device_type,
+        settings.base_url,
+        settings.output,
+        tpl,
+        components=parsed,
+        ttl_days=ttl_days,
+    )
+    status = "registered" if result.created else "already registered"
+    emit(
+        as_json,
+        result.to_json(),
+        f"Device {result.device_id} ({status}, batch {result.batch})\n"
+        f"URL: {result.url}\nPNG: {result.png}\nPDF: {result.pdf}",
+    )
+
+
+def main() -> None:
+    cli(prog_name="provision")

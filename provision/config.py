@@ -1,0 +1,56 @@
+"""Settings as data: one row per global option, with its env var, default and help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A global option of the `provision` command."""
+
+    name: str
+    env: str
+    default: str | None
+    help: str
+
+
+DEFAULT_DB_URL = "sqlite:///provision.db"
+DEFAULT_BASE_URL = "http://localhost:5001"
+DEFAULT_OUTPUT = "output"
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "db",
+        "PROVISION_DB_URL",
+        DEFAULT_DB_URL,
+        "SQLAlchemy database URL. Default: the SQLite file provision.db in the current "
+        "directory; use postgresql+psycopg://... when several lines share one registry.",
+    ),
+    Setting(
+        "keyring",
+        "PROVISION_KEYRING",
+        None,
+        "Path of the keyring file (mode 0600) holding the signing keys and the serial pepper. "
+        "No default: create one with `provision keys init`.",
+    ),
+    Setting(
+        "base_url",
+        "PROVISION_BASE_URL",
+        DEFAULT_BASE_URL,
+        "Base URL of the activation service; QR codes hold BASE_URL/A/TOKEN.",
+    ),
+    Setting(
+        "output",
+        "PROVISION_OUTPUT",
+        DEFAULT_OUTPUT,
+        "Folder the print stations watch: label PDFs and their summary JSON land here.",
+    ),
+)
+
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+# Rows per transaction on the bulk paths: big enough to amortise commits, small enough that a
+# killed batch loses little work and memory stays flat.
+DEFAULT_CHUNK_SIZE = 5000
+DEFAULT_TTL_DAYS = 730

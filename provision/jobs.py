@@ -1,0 +1,143 @@
+"""Job files (TOML) for nightly batches: which manifests, which batch, which template."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from provision.config import DEFAULT_TTL_DAYS
+from provision.errors import JobError
+from provision.keys import Keyring
+from provision.labels.templates import load_template
+from provision.pipeline import (
+    LabelsResult,
+    Progress,
+    RegisterResult,
+    no_progress,
+    register_batch,
+    render_batch_labels,
+)
+from provision.registry import Registry, utcnow
+
+KEYS = {
+    "batch": 'batch name; may hold {date}, e.g. "line1-{date:%Y%m%d}"',
+    "serials": "serial manifest, relative to the job file",
+    "components": "component manifest, relative to the job file (optional)",
+    "template": "label template name or TOML path (default avery-l7160)",
+    "ttl_days": f"days a label's QR stays valid (default {DEFAULT_TTL_DAYS})",
+    "device_type": "device type for rows that leave it empty (optional)",
+    "start_at": "first label position on the first sheet (default 1)",
+    "reject_file": "let good rows through and write bad ones here (optional)",
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    """A parsed job file, paths resolved against the file's folder."""
+
+    path: Path
+    batch: str
+    serials: Path
+    components: Path | None
+    template: str
+    ttl_days: int
+    device_type: str | None
+    start_at: int
+    reject_file: Path | None
+
+
+@dataclass
+class JobResult:
+    job: str
+    register: RegisterResult
+    labels: LabelsResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job, "register": self.register.to_json(), "labels": asdict(self.labels)}
+
+
+def load_job(path: str | Path, now: datetime | None = None) -> Job:
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobError(f"{p}: job file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise JobError(f"{p}: cannot read job file: {exc}") from None
+    unknown = sorted(set(data) - set(KEYS))
+    if unknown:
+        raise JobError(f"{p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(KEYS)}")
+    for key in ("batch", "serials"):
+        if not isinstance(data.get(key), str) or not data[key]:
+            raise JobError(f"{p}: `{key}` is required ({KEYS[key]})")
+    base = p.parent
+
+    def rel(key: str) -> Path | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise JobError(f"{p}: `{key}` must be a string path")
+        return base / value
+
+    try:
+        batch = data["batch"].format(date=now or utcnow())
+    except (KeyError, ValueError, IndexError) as exc:
+        raise JobError(f"{p}: `batch` has a bad placeholder: {exc}") from None
+    for key in ("ttl_days", "start_at"):
+        if key in data and not isinstance(data[key], int):
+            raise JobError(f"{p}: `{key}` must be a whole number")
+    template = data.get("template", "avery-l7160")
+    if template.endswith(".toml"):
+        template = str(base / template)
+    serials = rel("serials")
+    assert serials is not None
+    return Job(
+        path=p,
+        batch=batch,
+        serials=serials,
+        components=rel("components"),
+        template=template,
+        ttl_days=int(data.get("ttl_days", DEFAULT_TTL_DAYS)),
+        device_type=data.get("device_type"),
+        start_at=int(data.get("start_at", 1)),
+        reject_file=rel("reject_file"),
+    )
+
+
+def run_job(
+    registry: Registry,
+    keyring: Keyring,
+    job: Job,
+    *,
+    base_url: str,
+    output_dir: str | Path,
+    on_progress: Progress = no_progress,
+) -> JobResult:
+    """Register the job's manifests, then render its labels."""
+    template = load_template(job.template)  # a bad template fails before anything is written
+    registered = register_batch(
+        registry,
+        keyring,
+        job.serials,
+        components_path=job.components,
+        batch=job.batch,
+        device_type=job.device_type,
+        ttl_days=job.ttl_days,
+        reject_file=job.reject_file,
+        on_progress=on_progress,
+    )
+    labels = render_batch_labels(
+        registry,
+        job.batch,
+        template,
+        output_dir,
+        base_url,
+        keyring=keyring,
+        start_at=job.start_at,
+        on_progress=on_progress,
+    )
+    return JobResult(str(job.path), registered, labels)

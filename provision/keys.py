@@ -1,0 +1,198 @@
+"""Keyring: signing keys with ids and states, the serial-hash pepper and the data key.
+
+The keyring is one JSON file with mode 0600, named by PROVISION_KEYRING. There is no default
+key anywhere: a command that needs keys and finds no keyring says how to create one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from provision.errors import KeyringError
+from provision.files import write_atomic
+
+KeyState = Literal["active", "verify-only", "revoked"]
+FORMAT = "provision-keyring/1"
+SECRET_BYTES = 32
+MAX_KEY_ID = 255  # the key id is one byte of the payload
+
+
+@dataclass
+class SigningKey:
+    """One HMAC signing key; a revoked key keeps its id but loses its secret."""
+
+    id: int
+    state: KeyState
+    secret: bytes | None
+    created_at: str
+    revoked_at: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The key as `keys list` shows it: never the secret."""
+        return {
+            "key_id": self.id,
+            "state": self.state,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+@dataclass
+class Keyring:
+    """The loaded keyring; `save` writes it back atomically with mode 0600."""
+
+    path: Path
+    pepper: bytes
+    data_key: bytes
+    keys: list[SigningKey] = field(default_factory=list)
+
+    @property
+    def active(self) -> SigningKey:
+        """The key new payloads are signed with."""
+        for key in self.keys:
+            if key.state == "active":
+                return key
+        raise KeyringError(
+            f"{self.path}: no active signing key (all revoked); run `provision keys rotate`"
+        )
+
+    def get(self, key_id: int) -> SigningKey | None:
+        """The key with this id, or None when the keyring never had it."""
+        for key in self.keys:
+            if key.id == key_id:
+                return key
+        return None
+
+    def rotate(self) -> SigningKey:
+        """Add a new active key; the previous active key stays valid for verification."""
+        next_id = max((k.id for k in self.keys), default=0) + 1
+        if next_id > MAX_KEY_ID:
+            raise KeyringError(f"{self.path}: all {MAX_KEY_ID} key ids are used")
+        for key in self.keys:
+            if key.state == "active":
+                key.state = "verify-only"
+        key = SigningKey(next_id, "active", secrets.token_bytes(SECRET_BYTES), _now())
+        self.keys.append(key)
+        return key
+
+    def revoke(self, key_id: int) -> SigningKey:
+        """Revoke a key: its payloads fail with `revoked_key` and its secret is destroyed."""
+        key = self.get(key_id)
+        if key is None:
+            known = ", ".join(str(k.id) for k in self.keys)
+            raise KeyringError(f"{self.path}: no key with id {key_id} (known: {known})")
+        if key.state == "revoked":
+            raise KeyringError(f"{self.path}: key {key_id} is already revoked")
+        key.state = "revoked"
+        key.secret = None
+        key.revoked_at = _now()
+        return key
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "pepper": _b64(self.pepper),
+            "data_key": _b64(self.data_key),
+            "keys": [
+                {
+                    "id": k.id,
+                    "state": k.state,
+                    "secret": _b64(k.secret) if k.secret is not None else None,
+                    "created_at": k.created_at,
+                    "revoked_at": k.revoked_at,
+                }
+                for k in self.keys
+            ],
+        }
+
+    def save(self) -> None:
+        """Write the keyring atomically, never readable by group or others."""
+        write_atomic(self.path, json.dumps(self.to_json(), indent=2).encode(), mode=0o600)
+
+
+def init_keyring(path: Path) -> Keyring:
+    """Create a new keyring with one active key; refuse to overwrite an existing file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keyring = Keyring(path, secrets.token_bytes(SECRET_BYTES), secrets.token_bytes(SECRET_BYTES))
+    keyring.rotate()
+    data = json.dumps(keyring.to_json(), indent=2).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyringError(
+            f"{path}: keyring already exists; refusing to overwrite it "
+            "(use `provision keys rotate` for a new signing key)"
+        ) from None
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is filtered by the umask
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return keyring
+
+
+def load_keyring(path: str | Path | None) -> Keyring:
+    """Load and check the keyring named by --keyring / PROVISION_KEYRING."""
+    if not path:
+        raise KeyringError(
+            "no keyring given: set PROVISION_KEYRING (or --keyring) to a file path, "
+            "and create the file once with `provision keys init`"
+        )
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise KeyringError(
+            f"{p}: keyring not found; create it with `provision --keyring {p} keys init`"
+        ) from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise KeyringError(
+            f"{p}: keyring is readable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); run `chmod 600 {p}`"
+        )
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"unknown format {raw.get('format')!r}")
+        keys = [
+            SigningKey(
+                id=int(k["id"]),
+                state=k["state"],
+                secret=_unb64(k["secret"]) if k.get("secret") else None,
+                created_at=k["created_at"],
+                revoked_at=k.get("revoked_at"),
+            )
+            for k in raw["keys"]
+        ]
+        keyring = Keyring(p, _unb64(raw["pepper"]), _unb64(raw["data_key"]), keys)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KeyringError(f"{p}: not a valid provision keyring ({exc})") from None
+    for key in keyring.keys:
+        if key.state not in ("active", "verify-only", "revoked"):
+            raise KeyringError(f"{p}: key {key.id} has unknown state {key.state!r}")
+        if key.state != "revoked" and (key.secret is None or len(key.secret) < 16):
+            raise KeyringError(f"{p}: key {key.id} has no usable secret")
+    if len(keyring.pepper) < 16 or len(keyring.data_key) != 32:
+        raise KeyringError(f"{p}: pepper or data key has the wrong length")
+    return keyring
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode("ascii")
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s.encode("ascii"), validate=True)

@@ -1,0 +1,1 @@
+"""Label sheets: templates (geometry as data) and renderers."""

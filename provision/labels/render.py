@@ -1,0 +1,144 @@
+"""PDF label sheets: one vector path per QR code, snapped to the printer's dot grid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from reportlab.lib.units import mm
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
+from reportlab.pdfgen.canvas import Canvas
+
+from provision.errors import TemplateError
+from provision.labels.templates import Template
+from provision.qr import QUIET_ZONE, encode_qr
+
+# Bitstream Vera ships inside reportlab; registering it as a TrueType font embeds a subset in
+# every PDF, so a print station without the font prints exactly what we drew.
+FONT, FONT_BOLD = "ProvisionVera", "ProvisionVeraBold"
+MIN_FONT_SIZE = 4.0
+LINE_SPACING = 1.2
+
+
+@dataclass(frozen=True)
+class LabelData:
+    """What one label shows."""
+
+    device_id: str
+    url: str
+    device_type: str = ""
+    model: str | None = None
+    manufacturer: str | None = None
+    serial: str | None = None
+    batch: str | None = None
+
+    def field_text(self, field: str) -> str:
+        values = {
+            "device_id": f"ID {self.device_id}",
+            "device_type": self.device_type,
+            "model": self.model or "",
+            "type_model": " · ".join(v for v in (self.device_type, self.model) if v),
+            "manufacturer": self.manufacturer or "",
+            "serial": f"S/N {self.serial}" if self.serial else "",
+            "batch": f"Batch {self.batch}" if self.batch else "",
+        }
+        return values[field]
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    labels: int
+    pages: int
+
+
+def _register_fonts() -> None:
+    if FONT not in pdfmetrics.getRegisteredFontNames():
+        pdfmetrics.registerFont(TTFont(FONT, "Vera.ttf"))
+        pdfmetrics.registerFont(TTFont(FONT_BOLD, "VeraBd.ttf"))
+
+
+def render_label_sheets(
+    labels: Iterable[LabelData],
+    template: Template,
+    out: BinaryIO | str | Path,
+    *,
+    start_at: int = 1,
+    title: str = "provision labels",
+) -> RenderResult:
+    """Draw every label onto sheets of `template`; `start_at` skips used positions of page 1."""
+    if start_at < 1 or start_at > template.per_page:
+        raise TemplateError(
+            f"--start-at must be between 1 and {template.per_page} for {template.name}"
+        )
+    _register_fonts()
+    page_size = (template.page_width * mm, template.page_height * mm)
+    canvas = Canvas(out, pagesize=page_size, invariant=True, pageCompression=1)
+    canvas.setTitle(title)
+    canvas.setCreator("provision")
+    # Viewers default to "fit to page" (96%): that would shift every label off its die-cut.
+    canvas.setViewerPreference("PrintScaling", "None")
+    position, count, pages = start_at - 1, 0, 0
+    for label in labels:
+        if count == 0:
+            pages = 1
+        elif position == template.per_page:
+            canvas.showPage()
+            position, pages = 0, pages + 1
+        _draw_label(canvas, template, position, label)
+        position += 1
+        count += 1
+    if count:
+        canvas.showPage()
+    canvas.save()
+    return RenderResult(labels=count, pages=pages)
+
+
+def _draw_label(canvas: Canvas, t: Template, position: int, label: LabelData) -> None:
+    x0, y0 = t.label_origin(position)  # mm from the page's top-left
+    symbol = encode_qr(label.url)
+    m = t.module_size(symbol.size)
+    total = (symbol.size + 2 * QUIET_ZONE) * m
+    # The quiet zone sits inside the label; the dark area starts on a whole printer dot.
+    qx = _snap(x0 + t.edge + QUIET_ZONE * m, t.dot)
+    qy = _snap(y0 + (t.label_height - total) / 2 + QUIET_ZONE * m, t.dot)
+    page_h = t.page_height
+    path = canvas.beginPath()
+    for row, col, run in symbol.runs:
+        path.rect((qx + col * m) * mm, (page_h - qy - (row + 1) * m) * mm, run * m * mm, m * mm)
+    canvas.drawPath(path, stroke=0, fill=1)
+
+    text_left = qx + (symbol.size + QUIET_ZONE) * m
+    text_width = x0 + t.label_width - t.edge - 0.5 - text_left
+    lines = [(f, label.field_text(f)) for f in t.fields]
+    lines = [(f, s) for f, s in lines if s]
+    if not lines or text_width <= 2:
+        return
+    size = t.font_size
+    block = len(lines) * size * LINE_SPACING / 72 * 25.4  # mm
+    y = y0 + (t.label_height - block) / 2
+    for field, text in lines:
+        font = FONT_BOLD if field == "device_id" else FONT
+        fitted, fsize = _fit(text, font, size, text_width * mm)
+        y += size * LINE_SPACING / 72 * 25.4
+        canvas.setFont(font, fsize)
+        canvas.drawString(text_left * mm, (page_h - y + size * 0.25 / 72 * 25.4) * mm, fitted)
+
+
+def _fit(text: str, font: str, size: float, width_pt: float) -> tuple[str, float]:
+    """Shrink the text down to MIN_FONT_SIZE, then cut it with an ellipsis, to fit the width."""
+    w = pdfmetrics.stringWidth(text, font, size)
+    if w <= width_pt:
+        return text, size
+    smaller = max(MIN_FONT_SIZE, size * width_pt / w)
+    if pdfmetrics.stringWidth(text, font, smaller) <= width_pt:
+        return text, smaller
+    while text and pdfmetrics.stringWidth(text + "…", font, smaller) > width_pt:
+        text = text[:-1]
+    return text + "…", smaller
+
+
+def _snap(value_mm: float, dot_mm: float) -> float:
+    return round(value_mm / dot_mm) * dot_mm

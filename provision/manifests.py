@@ -1,0 +1,289 @@
+"""CSV manifests -> validated pandas frames; every bad row reported with its line and column.
+
+Reading uses the csv module (it tracks physical line numbers across quoted line breaks, which
+pandas' parser cannot report); the checks themselves are vectorised over the frame.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from provision.errors import ManifestError, RowError
+from provision.files import atomic_writer
+from provision.serials import GS1_AI82_RE, MAX_SERIAL_LENGTH, describe_char, serial_problem
+
+MAX_TEXT_LENGTH = 128
+LINE = "source_line"  # the physical line a row starts on (csv tracks quoted line breaks)
+_UNDECODABLE = "[\udc80-\udcff]"
+_CONTROL = "[\x00-\x1f\x7f]"
+
+
+@dataclass(frozen=True)
+class ManifestSpec:
+    """Which columns a kind of manifest has."""
+
+    kind: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...]
+    serial_columns: tuple[str, ...] = ("serial",)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+SERIALS = ManifestSpec(
+    "serials",
+    required=("serial",),
+    optional=("device_type", "manufacturer", "model", "manufactured_at", "line"),
+)
+COMPONENTS = ManifestSpec(
+    "components",
+    required=("serial", "component_type", "component_spec"),
+    optional=("component_serial", "supplier", "lot"),
+)
+
+
+@dataclass
+class Manifest:
+    """A parsed manifest: every spec column present (empty strings where absent) plus `_line`."""
+
+    path: Path
+    spec: ManifestSpec
+    frame: pd.DataFrame
+    header: list[str]
+    sha256: str
+    errors: list[RowError] = field(default_factory=list)
+    fatal: bool = False  # a file-level problem: no row can go through
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def bad_lines(self) -> set[int]:
+        return {e.line for e in self.errors}
+
+    def add_errors(self, errors: Iterable[RowError]) -> None:
+        self.errors.extend(errors)
+
+    def good_rows(self) -> pd.DataFrame:
+        bad = self.bad_lines()
+        return self.frame[~self.frame[LINE].isin(bad)] if bad else self.frame
+
+    def raise_if_bad(self) -> None:
+        if self.errors:
+            raise ManifestError(sorted(self.errors))
+
+
+def read_manifest(
+    path: str | Path, spec: ManifestSpec, *, device_type_default: str | None = None
+) -> Manifest:
+    """Read and validate one manifest; problems are collected in `errors`, never raised here."""
+    p = Path(path)
+    name = str(p)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ManifestError([RowError(name, 0, "-", f"cannot read file: {exc.strerror}")]) from None
+    sha = hashlib.sha256(data).hexdigest()
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in (*spec.columns, LINE)})
+
+    def fatal(line: int, column: str, reason: str) -> Manifest:
+        return Manifest(p, spec, empty, [], sha, [RowError(name, line, column, reason)], True)
+
+    if not data.strip():
+        return fatal(1, "-", "file is empty")
+    # surrogateescape keeps undecodable bytes as lone surrogates, so each one can be located
+    # by line and column after parsing instead of failing the whole file at the first one.
+    text = data.decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
+    rows: list[list[str]] = []
+    lines: list[int] = []
+    header: list[str] | None = None
+    header_line = 1
+    prev = 0
+    try:
+        for row in reader:
+            start = prev + 1
+            prev = reader.line_num
+            if not row or all(not v.strip() for v in row):
+                continue
+            if header is None:
+                header, header_line = row, start
+                continue
+            rows.append(row)
+            lines.append(start)
+    except csv.Error as exc:
+        return fatal(prev + 1, "-", f"CSV syntax error: {exc}")
+    assert header is not None
+    return build_manifest(p, spec, header, header_line, rows, lines, sha, device_type_default)
+
+
+def build_manifest(
+    p: Path,
+    spec: ManifestSpec,
+    header: list[str],
+    header_line: int,
+    rows: list[list[str]],
+    lines: list[int],
+    sha: str,
+    device_type_default: str | None = None,
+) -> Manifest:
+    """Validate parsed rows (also used for rows that come from the command line)."""
+    name = str(p)
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in (*spec.columns, LINE)})
+    names = [h.strip().lower() for h in header]
+    errors: list[RowError] = []
+    for i, h in enumerate(names):
+        if h and names.index(h) != i:
+            errors.append(RowError(name, header_line, h, "column appears twice in the header"))
+    missing = [c for c in spec.required if c not in names]
+    for c in missing:
+        errors.append(RowError(name, header_line, c, "required column missing from the header"))
+    if spec is SERIALS and "device_type" not in names and not device_type_default:
+        errors.append(
+            RowError(
+                name,
+                header_line,
+                "device_type",
+                "column missing and no --device-type default given",
+            )
+        )
+    if errors:
+        return Manifest(p, spec, empty, names, sha, errors, True)
+    if not rows:
+        errors = [RowError(name, header_line, "-", "no data rows (the file has only a header)")]
+        return Manifest(p, spec, empty, names, sha, errors, True)
+
+    width = len(names)
+    for row, line in zip(rows, lines, strict=True):
+        if len(row) != width:
+            errors.append(
+                RowError(name, line, "-", f"row has {len(row)} fields, the header has {width}")
+            )
+    padded = [r[:width] + [""] * (width - len(r)) if len(r) != width else r for r in rows]
+    raw = pd.DataFrame(padded, columns=pd.Index(range(width)), dtype=object)
+    frame = pd.DataFrame(index=raw.index)
+    for c in spec.columns:
+        frame[c] = raw[names.index(c)].str.strip() if c in names else ""
+    frame[LINE] = lines
+    manifest = Manifest(p, spec, frame, names, sha, errors)
+    manifest.add_errors(_check_rows(manifest, raw, names, device_type_default))
+    return manifest
+
+
+def _check_rows(
+    m: Manifest, raw: pd.DataFrame, names: list[str], device_type_default: str | None
+) -> list[RowError]:
+    f, name, errors = m.frame, m.name, []
+
+    def flag(mask: pd.Series, column: str, reason: str) -> None:
+        errors.extend(RowError(name, int(line), column, reason) for line in f.loc[mask, LINE])
+
+    # Undecodable bytes first: such a cell is reported for its encoding, not its content.
+    undecodable = pd.Series(False, index=f.index)
+    for i, col in enumerate(names):
+        hit = raw[i].str.contains(_UNDECODABLE, regex=True)
+        if hit.any():
+            for idx in f.index[hit]:
+                bad = next(c for c in raw.at[idx, i] if "\udc80" <= c <= "\udcff")
+                errors.append(
+                    RowError(
+                        name,
+                        int(f.at[idx, LINE]),
+                        col or f"column {i + 1}",
+                        f"not valid UTF-8 ({describe_char(bad)})",
+                    )
+                )
+            undecodable |= hit
+
+    serial = f["serial"]
+    checked = ~undecodable
+    ok = serial.str.fullmatch(GS1_AI82_RE.pattern) & (serial.str.len() <= MAX_SERIAL_LENGTH)
+    for idx in f.index[checked & ~ok]:
+        errors.append(
+            RowError(name, int(f.at[idx, LINE]), "serial", str(serial_problem(serial.at[idx])))
+        )
+
+    if m.spec is SERIALS:
+        dup = serial.duplicated(keep=False) & (serial != "") & checked
+        if dup.any():
+            groups = f.loc[dup].groupby("serial", sort=False)[LINE].apply(list)
+            for group in groups:
+                first = group[0]
+                others = ", ".join(str(x) for x in group[1:])
+                errors.append(
+                    RowError(name, first, "serial", f"same serial again on line {others}")
+                )
+                errors.extend(
+                    RowError(name, line, "serial", f"same serial as line {first}")
+                    for line in group[1:]
+                )
+        if device_type_default:
+            f.loc[f["device_type"] == "", "device_type"] = device_type_default
+        flag(
+            checked & (f["device_type"] == ""),
+            "device_type",
+            "device type missing and no --device-type default given",
+        )
+        stamp = f["manufactured_at"]
+        given = checked & (stamp != "")
+        if given.any():
+            parsed = pd.to_datetime(stamp.where(given), format="ISO8601", errors="coerce", utc=True)
+            flag(given & parsed.isna(), "manufactured_at", "not an ISO 8601 date or date-time")
+    else:
+        for col in ("component_type", "component_spec"):
+            flag(checked & (f[col] == ""), col, "required value is empty")
+
+    for col in m.spec.columns:
+        if col in ("serial", "manufactured_at"):
+            continue
+        values = f[col]
+        flag(
+            checked & (values.str.len() > MAX_TEXT_LENGTH),
+            col,
+            f"longer than {MAX_TEXT_LENGTH} characters",
+        )
+        flag(
+            checked & values.str.contains(_CONTROL, regex=True), col, "contains a control character"
+        )
+    return errors
+
+
+def write_rejects(path: str | Path, manifests: Sequence[Manifest]) -> int:
+    """Write every bad row with its reasons to PATH (atomically); returns the number of rows.
+
+    Serial and component manifests have different columns, so the reject file holds the file and
+    line of each bad row, every manifest column, and `reason` (all reasons of that row, joined).
+    """
+    columns: list[str] = []
+    for m in manifests:
+        columns += [c for c in m.spec.columns if c not in columns]
+    out_rows: list[list[str]] = []
+    for m in manifests:
+        reasons: dict[int, list[str]] = {}
+        for e in sorted(m.errors):
+            reasons.setdefault(e.line, []).append(f"{e.column}: {e.reason}")
+        by_line = m.frame.set_index(LINE) if len(m.frame) else None
+        for line, why in sorted(reasons.items()):
+            values = by_line.loc[line] if by_line is not None and line in by_line.index else None
+            out_rows.append(
+                [m.name, str(line)]
+                + [str(values[c]) if values is not None and c in values else "" for c in columns]
+                + ["; ".join(why)]
+            )
+    with atomic_writer(path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        w = csv.writer(text)
+        w.writerow(["file", "line", *columns, "reason"])
+        w.writerows(out_rows)
+        text.flush()
+        text.detach()
+    return len(out_rows)

@@ -1,0 +1,106 @@
+"""Compact signed payload: the token in the QR URL `BASE_URL/A/TOKEN`.
+
+TOKEN is RFC 4648 base32 (no padding) of 30 bytes, so exactly 48 characters:
+
+    version (1) | key id (1) | device id (8) | expiry, unix seconds (4) | tag (16)
+
+tag = HMAC-SHA256(key, PURPOSE || the 14 bytes before it), truncated to 16 bytes. The purpose
+string means a tag made for activation payloads is useless anywhere else. Uppercase base32 and an
+uppercased base URL keep the whole URL in QR alphanumeric mode (version 4 at ECC M).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from provision.keys import Keyring
+
+VERSION = 1
+PURPOSE = b"provision/activation-payload/v1\x00"
+TAG_BYTES = 16
+TOKEN_CHARS = 48
+_HEADER = struct.Struct(">BB8sI")
+_TOKEN_RE = re.compile(rf"[A-Z2-7]{{{TOKEN_CHARS}}}")
+_URL_SPLIT = re.compile(r"/A/", re.IGNORECASE)
+
+Reason = Literal["malformed", "forged", "unknown_key", "revoked_key", "expired"]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of verifying one payload; `reason` is set exactly when not valid."""
+
+    valid: bool
+    reason: Reason | None = None
+    device_id: str | None = None
+    key_id: int | None = None
+    expires_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if not self.valid:
+            return {"valid": False, "reason": self.reason}
+        assert self.expires_at is not None
+        return {
+            "valid": True,
+            "device_id": self.device_id,
+            "key_id": self.key_id,
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+def sign_token(key_id: int, secret: bytes, device_id: str, expires_at: int) -> str:
+    """Build the 48-character token for one device."""
+    header = _HEADER.pack(VERSION, key_id, bytes.fromhex(device_id), expires_at)
+    tag = hmac.new(secret, PURPOSE + header, hashlib.sha256).digest()[:TAG_BYTES]
+    return base64.b32encode(header + tag).decode("ascii")
+
+
+def payload_url(base_url: str, token: str) -> str:
+    """The QR content: uppercase so the whole URL stays in QR alphanumeric mode."""
+    return f"{base_url.rstrip('/')}/A/{token}".upper()
+
+
+def extract_token(payload_or_url: str) -> str:
+    """The token part of a scanned URL, or the argument itself when it is a bare token."""
+    text = payload_or_url.strip()
+    parts = _URL_SPLIT.split(text)
+    return parts[-1].strip("/").upper() if len(parts) > 1 else text.upper()
+
+
+def verify_payload(
+    payload_or_url: str, keyring: Keyring, now: datetime | None = None
+) -> Verification:
+    """Check format, key, signature and expiry; no database involved."""
+    token = extract_token(payload_or_url)
+    if not _TOKEN_RE.fullmatch(token):
+        return Verification(False, "malformed")
+    try:
+        raw = base64.b32decode(token)
+    except binascii.Error:
+        return Verification(False, "malformed")
+    header, tag = raw[: _HEADER.size], raw[_HEADER.size :]
+    version, key_id, dev, expiry = _HEADER.unpack(header)
+    if version != VERSION:
+        return Verification(False, "malformed")
+    key = keyring.get(key_id)
+    if key is None:
+        return Verification(False, "unknown_key", key_id=key_id)
+    if key.state == "revoked" or key.secret is None:
+        return Verification(False, "revoked_key", key_id=key_id)
+    expected = hmac.new(key.secret, PURPOSE + header, hashlib.sha256).digest()[:TAG_BYTES]
+    if not hmac.compare_digest(expected, tag):
+        return Verification(False, "forged", key_id=key_id)
+    expires_at = datetime.fromtimestamp(expiry, UTC)
+    if (now or datetime.now(UTC)) >= expires_at:
+        return Verification(
+            False, "expired", device_id=dev.hex(), key_id=key_id, expires_at=expires_at
+        )
+    return Verification(True, None, dev.hex(), key_id, expires_at)

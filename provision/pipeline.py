@@ -1,0 +1,509 @@
+"""The nightly batch: validate -> hash -> register -> sign, in chunks; then render labels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS
+from provision.errors import BatchError, ManifestError, ProvisionError, RowError
+from provision.files import atomic_writer, write_atomic
+from provision.keys import Keyring
+from provision.labels.render import LabelData, render_label_sheets
+from provision.labels.templates import Template
+from provision.manifests import (
+    COMPONENTS,
+    LINE,
+    SERIALS,
+    Manifest,
+    build_manifest,
+    read_manifest,
+    write_rejects,
+)
+from provision.payload import payload_url, sign_token
+from provision.qr import save_png
+from provision.registry import PENDING, Registry, utcnow
+from provision.serials import (
+    component_row_hash,
+    decrypt_serial,
+    device_id,
+    encrypt_serial,
+    serial_hash,
+    serial_problem,
+)
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""on_progress(stage, done, total): the CLI wires tqdm to it; the library never imports tqdm."""
+
+BATCH_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass
+class RegisterResult:
+    """What `register` did; `skipped` names every serial that belongs to another batch."""
+
+    batch: str
+    registered: int = 0
+    already_registered: int = 0
+    rejected: int = 0
+    other_batch: int = 0
+    components: int = 0
+    skipped: list[RowError] = field(default_factory=list)
+    reject_file: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["skipped"] = [str(e) for e in self.skipped]
+        return d
+
+
+@dataclass
+class LabelsResult:
+    """Where a batch's labels went, as recorded in the summary JSON beside the PDF."""
+
+    batch: str
+    pdf: str
+    summary: str
+    labels: int
+    pages: int
+    template: str
+    sha256: str
+    start_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_batch_name(name: str) -> str:
+    if not BATCH_NAME_RE.fullmatch(name):
+        raise BatchError(
+            f"batch name {name!r} is not usable: 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (it becomes a file name in the output folder)"
+        )
+    return name
+
+
+def default_batch_name(serials: Manifest) -> str:
+    """Stable across reruns of the same manifest, distinct for a different one."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", serials.path.stem).strip(".-_") or "batch"
+    return f"{stem[:48]}-{serials.sha256[:8]}"
+
+
+def register_batch(
+    registry: Registry,
+    keyring: Keyring,
+    serials_path: str | Path,
+    *,
+    components_path: str | Path | None = None,
+    batch: str | None = None,
+    device_type: str | None = None,
+    ttl_days: int = DEFAULT_TTL_DAYS,
+    reject_file: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_progress: Progress = no_progress,
+    now: datetime | None = None,
+) -> RegisterResult:
+    """Validate the manifests, then register every new device (and its components) in chunks.
+
+    Without `reject_file` any bad row aborts before anything is written. Each chunk is one
+    transaction, so a batch killed at any point is finished by simply running it again.
+    """
+    if ttl_days < 1:
+        raise ProvisionError("--ttl-days must be at least 1")
+    _ = keyring.active  # fail before reading anything if no key can sign
+    serials = read_manifest(serials_path, SERIALS, device_type_default=device_type)
+    comps = read_manifest(components_path, COMPONENTS) if components_path else None
+    return register_manifests(
+        registry,
+        keyring,
+        serials,
+        comps,
+        batch=batch,
+        ttl_days=ttl_days,
+        reject_file=reject_file,
+        chunk_size=chunk_size,
+        on_progress=on_progress,
+        now=now,
+    )
+
+
+def register_manifests(
+    registry: Registry,
+    keyring: Keyring,
+    serials: Manifest,
+    comps: Manifest | None,
+    *,
+    batch: str | None = None,
+    ttl_days: int = DEFAULT_TTL_DAYS,
+    reject_file: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_progress: Progress = no_progress,
+    now: datetime | None = None,
+) -> RegisterResult:
+    """Register already-read manifests (see register_batch)."""
+    signing_key = keyring.active
+    manifests = [m for m in (serials, comps) if m is not None]
+    fatal = [e for m in manifests if m.fatal for e in m.errors]
+    if fatal:
+        raise ManifestError(fatal)
+    name = check_batch_name(batch) if batch else default_batch_name(serials)
+
+    pepper = keyring.pepper
+    on_progress("hash", 0, len(serials.frame))
+    frame = serials.frame
+    frame["serial_hash"] = [serial_hash(pepper, s) for s in frame["serial"]]
+    on_progress("hash", len(frame), len(frame))
+    if comps is not None:
+        _check_component_owners(registry, pepper, serials, comps)
+
+    rejected = sum(len(m.bad_lines()) for m in manifests)
+    if rejected and reject_file is None:
+        raise ManifestError(sorted(e for m in manifests for e in m.errors))
+    result = RegisterResult(batch=name, rejected=rejected)
+    if reject_file is not None:
+        write_rejects(reject_file, manifests)
+        result.reject_file = str(reject_file)
+
+    good = serials.good_rows()
+    batch_id = registry.ensure_batch(name, serials.sha256, comps.sha256 if comps else None)
+    existing = registry.existing_by_hash(list(good["serial_hash"]))
+    known = good["serial_hash"].map(lambda h: h in existing)
+    for line, h in zip(good.loc[known, LINE], good.loc[known, "serial_hash"], strict=True):
+        other = existing[h]
+        if other[1] == batch_id:
+            result.already_registered += 1
+        else:
+            result.other_batch += 1
+            result.skipped.append(
+                RowError(
+                    serials.name,
+                    int(line),
+                    "serial",
+                    f"already registered in batch {other[2]!r}; skipped",
+                )
+            )
+    new = good[~known]
+    skipped_hashes = {h for h in good.loc[known, "serial_hash"] if existing[h][1] != batch_id}
+
+    comp_rows = _component_rows(registry, keyring, comps, skipped_hashes, batch_id) if comps else {}
+    expires = int(((now or utcnow()) + timedelta(days=ttl_days)).timestamp())
+    expires_at = datetime.fromtimestamp(expires, UTC)
+    total = len(new)
+    on_progress("register", 0, total)
+    done = 0
+    for start in range(0, total, chunk_size):
+        chunk = new.iloc[start : start + chunk_size]
+        created = utcnow()
+        rows = []
+        for rec in chunk.itertuples(index=False):
+            serial, h = rec.serial, rec.serial_hash
+            did = device_id(pepper, serial)
+            rows.append(
+                {
+                    "device_id": did,
+                    "serial_hash": h,
+                    "serial_ct": encrypt_serial(keyring.data_key, did, serial),
+                    "device_type": rec.device_type,
+                    "manufacturer": rec.manufacturer or None,
+                    "model": rec.model or None,
+                    "manufactured_at": rec.manufactured_at or None,
+                    "production_line": rec.line or None,
+                    "batch_id": batch_id,
+                    "batch_seq": int(getattr(rec, LINE)),
+                    "key_id": signing_key.id,
+                    "payload": sign_token(signing_key.id, signing_key.secret or b"", did, expires),
+                    "expires_at": expires_at,
+                    "status": PENDING,
+                    "created_at": created,
+                }
+            )
+        chunk_comps = [c for h in chunk["serial_hash"] for c in comp_rows.pop(h, [])]
+        try:
+            registry.insert_devices(rows, chunk_comps)
+        except IntegrityError as exc:
+            raise BatchError(
+                f"batch {name}: a device in rows {int(chunk[LINE].iloc[0])}-"
+                f"{int(chunk[LINE].iloc[-1])} of {serials.name} was registered by another "
+                "process meanwhile, or two serials share a device id; nothing of this chunk was "
+                f"written, run the batch again ({type(exc.orig).__name__})"
+            ) from None
+        done += len(rows)
+        result.registered += len(rows)
+        result.components += len(chunk_comps)
+        on_progress("register", done, total)
+    # Components of devices registered before this run (in this or an earlier batch).
+    leftover = [c for rows_ in comp_rows.values() for c in rows_]
+    if leftover:
+        registry.insert_devices([], leftover)
+        result.components += len(leftover)
+    log.info(
+        "batch %s: %d registered, %d already registered, %d in other batches, %d rejected",
+        name,
+        result.registered,
+        result.already_registered,
+        result.other_batch,
+        rejected,
+    )
+    return result
+
+
+def _check_component_owners(
+    registry: Registry, pepper: bytes, serials: Manifest, comps: Manifest
+) -> None:
+    """A component row must name a serial of this manifest (not rejected) or a registered one."""
+    frame = comps.frame
+    frame["serial_hash"] = [serial_hash(pepper, s) for s in frame["serial"]]
+    in_manifest = dict(zip(serials.frame["serial_hash"], serials.frame[LINE], strict=True))
+    bad_serial_lines = serials.bad_lines()
+    outside = [h for h in frame["serial_hash"] if h not in in_manifest]
+    registered = set(registry.existing_by_hash(outside)) if outside else set()
+    bad_comp_lines = comps.bad_lines()
+    errors = []
+    for line, h in zip(frame[LINE], frame["serial_hash"], strict=True):
+        if line in bad_comp_lines:
+            continue
+        owner = in_manifest.get(h)
+        if owner is None and h not in registered:
+            errors.append(
+                RowError(
+                    comps.name,
+                    int(line),
+                    "serial",
+                    f"serial is neither in {serials.name} nor registered",
+                )
+            )
+        elif owner is not None and owner in bad_serial_lines:
+            errors.append(
+                RowError(
+                    comps.name,
+                    int(line),
+                    "serial",
+                    f"its device row ({serials.name} line {owner}) is rejected",
+                )
+            )
+    comps.add_errors(errors)
+
+
+def _component_rows(
+    registry: Registry, keyring: Keyring, comps: Manifest, skipped: set[str], batch_id: int
+) -> dict[str, list[dict[str, Any]]]:
+    """New component rows by device serial hash (rows already stored are left out)."""
+    good = comps.good_rows()
+    good = good[~good["serial_hash"].isin(skipped)]
+    hashes = [
+        component_row_hash(keyring.pepper, h, t, s, cs)
+        for h, t, s, cs in zip(
+            good["serial_hash"],
+            good["component_type"],
+            good["component_spec"],
+            good["component_serial"],
+            strict=True,
+        )
+    ]
+    stored = registry.existing_component_hashes(hashes)
+    created = utcnow()
+    out: dict[str, list[dict[str, Any]]] = {}
+    seen: set[str] = set()
+    for rec, rh in zip(good.itertuples(index=False), hashes, strict=True):
+        if rh in stored or rh in seen:
+            continue
+        seen.add(rh)
+        owner = rec.serial_hash
+        out.setdefault(owner, []).append(
+            {
+                "serial_hash": owner,
+                "component_type": rec.component_type,
+                "component_spec": rec.component_spec,
+                # The device's own id binds the ciphertext; components use their row hash instead.
+                "component_serial_ct": (
+                    encrypt_serial(keyring.data_key, rh[:16], rec.component_serial)
+                    if rec.component_serial
+                    else None
+                ),
+                "supplier": rec.supplier or None,
+                "lot": rec.lot or None,
+                "row_hash": rh,
+                "batch_id": batch_id,
+                "created_at": created,
+            }
+        )
+    return out
+
+
+def render_batch_labels(
+    registry: Registry,
+    batch: str,
+    template: Template,
+    output_dir: str | Path,
+    base_url: str,
+    *,
+    keyring: Keyring | None = None,
+    start_at: int = 1,
+    on_progress: Progress = no_progress,
+) -> LabelsResult:
+    """Render OUTPUT/BATCH.pdf atomically, then OUTPUT/BATCH.json (the print station's signal)."""
+    check_batch_name(batch)
+    batch_id = registry.batch_id(batch)
+    if batch_id is None:
+        recent = registry.batch_names()[-5:]
+        hint = f"; recent batches: {', '.join(recent)}" if recent else "; no batch registered yet"
+        raise BatchError(f"no batch named {batch!r}{hint}")
+    total = registry.count_devices(batch_id)
+    if total == 0:
+        raise BatchError(f"batch {batch!r} has no devices")
+    if template.prints_serial and keyring is None:
+        raise BatchError(f"template {template.name} prints serials: a keyring is needed")
+
+    def labels() -> Iterator[LabelData]:
+        done = 0
+        on_progress("render", 0, total)
+        for chunk in registry.iter_batch_labels(batch_id):
+            for d in chunk:
+                serial = (
+                    decrypt_serial(keyring.data_key, d["device_id"], d["serial_ct"])
+                    if template.prints_serial and keyring is not None
+                    else None
+                )
+                yield LabelData(
+                    device_id=d["device_id"],
+                    url=payload_url(base_url, d["payload"]),
+                    device_type=d["device_type"],
+                    model=d["model"],
+                    manufacturer=d["manufacturer"],
+                    serial=serial,
+                    batch=batch,
+                )
+            done += len(chunk)
+            on_progress("render", done, total)
+
+    out = Path(output_dir)
+    pdf_path, json_path = out / f"{batch}.pdf", out / f"{batch}.json"
+    digest = hashlib.sha256()
+    with atomic_writer(pdf_path) as fh:
+        hashing = _HashingWriter(fh, digest)
+        rendered = render_label_sheets(
+            labels(),
+            template,
+            hashing,
+            start_at=start_at,  # type: ignore[arg-type]
+            title=f"provision batch {batch}",
+        )
+    result = LabelsResult(
+        batch=batch,
+        pdf=str(pdf_path),
+        summary=str(json_path),
+        labels=rendered.labels,
+        pages=rendered.pages,
+        template=template.name,
+        sha256=digest.hexdigest(),
+        start_at=start_at,
+    )
+    summary = {
+        "batch": batch,
+        "pdf": pdf_path.name,
+        "labels": result.labels,
+        "pages": result.pages,
+        "template": template.name,
+        "sha256": result.sha256,
+        "start_at": start_at,
+        "rendered_at": utcnow().replace(microsecond=0).isoformat(),
+    }
+    write_atomic(json_path, (json.dumps(summary, indent=2) + "\n").encode())
+    log.info("batch %s: %d labels on %d pages -> %s", batch, result.labels, result.pages, pdf_path)
+    return result
+
+
+class _HashingWriter:
+    """A file wrapper that hashes what passes through, so the PDF is not read back."""
+
+    def __init__(self, fh: Any, digest: Any) -> None:
+        self._fh, self._digest = fh, digest
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        return int(self._fh.write(data))
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+@dataclass
+class GenerateResult:
+    device_id: str
+    url: str
+    batch: str
+    created: bool
+    png: str
+    pdf: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def generate_device(
+    registry: Registry,
+    keyring: Keyring,
+    serial: str,
+    device_type: str,
+    base_url: str,
+    output_dir: str | Path,
+    template: Template,
+    *,
+    components: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    ttl_days: int = DEFAULT_TTL_DAYS,
+) -> GenerateResult:
+    """Register one device (or find it), then write its QR as PNG and a one-label PDF."""
+    serial = serial.strip()
+    problem = serial_problem(serial)
+    if problem:
+        raise ProvisionError(f"SERIAL: {problem}")
+    if not device_type.strip():
+        raise ProvisionError("TYPE: device type is empty")
+    batch = f"single-{utcnow():%Y%m%d}"
+    sha = hashlib.sha256(f"{serial}\x1f{device_type}".encode()).hexdigest()
+    serials = build_manifest(
+        Path("SERIAL"), SERIALS, ["serial", "device_type"], 0, [[serial, device_type]], [1], sha
+    )
+    comps = (
+        build_manifest(
+            Path("--component"),
+            COMPONENTS,
+            ["serial", "component_type", "component_spec"],
+            0,
+            [[serial, t, s] for t, s in components],
+            list(range(1, len(components) + 1)),
+            sha,
+        )
+        if components
+        else None
+    )
+    before = registry.existing_by_hash([serial_hash(keyring.pepper, serial)])
+    res = register_manifests(registry, keyring, serials, comps, batch=batch, ttl_days=ttl_days)
+    did = device_id(keyring.pepper, serial)
+    dev = registry.device(did)
+    assert dev is not None
+    url = payload_url(base_url, dev["payload"])
+    out = Path(output_dir)
+    png, pdf = out / f"{did}.png", out / f"{did}.pdf"
+    with atomic_writer(png) as fh:
+        save_png(url, fh)  # type: ignore[arg-type]
+    label = LabelData(did, url, dev["device_type"], dev["model"], dev["manufacturer"], serial)
+    with atomic_writer(pdf) as fh:
+        render_label_sheets([label], template, fh, title=f"provision device {did}")
+    batch_name = batch if not before else next(iter(before.values()))[2]
+    return GenerateResult(did, url, batch_name, res.registered == 1, str(png), str(pdf))
