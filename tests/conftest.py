@@ -1,0 +1,96 @@
+"""Fixtures: a real SQLite file and a real PostgreSQL server for every registry test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from provision.cli import cli
+from provision.keys import Keyring, init_keyring
+from provision.registry import Registry
+from tests.pgcluster import PostgresCluster, postgres_available
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    ok, why = postgres_available()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI: {why}")
+        pytest.skip(f"PostgreSQL not available: {why}")
+    cluster = PostgresCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each registry test runs twice: on a SQLite file and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    name = f"t{os.getpid()}_{next(_db_counter)}"
+    url = cluster.create_database(name)
+    yield url
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@pytest.fixture
+def keyring_path(tmp_path: Path) -> Path:
+    path = tmp_path / "keys" / "keyring.json"
+    init_keyring(path)
+    return path
+
+
+@pytest.fixture
+def keyring(keyring_path: Path) -> Keyring:
+    from provision.keys import load_keyring
+
+    return load_keyring(keyring_path)
+
+
+@pytest.fixture
+def registry(db_url: str) -> Iterator[Registry]:
+    reg = Registry(db_url)
+    yield reg
+    reg.close()
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path) -> Path:
+    return tmp_path / "output"
+
+
+RunCLI = Callable[..., Result]
+
+
+@pytest.fixture
+def run_cli(db_url: str, keyring_path: Path, output_dir: Path) -> RunCLI:
+    """Invoke `provision ...` in-process with this test's database, keyring and output folder."""
+
+    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+        base = {
+            "PROVISION_DB_URL": db_url,
+            "PROVISION_KEYRING": str(keyring_path),
+            "PROVISION_OUTPUT": str(output_dir),
+            "PROVISION_BASE_URL": "http://localhost:5001",
+        }
+        return CliRunner().invoke(
+            cli, list(args), input=input, env=base | (env or {}), catch_exceptions=False
+        )
+
+    return run

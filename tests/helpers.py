@@ -1,0 +1,47 @@
+"""Test helpers: run the CLI, write manifests, decode rendered labels with a real decoder."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pypdfium2 as pdfium
+import zxingcpp
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def serials_csv(path: Path, n: int, prefix: str = "SN", device_type: str = "sensor") -> Path:
+    rows = [[f"{prefix}{i:06d}", device_type, "Acme", "M-1"] for i in range(n)]
+    return write_csv(path, ["serial", "device_type", "manufacturer", "model"], rows)
+
+
+def decode_pdf(path: Path, dpi: int = 300) -> list[list[str]]:
+    """Rasterise every page with PDFium and decode its QR codes with zxing-cpp."""
+    pages: list[list[str]] = []
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        for page in pdf:
+            bitmap = page.render(scale=dpi / 72, grayscale=True)
+            image = bitmap.to_numpy()
+            results = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+            pages.append([r.text for r in results])
+            page.close()
+    finally:
+        pdf.close()
+    return pages
+
+
+def pdf_page_sizes(path: Path) -> list[tuple[float, float]]:
+    pdf = pdfium.PdfDocument(str(path))
+    try:
+        return [tuple(page.get_size()) for page in pdf]  # type: ignore[misc]
+    finally:
+        pdf.close()
