@@ -15,7 +15,7 @@ import click
 from tqdm import tqdm
 
 from provision import __version__
-from provision.config import DEFAULT_TTL_DAYS, SETTINGS
+from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS, SETTINGS
 from provision.errors import ManifestError, ProvisionError
 from provision.keys import Keyring, init_keyring, load_keyring
 from provision.payload import verify_payload
@@ -325,6 +325,13 @@ def db_upgrade(settings: Settings, as_json: bool) -> None:
     type=click.Path(dir_okay=False),
     help="Let good rows through; write bad rows with a reason column here.",
 )
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHUNK_SIZE,
+    show_default=True,
+    help="Devices per transaction; a killed run loses at most one chunk of work.",
+)
 @json_option
 @quiet_option
 @pass_settings
@@ -336,6 +343,7 @@ def register(
     device_type: str | None,
     ttl_days: int,
     reject_file: str | None,
+    chunk_size: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -359,6 +367,7 @@ def register(
         device_type=device_type,
         ttl_days=ttl_days,
         reject_file=reject_file,
+        chunk_size=chunk_size,
         on_progress=progress_bar(quiet),
     )
     for row in result.skipped:

@@ -399,8 +399,8 @@ def render_batch_labels(
         rendered = render_label_sheets(
             labels(),
             template,
-            hashing,
-            start_at=start_at,  # type: ignore[arg-type]
+            hashing,  # type: ignore[arg-type]
+            start_at=start_at,
             title=f"provision batch {batch}",
         )
     result = LabelsResult(

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     create_engine,
     event,
     func,
@@ -99,9 +100,9 @@ class DeviceComponent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-devices = Device.__table__
-components = DeviceComponent.__table__
-batches = Batch.__table__
+devices = cast(Table, Device.__table__)
+components = cast(Table, DeviceComponent.__table__)
+batches = cast(Table, Batch.__table__)
 
 
 def utcnow() -> datetime:
@@ -184,7 +185,9 @@ class Registry:
                     updated_at=now,
                 )
             )
-            return int(result.inserted_primary_key[0])
+            pk = result.inserted_primary_key
+            assert pk is not None
+            return int(pk[0])
 
     def batch_id(self, name: str) -> int | None:
         with self.engine.connect() as conn:
