@@ -62,7 +62,7 @@ class ProvisionGroup(click.Group):
                 click.echo(str(row), err=True)
             _fail(ctx, exc, "manifest", rows=[str(r) for r in exc.rows])
         except ProvisionError as exc:
-            _fail(ctx, exc, type(exc).__name__)
+            _fail(ctx, exc, type(exc).__name__.removesuffix("Error").lower() or "provision")
 
 
 def _fail(ctx: click.Context, exc: Exception, kind: str, **extra: Any) -> None:
@@ -73,16 +73,28 @@ def _fail(ctx: click.Context, exc: Exception, kind: str, **extra: Any) -> None:
 
 
 def _wants_json(ctx: click.Context) -> bool:
-    # The error surfaces in the group, after the subcommand's context is gone: look at the
-    # parameters of the innermost context that was created.
-    return bool(_LAST_PARAMS.get("as_json"))
+    # ctx.meta is shared by a context and all its children, so the subcommand's --json is
+    # visible here, where the error surfaces.
+    return bool(ctx.meta.get(_JSON_META))
 
 
-_LAST_PARAMS: dict[str, Any] = {}
+_JSON_META = "provision.json"
+
+
+def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx.meta[_JSON_META] = value
+    return value
 
 
 def json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(f)
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        callback=_remember_json,
+        is_eager=True,
+        help="Machine-readable JSON output.",
+    )(f)
 
 
 def quiet_option(f: F) -> F:
@@ -117,8 +129,6 @@ def pass_settings(f: F) -> F:
     @click.pass_obj
     @functools.wraps(f)
     def wrapper(settings: Settings, *args: Any, **kwargs: Any) -> Any:
-        _LAST_PARAMS.clear()
-        _LAST_PARAMS.update(kwargs)
         return f(settings, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
