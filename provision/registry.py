@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +19,8 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    Text,
+    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -25,7 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -34,6 +38,9 @@ from provision.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PENDING, ACTIVATED, REVOKED = "pending", "activated", "revoked"
+
+Seal = Callable[[str, int, datetime, str, str, str | None, str | None, str], str]
+"""seal(device_id, seq, occurred_at, action_type, metadata_json, ip, actor, prev_hash) -> hash"""
 
 
 class Base(DeclarativeBase):
@@ -76,8 +83,18 @@ class Device(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     user_id: Mapped[str | None] = mapped_column(String(256))
+    activation_token_hash: Mapped[str | None] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[str | None] = mapped_column(String(256))
+    revoked_reason: Mapped[str | None] = mapped_column(String(1000))
+    # Head of the device's action chain: deleting the newest entries is detected too.
+    action_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    action_head: Mapped[str | None] = mapped_column(String(64))
 
-    __table_args__ = (Index("ix_devices_batch_seq", "batch_id", "batch_seq"),)
+    __table_args__ = (
+        Index("ix_devices_batch_seq", "batch_id", "batch_seq"),
+        Index("ix_devices_status", "status"),
+    )
 
 
 class DeviceComponent(Base):
@@ -100,7 +117,51 @@ class DeviceComponent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class PairingEvent(Base):
+    """One activation attempt, accepted or rejected."""
+
+    __tablename__ = "device_pairing_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    device_pk: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("devices.id")
+    )
+    claimed_device_id: Mapped[str | None] = mapped_column(String(16))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    fingerprint: Mapped[str | None] = mapped_column(String(128))
+    user_id: Mapped[str | None] = mapped_column(String(256))
+    result: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32))
+
+    __table_args__ = (Index("ix_device_pairing_events_device_pk", "device_pk", "id"),)
+
+
+class ActionLogEntry(Base):
+    """One device action; entry_hash chains it to the device's previous entry."""
+
+    __tablename__ = "device_action_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    device_pk: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("devices.id")
+    )
+    seq: Mapped[int] = mapped_column(Integer)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    action_type: Mapped[str] = mapped_column(String(64))
+    metadata_json: Mapped[str] = mapped_column(Text)
+    ip: Mapped[str | None] = mapped_column(String(64))
+    actor: Mapped[str | None] = mapped_column(String(256))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (UniqueConstraint("device_pk", "seq", name="uq_device_action_log_device_seq"),)
+
+
 devices = cast(Table, Device.__table__)
+pairing_events = cast(Table, PairingEvent.__table__)
+action_log = cast(Table, ActionLogEntry.__table__)
 components = cast(Table, DeviceComponent.__table__)
 batches = cast(Table, Batch.__table__)
 
@@ -192,6 +253,10 @@ class Registry:
     def batch_id(self, name: str) -> int | None:
         with self.engine.connect() as conn:
             return conn.execute(select(batches.c.id).where(batches.c.name == name)).scalar()
+
+    def batch_name(self, batch_id: int) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(batches.c.name).where(batches.c.id == batch_id)).scalar()
 
     def batch_names(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -300,7 +365,7 @@ class Registry:
         if row is None:
             return None
         d = dict(row._mapping)
-        for k in ("expires_at", "created_at", "activated_at"):
+        for k in ("expires_at", "created_at", "activated_at", "revoked_at"):
             d[k] = _aware(d[k])
         return d
 
@@ -317,6 +382,198 @@ class Registry:
         with self.engine.connect() as conn:
             q = select(func.max(devices.c.batch_seq)).where(devices.c.batch_id == batch_id)
             return int(conn.execute(q).scalar() or 0)
+
+    # -- activation and lifetime tracking -------------------------------------------------------
+
+    def device_by_serial_hash(self, serial_hash: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(devices.c.device_id).where(devices.c.serial_hash == serial_hash)
+            ).first()
+        return self.device(row.device_id) if row else None
+
+    def record_pairing_event(self, event: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(pairing_events).values(**event))
+
+    def try_activate(
+        self,
+        device_pk: int,
+        device_id: str,
+        user: str,
+        token_hash: str,
+        now: datetime,
+        event: dict[str, Any],
+        seal: Seal,
+    ) -> str | None:
+        """Pending -> activated with one conditional UPDATE; None if this call won, else the
+        status that made it lose. The pairing event is stored in the same transaction."""
+        with self.engine.begin() as conn:
+            won = (
+                conn.execute(
+                    update(devices)
+                    .where(devices.c.id == device_pk, devices.c.status == PENDING)
+                    .values(
+                        status=ACTIVATED,
+                        activated_at=now,
+                        user_id=user,
+                        activation_token_hash=token_hash,
+                    )
+                ).rowcount
+                == 1
+            )
+            status = None
+            if not won:
+                status = conn.execute(
+                    select(devices.c.status).where(devices.c.id == device_pk)
+                ).scalar_one()
+            conn.execute(
+                insert(pairing_events).values(
+                    **event,
+                    result="accepted" if won else "rejected",
+                    reason=None if won else _LOST_REASON.get(status or "", "already_activated"),
+                )
+            )
+            if won:
+                meta = json.dumps({"user": user}, sort_keys=True, separators=(",", ":"))
+                self._append_action(
+                    conn, device_pk, device_id, "activated", meta, event.get("ip"), user, now, seal
+                )
+        return status
+
+    def revoke_device(
+        self, device_pk: int, device_id: str, by: str, reason: str, now: datetime, seal: Seal
+    ) -> bool:
+        """Mark a device revoked (from any other state); False if it already was."""
+        with self.engine.begin() as conn:
+            changed = conn.execute(
+                update(devices)
+                .where(devices.c.id == device_pk, devices.c.status != REVOKED)
+                .values(status=REVOKED, revoked_at=now, revoked_by=by, revoked_reason=reason)
+            ).rowcount
+            if changed:
+                meta = json.dumps({"reason": reason}, sort_keys=True, separators=(",", ":"))
+                self._append_action(
+                    conn, device_pk, device_id, "revoked", meta, None, by, now, seal
+                )
+        return bool(changed)
+
+    def append_action(
+        self,
+        device_pk: int,
+        device_id: str,
+        action_type: str,
+        metadata_json: str,
+        ip: str | None,
+        actor: str | None,
+        now: datetime,
+        seal: Seal,
+    ) -> dict[str, Any]:
+        with self.engine.begin() as conn:
+            return self._append_action(
+                conn, device_pk, device_id, action_type, metadata_json, ip, actor, now, seal
+            )
+
+    def _append_action(
+        self,
+        conn: Connection,
+        device_pk: int,
+        device_id: str,
+        action_type: str,
+        metadata_json: str,
+        ip: str | None,
+        actor: str | None,
+        now: datetime,
+        seal: Seal,
+    ) -> dict[str, Any]:
+        # Bumping the counter first takes the device row's write lock (PostgreSQL) or the
+        # database write lock (SQLite): concurrent appends to one device queue up here.
+        conn.execute(
+            update(devices)
+            .where(devices.c.id == device_pk)
+            .values(action_count=devices.c.action_count + 1)
+        )
+        seq, head = conn.execute(
+            select(devices.c.action_count, devices.c.action_head).where(devices.c.id == device_pk)
+        ).one()
+        prev = head or genesis_hash(device_id)
+        entry_hash = seal(device_id, seq, now, action_type, metadata_json, ip, actor, prev)
+        row = {
+            "device_pk": device_pk,
+            "seq": seq,
+            "occurred_at": now,
+            "action_type": action_type,
+            "metadata_json": metadata_json,
+            "ip": ip,
+            "actor": actor,
+            "prev_hash": prev,
+            "entry_hash": entry_hash,
+        }
+        pk = conn.execute(insert(action_log).values(**row)).inserted_primary_key
+        conn.execute(
+            update(devices).where(devices.c.id == device_pk).values(action_head=entry_hash)
+        )
+        assert pk is not None
+        return row | {"id": int(pk[0])}
+
+    def pairing_events_of(self, device_pk: int, limit: int | None = None) -> list[dict[str, Any]]:
+        q = select(pairing_events).where(pairing_events.c.device_pk == device_pk)
+        return self._latest(q, pairing_events.c.id, limit)
+
+    def actions_of(self, device_pk: int, limit: int | None = None) -> list[dict[str, Any]]:
+        q = select(action_log).where(action_log.c.device_pk == device_pk)
+        return self._latest(q, action_log.c.seq, limit)
+
+    def _latest(self, q: Any, order: Any, limit: int | None) -> list[dict[str, Any]]:
+        """The newest `limit` rows (all without a limit), oldest first."""
+        q = q.order_by(order.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+        rows.reverse()
+        for r in rows:
+            r["occurred_at"] = _aware(r["occurred_at"])
+        return rows
+
+    def count_actions(self, device_pk: int) -> int:
+        q = select(func.count()).select_from(action_log).where(action_log.c.device_pk == device_pk)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def iter_chains(
+        self, device_id: str | None = None
+    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """(device head, its entries by seq) for one device or every device with a log."""
+        q = select(devices.c.id, devices.c.device_id, devices.c.action_count, devices.c.action_head)
+        if device_id is not None:
+            q = q.where(devices.c.device_id == device_id)
+        else:
+            q = q.where(
+                (devices.c.action_count > 0) | devices.c.id.in_(select(action_log.c.device_pk))
+            )
+        with self.engine.connect() as conn:
+            heads = [dict(r._mapping) for r in conn.execute(q.order_by(devices.c.id))]
+            for head in heads:
+                entries = [
+                    dict(r._mapping)
+                    for r in conn.execute(
+                        select(action_log)
+                        .where(action_log.c.device_pk == head["id"])
+                        .order_by(action_log.c.seq, action_log.c.id)
+                    )
+                ]
+                for e in entries:
+                    e["occurred_at"] = _aware(e["occurred_at"])
+                yield head, entries
+
+
+_LOST_REASON = {ACTIVATED: "already_activated", REVOKED: "revoked_device"}
+
+
+def genesis_hash(device_id: str) -> str:
+    """The `prev_hash` of a device's first action."""
+    return hashlib.sha256(f"provision/action-log/genesis/{device_id}".encode()).hexdigest()
 
 
 def _chunks(items: Sequence[str] | Iterable[str], size: int) -> Iterator[list[str]]:
