@@ -1,0 +1,274 @@
+"""The activation service: scan landing page, JSON API. The only module that knows HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.errors import RateLimitExceeded
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from provision.activation import REASONS, ActivationRejected, activate, authenticate
+from provision.audit import device_history, log_action
+from provision.errors import ProvisionError
+from provision.keys import Keyring, load_keyring
+from provision.payload import extract_token, verify_payload
+from provision.registry import PENDING, Registry
+
+log = logging.getLogger("provision.web")
+DEFAULT_RATE_LIMIT = "10 per minute"
+_SECRET_DOMAIN = b"provision/web-session/v1\x00"
+# Request paths carry the payload token; it never reaches a log line in full.
+_REDACT = re.compile(r"(?i)(/a/)[^/?#]+")
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """What the app needs; the CLI (`provision serve`) builds it from its options."""
+
+    db_url: str
+    keyring_path: str | None
+    base_url: str
+    trusted_proxies: int = 0
+    rate_limit: str = DEFAULT_RATE_LIMIT
+
+
+def redact_path(path: str) -> str:
+    return _REDACT.sub(r"\1<token>", path)
+
+
+def create_app(
+    settings: WebSettings, *, registry: Registry | None = None, keyring: Keyring | None = None
+) -> Flask:
+    """The Flask application; `provision serve` runs it under waitress."""
+    app = Flask(__name__)
+    keyring = keyring or load_keyring(settings.keyring_path)
+    registry = registry or Registry(settings.db_url)
+    app.config.update(
+        SECRET_KEY=hmac.new(keyring.pepper, _SECRET_DOMAIN, hashlib.sha256).digest(),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.lower().startswith("https://"),
+        WTF_CSRF_TIME_LIMIT=3600,
+        WTF_CSRF_SSL_STRICT=False,  # the Referer is suppressed by our own Referrer-Policy
+        MAX_CONTENT_LENGTH=64 * 1024,
+    )
+    app.extensions["provision"] = (registry, keyring, settings)
+    if settings.trusted_proxies > 0:
+        # Only behind a proxy we run does X-Forwarded-For say who the client is.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    csrf = CSRFProtect(app)
+    limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
+    activation_limit = limiter.limit(settings.rate_limit, methods=["POST"])
+
+    @app.before_request
+    def _nonce() -> None:
+        g.csp_nonce = secrets.token_urlsafe(16)
+
+    @app.after_request
+    def _headers(resp: Response) -> Response:
+        nonce = getattr(g, "csp_nonce", "")
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'none'; script-src 'self' 'nonce-" + nonce + "'; style-src 'self'; "
+            "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        )
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers.setdefault("Cache-Control", "no-store")
+        log.info(
+            "%s %s %s %s",
+            request.remote_addr,
+            request.method,
+            redact_path(request.path),
+            resp.status_code,
+        )
+        return resp
+
+    def page_error(reason: str, status: int | None = None, message: str | None = None) -> Any:
+        code = status or REASONS.get(reason, (400, ""))[0]
+        text = message or REASONS.get(reason, (0, reason))[1]
+        return render_template("error.html", reason=reason, message=text), code
+
+    def api_error(reason: str, status: int | None = None, message: str | None = None) -> Any:
+        code = status or REASONS.get(reason, (400, ""))[0]
+        text = message or REASONS.get(reason, (0, reason))[1]
+        return jsonify({"error": {"reason": reason, "message": text}}), code
+
+    def wants_json() -> bool:
+        return request.path.startswith("/api/")
+
+    @app.errorhandler(RateLimitExceeded)
+    def _too_many(exc: RateLimitExceeded) -> Any:
+        msg = "Too many activation attempts from your address; try again in a minute."
+        return (api_error if wants_json() else page_error)("rate_limited", 429, msg)
+
+    @app.errorhandler(CSRFError)
+    def _csrf(exc: CSRFError) -> Any:
+        return page_error(
+            "csrf",
+            400,
+            "The form expired or did not come from this page; reload the page and try again.",
+        )
+
+    @app.errorhandler(404)
+    def _not_found(exc: Exception) -> Any:
+        return (api_error if wants_json() else page_error)("not_found", 404, "Nothing here.")
+
+    @app.errorhandler(405)
+    def _bad_method(exc: Exception) -> Any:
+        return (api_error if wants_json() else page_error)(
+            "method_not_allowed", 405, "That method is not allowed here."
+        )
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify({"ok": True})
+
+    def scan_page(token: str) -> Any:
+        check = verify_payload(token, keyring)
+        if not check.valid:
+            assert check.reason is not None
+            return page_error(check.reason)
+        device = registry.device(check.device_id or "")
+        if device is None:
+            return page_error("unknown_device")
+        return render_template(
+            "scan.html",
+            device=device,
+            pending=device["status"] == PENDING,
+            token=extract_token(token),
+        )
+
+    def scan_post(token: str) -> Any:
+        user = (request.form.get("user") or "").strip()
+        if not user:
+            return page_error("missing_user", 400, "Enter your e-mail address or user name.")
+        try:
+            result = activate(
+                registry,
+                keyring,
+                token,
+                user,
+                ip=request.remote_addr,
+                user_agent=request.headers.get("User-Agent"),
+                fingerprint=request.form.get("fingerprint") or None,
+            )
+        except ActivationRejected as exc:
+            return page_error(exc.reason)
+        except ProvisionError as exc:
+            return page_error("bad_request", 400, str(exc))
+        return render_template("activated.html", result=result, user=user), 200
+
+    # The QR holds an uppercase URL; browsers keep the path's case, so accept both.
+    for prefix in ("A", "a"):
+        app.add_url_rule(f"/{prefix}/<token>", f"scan_{prefix}", scan_page, methods=["GET"])
+        app.add_url_rule(
+            f"/{prefix}/<token>",
+            f"scan_post_{prefix}",
+            activation_limit(scan_post),
+            methods=["POST"],
+        )
+
+    @app.post("/api/v1/activations")
+    @csrf.exempt
+    @activation_limit
+    def api_activate() -> Any:
+        body = request.get_json(silent=True)
+        if (
+            not isinstance(body, dict)
+            or not isinstance(body.get("payload"), str)
+            or not isinstance(body.get("user"), str)
+        ):
+            return api_error(
+                "malformed", 400, 'send JSON {"payload": "<QR URL or token>", "user": "<user id>"}'
+            )
+        try:
+            result = activate(
+                registry,
+                keyring,
+                body["payload"],
+                body["user"],
+                ip=request.remote_addr,
+                user_agent=request.headers.get("User-Agent"),
+                fingerprint=body.get("fingerprint")
+                if isinstance(body.get("fingerprint"), str)
+                else None,
+            )
+        except ActivationRejected as exc:
+            return api_error(exc.reason)
+        except ProvisionError as exc:
+            return api_error("malformed", 400, str(exc))
+        data = result.to_json()
+        return jsonify(
+            {k: data[k] for k in ("device_id", "device_type", "activation_token")}
+            | {"activated_at": data["activated_at"]}
+        ), 201
+
+    def bearer_device(device_id: str) -> dict[str, Any] | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return authenticate(registry, device_id, token.strip())
+
+    def unauthorized() -> Any:
+        resp, code = api_error("unauthorized", 401, "a valid activation token is required")
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="provision"'
+        return resp, code
+
+    @app.post("/api/v1/devices/<device_id>/actions")
+    @csrf.exempt
+    def api_log_action(device_id: str) -> Any:
+        device = bearer_device(device_id)
+        if device is None:
+            return unauthorized()
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("action_type"), str):
+            return api_error(
+                "bad_request", 400, 'send JSON {"action_type": "...", "metadata": {...}}'
+            )
+        metadata = body.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            return api_error("bad_request", 400, "metadata must be a JSON object")
+        try:
+            entry = log_action(
+                registry,
+                keyring,
+                device,
+                body["action_type"],
+                metadata,
+                ip=request.remote_addr,
+                actor=device["user_id"],
+            )
+        except ProvisionError as exc:
+            return api_error("bad_request", 400, str(exc))
+        return jsonify(
+            {"action_id": entry["id"], "seq": entry["seq"], "device_id": device["device_id"]}
+        ), 201
+
+    @app.get("/api/v1/devices/<device_id>/history")
+    def api_history(device_id: str) -> Any:
+        device = bearer_device(device_id)
+        if device is None:
+            return unauthorized()
+        limit = request.args.get("limit", type=int)
+        return jsonify(device_history(registry, device, limit if limit and limit > 0 else None))
+
+    return app
+
+
+def serve(app: Flask, host: str, port: int, threads: int) -> None:
+    """Run under waitress, a production WSGI server (not Flask's development server)."""
+    from waitress import serve as waitress_serve
+
+    waitress_serve(app, host=host, port=port, threads=threads, ident="provision")
