@@ -10,7 +10,13 @@ DEMO_ENV := PROVISION_KEYRING=$(CURDIR)/var/demo-keyring.json \
             PROVISION_OUTPUT=$(CURDIR)/output
 N ?= 10000
 
-.PHONY: demo test lint typecheck pytest clean install
+.PHONY: demo test lint typecheck pytest clean install chromium
+
+# The browser tests drive Debian's Chromium; install it when the machine lacks it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +39,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) chromium
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -15,6 +15,7 @@ import click
 from tqdm import tqdm
 
 from provision import __version__
+from provision.categories import CATEGORY_NAMES
 from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS, SETTINGS
 from provision.errors import ManifestError, ProvisionError
 from provision.keys import Keyring, init_keyring, load_keyring
@@ -844,6 +845,99 @@ def audit_verify(settings: Settings, device_id: str | None, as_json: bool) -> No
         )
     if not report.ok:
         sys.exit(1)
+
+
+def _csv_choice(known: tuple[str, ...], option: str) -> Callable[..., tuple[str, ...]]:
+    def parse(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...]:
+        if not value:
+            return ()
+        items = tuple(v.strip() for v in value.split(",") if v.strip())
+        bad = [v for v in items if v not in known]
+        if bad:
+            raise click.BadParameter(
+                f"unknown {', '.join(bad)}; choose from {', '.join(known)}", param_hint=option
+            )
+        return items
+
+    return parse
+
+
+@cli.command()
+@click.argument("shipments", type=click.Path(dir_okay=False))
+@click.option(
+    "--as-of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Date the shipped-not-activated ages are computed at (default: today, UTC).",
+)
+@click.option(
+    "--report-dir",
+    type=click.Path(file_okay=False),
+    help="Folder to create for the report (default: OUTPUT/reconciliation-AS_OF-TIME).",
+)
+@click.option(
+    "--format",
+    "formats",
+    default="csv,json,pdf",
+    show_default=True,
+    callback=_csv_choice(("csv", "json", "pdf"), "--format"),
+    help="Comma-separated outputs; summary.json is always written.",
+)
+@click.option(
+    "--fail-on",
+    default="",
+    metavar="CATEGORY[,CATEGORY...]",
+    callback=_csv_choice(CATEGORY_NAMES, "--fail-on"),
+    help="Exit with code 3 when any of these categories is non-empty (for cron alerts).",
+)
+@json_option
+@quiet_option
+@pass_settings
+def reconcile(
+    settings: Settings,
+    shipments: str,
+    as_of: Any,
+    report_dir: str | None,
+    formats: tuple[str, ...],
+    fail_on: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Compare activations against a shipments file and report every discrepancy.
+
+    \b
+    Example (monthly, alert when devices surface that we never shipped):
+      provision reconcile shipments-2026-11.csv --fail-on activated_not_shipped,shipped_revoked
+    """
+    from datetime import UTC, datetime
+
+    from provision.reconcile import reconcile_shipments
+
+    day = as_of.date() if as_of else datetime.now(UTC).date()
+    target = (
+        Path(report_dir)
+        if report_dir
+        else (
+            Path(settings.output) / f"reconciliation-{day.isoformat()}-{datetime.now(UTC):%H%M%S}"
+        )
+    )
+    result = reconcile_shipments(
+        settings.registry(),
+        settings.keyring(),
+        shipments,
+        as_of=day,
+        report_dir=target,
+        formats=formats,
+        on_progress=progress_bar(quiet),
+    )
+    summary = result.summary()
+    width = max(len(n) for n in CATEGORY_NAMES)
+    lines = [f"Reconciliation as of {day.isoformat()}: {target}"]
+    lines += [f"  {name:<{width}}  {count:>9,}" for name, count in result.counts.items()]
+    emit(as_json, summary, "\n".join(lines))
+    hits = [c for c in fail_on if result.counts[c] > 0]
+    if hits:
+        click.echo(f"Error: non-empty: {', '.join(hits)} (--fail-on)", err=True)
+        sys.exit(3)
 
 
 @cli.command()

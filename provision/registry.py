@@ -567,6 +567,27 @@ class Registry:
                     e["occurred_at"] = _aware(e["occurred_at"])
                 yield head, entries
 
+    def reconcile_frame(self) -> Any:
+        """Every device as a pandas frame (no plaintext: serial hashes only), for reconcile."""
+        import pandas as pd
+
+        q = select(
+            devices.c.serial_hash,
+            devices.c.device_id,
+            devices.c.device_type,
+            devices.c.model,
+            batches.c.name.label("batch"),
+            devices.c.status,
+            devices.c.created_at.label("registered_at"),
+            devices.c.activated_at,
+            devices.c.revoked_at,
+        ).join(batches, batches.c.id == devices.c.batch_id)
+        with self.engine.connect() as conn:
+            frame = pd.read_sql(q, conn)
+        for col in ("registered_at", "activated_at", "revoked_at"):
+            frame[col] = pd.to_datetime(frame[col], utc=True, format="ISO8601")
+        return frame
+
 
 _LOST_REASON = {ACTIVATED: "already_activated", REVOKED: "revoked_device"}
 

@@ -1,0 +1,240 @@
+"""Reconciliation: activations vs shipments (pandas, vectorised) -> categories -> report.
+
+Serials are matched through the keyed serial hash: the registry holds no plaintext, so a
+plaintext serial appears in the report only where the shipments file supplied it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from provision.categories import AGING_BUCKETS, CATEGORIES, CATEGORY_NAMES
+from provision.errors import ManifestError, ProvisionError
+from provision.keys import Keyring
+from provision.manifests import LINE, SHIPMENTS, read_manifest
+from provision.registry import Registry
+from provision.serials import serial_hash
+
+Progress = Callable[[str, int, int], None]
+
+
+FORMATS = ("csv", "json", "pdf")
+_FORMULA_START = r"^([=+\-@\t\r])"
+
+
+@dataclass
+class ReconcileResult:
+    as_of: date
+    shipments_file: str
+    counts: dict[str, int]
+    report_dir: str | None
+    files: list[str] = field(default_factory=list)
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    aging: dict[str, int] = field(default_factory=dict)
+    days_to_activation: dict[str, float | None] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "shipments_file": self.shipments_file,
+            "generated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+            "counts": self.counts,
+            "severity": {c.name: c.severity for c in CATEGORIES},
+            "aging_buckets": self.aging,
+            "days_to_activation": self.days_to_activation,
+            "report_dir": self.report_dir,
+            "files": self.files,
+        }
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def read_shipments(path: str | Path) -> pd.DataFrame:
+    """Validated shipments with `shipped_at` parsed (UTC) and `date_only` per row."""
+    manifest = read_manifest(path, SHIPMENTS)
+    manifest.raise_if_bad()
+    frame = manifest.frame.copy()
+    stamps = frame["shipped_at"]
+    frame["date_only"] = stamps.str.fullmatch(r"\d{4}-\d{2}-\d{2}")
+    frame["shipped_at"] = pd.to_datetime(stamps, format="ISO8601", utc=True)
+    return frame
+
+
+def reconcile_shipments(
+    registry: Registry,
+    keyring: Keyring,
+    shipments_path: str | Path,
+    *,
+    as_of: date | None = None,
+    report_dir: str | Path | None = None,
+    formats: tuple[str, ...] = FORMATS,
+    on_progress: Progress = _no_progress,
+) -> ReconcileResult:
+    """Compare the registry with a shipments file; write the report folder atomically."""
+    for f in formats:
+        if f not in FORMATS:
+            raise ProvisionError(f"--format: unknown format {f!r} (known: {', '.join(FORMATS)})")
+    as_of = as_of or datetime.now(UTC).date()
+    ship = read_shipments(shipments_path)  # raises ManifestError before anything is written
+    on_progress("hash", 0, len(ship))
+    pepper = keyring.pepper
+    ship["serial_hash"] = [serial_hash(pepper, s) for s in ship["serial"]]
+    on_progress("hash", len(ship), len(ship))
+    on_progress("load", 0, 1)
+    dev = registry.reconcile_frame()
+    on_progress("load", 1, 1)
+    frames = categorise(ship, dev, as_of)
+    result = ReconcileResult(
+        as_of=as_of,
+        shipments_file=str(shipments_path),
+        counts={name: len(frames[name]) for name in CATEGORY_NAMES},
+        report_dir=str(report_dir) if report_dir else None,
+        frames=frames,
+    )
+    na = frames["shipped_not_activated"]
+    result.aging = {b: int((na["aging_bucket"] == b).sum()) for b in AGING_BUCKETS}
+    days = frames["matched"]["days_to_activation"]
+    result.days_to_activation = {
+        "median": float(days.median()) if len(days) else None,
+        "p90": float(days.quantile(0.9)) if len(days) else None,
+        "max": float(days.max()) if len(days) else None,
+    }
+    if report_dir is not None:
+        write_report(result, Path(report_dir), formats)
+    return result
+
+
+def categorise(ship: pd.DataFrame, dev: pd.DataFrame, as_of: date) -> dict[str, pd.DataFrame]:
+    """Split shipments and registered devices into the categories, without per-row Python."""
+    ship = ship.sort_values(LINE, kind="stable")
+    extra = ship["serial_hash"].duplicated(keep="first")
+    first = ship[~extra]
+    dup = ship[extra].merge(
+        first[["serial_hash", LINE, "shipped_at"]].rename(
+            columns={LINE: "first_line", "shipped_at": "first_shipped_at"}
+        ),
+        on="serial_hash",
+    )
+    joined = first.merge(dev, on="serial_hash", how="left", indicator=True)
+    known = joined["_merge"] == "both"
+    activated = joined["activated_at"].notna()
+    status = joined["status"]
+    day_start = joined["shipped_at"]
+    # A date-only shipped_at means "that day": activating later that same day is not early.
+    act_day = joined["activated_at"].dt.normalize()
+    before = activated & np.where(
+        joined["date_only"], act_day < day_start, joined["activated_at"] < day_start
+    )
+    as_of_ts = pd.Timestamp(as_of, tz="UTC")
+
+    matched = joined[known & activated & ~before].copy()
+    matched["days_to_activation"] = (
+        (matched["activated_at"] - matched["shipped_at"]).dt.total_seconds() / 86400
+    ).round(2)
+    early = joined[known & activated & before].copy()
+    early["days_early"] = (
+        (early["shipped_at"] - early["activated_at"]).dt.total_seconds() / 86400
+    ).round(2)
+    pending = joined[known & (status == "pending")].copy()
+    age = (as_of_ts - pending["shipped_at"]).dt.days.clip(lower=0)
+    pending["age_days"] = age
+    pending["aging_bucket"] = pd.cut(age, bins=[-1, 30, 90, np.inf], labels=list(AGING_BUCKETS))
+    pending["aging_bucket"] = pending["aging_bucket"].astype(str)
+
+    shipped_hashes = set(first["serial_hash"])  # hashing a set of strings is C-speed
+    not_shipped = dev[~dev["serial_hash"].isin(shipped_hashes)]
+    return {
+        "matched": _columns(matched, SHIP_COLS + DEV_COLS + ["activated_at", "days_to_activation"]),
+        "activated_not_shipped": _columns(
+            not_shipped[not_shipped["activated_at"].notna()], [*DEV_COLS, "activated_at"]
+        ),
+        "activated_before_shipped": _columns(
+            early, SHIP_COLS + DEV_COLS + ["activated_at", "days_early"]
+        ),
+        "shipped_not_activated": _columns(
+            pending, SHIP_COLS + DEV_COLS + ["age_days", "aging_bucket"]
+        ),
+        "shipped_unknown_serial": _columns(joined[~known], SHIP_COLS),
+        "duplicate_shipment": _columns(dup, [*SHIP_COLS, "first_line", "first_shipped_at"]),
+        "shipped_revoked": _columns(
+            joined[known & (status == "revoked")], SHIP_COLS + DEV_COLS + ["revoked_at"]
+        ),
+        "registered_not_shipped": _columns(
+            not_shipped[not_shipped["status"] == "pending"], [*DEV_COLS, "registered_at"]
+        ),
+    }
+
+
+SHIP_COLS = [LINE, "serial", "shipped_at", "order_id", "customer", "destination", "carrier"]
+DEV_COLS = ["device_id", "device_type", "model", "batch", "status"]
+
+
+def _columns(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    out = frame[cols].rename(columns={LINE: "shipments_line"}).reset_index(drop=True)
+    return out
+
+
+def neutralise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Make text cells safe to open in a spreadsheet (no formula injection, OWASP CSV)."""
+    out = frame.copy()
+    for col in out.columns:
+        if pd.api.types.is_string_dtype(out[col]) or out[col].dtype == object:
+            out[col] = out[col].astype("string").str.replace(_FORMULA_START, r"'\1", regex=True)
+    return out
+
+
+def write_report(result: ReconcileResult, target: Path, formats: tuple[str, ...]) -> None:
+    """Build the report in a hidden sibling folder, then rename it into place."""
+    if target.exists():
+        raise ProvisionError(f"{target}: report folder already exists; remove it or choose another")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        files: list[str] = []
+        if "csv" in formats:
+            for name in CATEGORY_NAMES:
+                path = tmp / f"{name}.csv"
+                frame = result.frames[name].copy()
+                for col in frame.columns:
+                    if isinstance(frame[col].dtype, pd.DatetimeTZDtype):
+                        frame[col] = frame[col].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+                neutralise(frame).to_csv(path, index=False)
+                files.append(path.name)
+        if "pdf" in formats:
+            from provision.report import render_reconciliation_pdf
+
+            render_reconciliation_pdf(result, tmp / "report.pdf")
+            files.append("report.pdf")
+        files.append("summary.json")
+        result.files = sorted(files)
+        (tmp / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+        for p in tmp.iterdir():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+__all__ = [
+    "CATEGORIES",
+    "CATEGORY_NAMES",
+    "ManifestError",
+    "ReconcileResult",
+    "reconcile_shipments",
+]
