@@ -31,6 +31,13 @@ demo: $(STAMP)
 	test -f var/demo-keyring.json || $(DEMO_ENV) $(BIN)/provision keys init
 	$(DEMO_ENV) $(BIN)/provision db upgrade
 	$(DEMO_ENV) $(BIN)/provision run jobs/demo.toml
+	$(DEMO_ENV) $(BIN)/python jobs/demo/customers.py
+	rm -rf output/reconciliation-demo
+	$(DEMO_ENV) $(BIN)/provision reconcile jobs/demo/shipments.csv --as-of 2026-11-28 \
+	  --report-dir output/reconciliation-demo
+	@echo
+	@echo "Label sheets: output/demo.pdf (print station summary: output/demo.json)"
+	@echo "Reconciliation report: output/reconciliation-demo/report.pdf"
 
 lint: $(STAMP)
 	$(BIN)/ruff check provision tests benchmarks

@@ -33,6 +33,8 @@ class ManifestSpec:
     required: tuple[str, ...]
     optional: tuple[str, ...]
     serial_columns: tuple[str, ...] = ("serial",)
+    unique_serial: bool = True  # shipments may repeat a serial: reconcile reports it
+    dates: tuple[str, ...] = ()  # ISO 8601 date or date-time when given
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -43,11 +45,20 @@ SERIALS = ManifestSpec(
     "serials",
     required=("serial",),
     optional=("device_type", "manufacturer", "model", "manufactured_at", "line"),
+    dates=("manufactured_at",),
 )
 COMPONENTS = ManifestSpec(
     "components",
     required=("serial", "component_type", "component_spec"),
     optional=("component_serial", "supplier", "lot"),
+    unique_serial=False,  # a device has several components
+)
+SHIPMENTS = ManifestSpec(
+    "shipments",
+    required=("serial", "shipped_at"),
+    optional=("order_id", "customer", "destination", "carrier"),
+    unique_serial=False,
+    dates=("shipped_at",),
 )
 
 
@@ -212,7 +223,7 @@ def _check_rows(
             RowError(name, int(f.at[idx, LINE]), "serial", str(serial_problem(serial.at[idx])))
         )
 
-    if m.spec is SERIALS:
+    if m.spec.unique_serial:
         dup = serial.duplicated(keep=False) & (serial != "") & checked
         if dup.any():
             groups = f.loc[dup].groupby("serial", sort=False)[LINE].apply(list)
@@ -226,6 +237,7 @@ def _check_rows(
                     RowError(name, line, "serial", f"same serial as line {first}")
                     for line in group[1:]
                 )
+    if m.spec is SERIALS:
         if device_type_default:
             f.loc[f["device_type"] == "", "device_type"] = device_type_default
         flag(
@@ -233,17 +245,18 @@ def _check_rows(
             "device_type",
             "device type missing and no --device-type default given",
         )
-        stamp = f["manufactured_at"]
+    for col in m.spec.required:
+        if col != "serial":
+            flag(checked & (f[col] == ""), col, "required value is empty")
+    for col in m.spec.dates:
+        stamp = f[col]
         given = checked & (stamp != "")
         if given.any():
             parsed = pd.to_datetime(stamp.where(given), format="ISO8601", errors="coerce", utc=True)
-            flag(given & parsed.isna(), "manufactured_at", "not an ISO 8601 date or date-time")
-    else:
-        for col in ("component_type", "component_spec"):
-            flag(checked & (f[col] == ""), col, "required value is empty")
+            flag(given & parsed.isna(), col, "not an ISO 8601 date or date-time")
 
     for col in m.spec.columns:
-        if col in ("serial", "manufactured_at"):
+        if col == "serial" or col in m.spec.dates:
             continue
         values = f[col]
         flag(
