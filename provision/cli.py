@@ -42,6 +42,11 @@ class Settings:
             self._registry = Registry(self.db)
         return self._registry
 
+    def registry_with_keyring(self) -> tuple[Any, Keyring]:
+        """Both, the keyring first: a command that cannot sign must not create a database."""
+        keyring = self.keyring()
+        return self.registry(), keyring
+
     def keyring(self) -> Keyring:
         if self._keyring is None:
             self._keyring = load_keyring(self.keyring_path)
@@ -370,8 +375,7 @@ def register(
     from provision.pipeline import register_batch
 
     result = register_batch(
-        settings.registry(),
-        settings.keyring(),
+        *settings.registry_with_keyring(),
         serials,
         components_path=components,
         batch=batch,
@@ -469,8 +473,7 @@ def run(settings: Settings, job: str, as_json: bool, quiet: bool) -> None:
 
     parsed = load_job(job)
     result = run_job(
-        settings.registry(),
-        settings.keyring(),
+        *settings.registry_with_keyring(),
         parsed,
         base_url=settings.base_url,
         output_dir=settings.output,
@@ -570,8 +573,7 @@ def generate(
         parsed.append((t.strip(), spec.strip()))
     tpl = load_template(template)
     result = generate_device(
-        settings.registry(),
-        settings.keyring(),
+        *settings.registry_with_keyring(),
         serial,
         device_type,
         settings.base_url,
@@ -605,6 +607,13 @@ def _find(settings: Settings, device_id: str | None, serial: str | None) -> dict
 
     keyring = settings.keyring() if serial is not None else None
     return find_device(settings.registry(), keyring, device_id, serial)
+
+
+def _find_with_keyring(
+    settings: Settings, device_id: str | None, serial: str | None
+) -> dict[str, Any]:
+    settings.keyring()  # commands that write need it: fail before touching the database
+    return _find(settings, device_id, serial)
 
 
 def _operator() -> str:
@@ -642,8 +651,7 @@ def activate(
 
     try:
         result = activate_device(
-            settings.registry(),
-            settings.keyring(),
+            *settings.registry_with_keyring(),
             payload,
             user,
             ip=ip,
@@ -700,10 +708,9 @@ def log_cmd(
     if len(target) != wanted:
         raise click.UsageError("give ACTION with --serial, else DEVICE_ID ACTION")
     device_id, action = (None, target[0]) if serial is not None else target
-    device = _find(settings, device_id, serial)
+    device = _find_with_keyring(settings, device_id, serial)
     entry = log_action(
-        settings.registry(),
-        settings.keyring(),
+        *settings.registry_with_keyring(),
         device,
         action,
         _parse_meta(meta),
@@ -798,9 +805,9 @@ def revoke_cmd(
     """
     from provision.audit import revoke
 
-    device = _find(settings, device_id, serial)
+    device = _find_with_keyring(settings, device_id, serial)
     by = _operator()
-    revoke(settings.registry(), settings.keyring(), device, reason, by)
+    revoke(*settings.registry_with_keyring(), device, reason, by)
     emit(
         as_json,
         {"device_id": device["device_id"], "status": "revoked", "revoked_by": by, "reason": reason},
@@ -833,7 +840,7 @@ def audit_verify(settings: Settings, device_id: str | None, as_json: bool) -> No
     """
     from provision.audit import verify_chains
 
-    report = verify_chains(settings.registry(), settings.keyring(), device_id)
+    report = verify_chains(*settings.registry_with_keyring(), device_id)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -921,8 +928,7 @@ def reconcile(
         )
     )
     result = reconcile_shipments(
-        settings.registry(),
-        settings.keyring(),
+        *settings.registry_with_keyring(),
         shipments,
         as_of=day,
         report_dir=target,
@@ -992,8 +998,8 @@ def serve(
         WebSettings(
             settings.db, settings.keyring_path, settings.base_url, trusted_proxies, rate_limit
         ),
-        registry=settings.registry(),
         keyring=settings.keyring(),
+        registry=settings.registry(),
     )
     if as_json:
         click.echo(json.dumps({"listening": f"http://{host}:{port}", "workers": workers}))

@@ -120,7 +120,11 @@ class Keyring:
 
 def init_keyring(path: Path) -> Keyring:
     """Create a new keyring with one active key; refuse to overwrite an existing file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A folder made here is private too: in a group- or world-writable folder anyone could swap
+    # the keyring for their own (mode 0700 still applies under a permissive umask such as 0).
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
     keyring = Keyring(path, secrets.token_bytes(SECRET_BYTES), secrets.token_bytes(SECRET_BYTES))
     keyring.rotate()
     data = json.dumps(keyring.to_json(), indent=2).encode()

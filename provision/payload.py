@@ -29,7 +29,10 @@ TAG_BYTES = 16
 TOKEN_CHARS = 48
 _HEADER = struct.Struct(">BB8sI")
 _TOKEN_RE = re.compile(rf"[A-Z2-7]{{{TOKEN_CHARS}}}")
-_URL_SPLIT = re.compile(r"/A/", re.IGNORECASE)
+_URL_SPLIT = re.compile(r"/[Aa]/")
+# ASCII-only uppercasing: str.upper() maps e.g. "ı" (U+0131) to "I" and "ſ" (U+017F) to "S", which
+# would let a non-base32 character stand in for a token character and still verify.
+_ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 Reason = Literal["malformed", "forged", "unknown_key", "revoked_key", "expired"]
 
@@ -72,7 +75,8 @@ def extract_token(payload_or_url: str) -> str:
     """The token part of a scanned URL, or the argument itself when it is a bare token."""
     text = payload_or_url.strip()
     parts = _URL_SPLIT.split(text)
-    return parts[-1].strip("/").upper() if len(parts) > 1 else text.upper()
+    token = parts[-1].strip("/") if len(parts) > 1 else text
+    return token.translate(_ASCII_UPPER)
 
 
 def verify_payload(
