@@ -507,10 +507,11 @@ def verify(settings: Settings, payload: str, as_json: bool) -> None:
     """
     keyring = settings.keyring()
     items = (line.strip() for line in sys.stdin) if payload == "-" else iter([payload])
-    all_valid = True
+    all_valid, seen = True, 0
     for item in items:
         if payload == "-" and not item:
             continue
+        seen += 1
         result = verify_payload(item, keyring)
         all_valid &= result.valid
         if as_json:
@@ -523,6 +524,8 @@ def verify(settings: Settings, payload: str, as_json: bool) -> None:
             )
         else:
             click.echo(f"invalid: {result.reason}")
+    if not seen:
+        raise ProvisionError("no payloads on standard input")
     if not all_valid:
         sys.exit(1)
 

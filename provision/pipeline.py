@@ -208,7 +208,7 @@ def register_manifests(
     done = 0
     for start in range(0, total, chunk_size):
         chunk = new.iloc[start : start + chunk_size]
-        created = utcnow()
+        created = now or utcnow()
         rows = []
         for rec in chunk.itertuples(index=False):
             serial, h = rec.serial, rec.serial_hash

@@ -6,6 +6,7 @@ plaintext serial appears in the report only where the shipments file supplied it
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -63,12 +64,11 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 
 
 def read_shipments(path: str | Path) -> pd.DataFrame:
-    """Validated shipments with `shipped_at` parsed (UTC) and `date_only` per row."""
+    """Validated shipments with `shipped_at` parsed (UTC; a date alone is its midnight)."""
     manifest = read_manifest(path, SHIPMENTS)
     manifest.raise_if_bad()
     frame = manifest.frame.copy()
     stamps = frame["shipped_at"]
-    frame["date_only"] = stamps.str.fullmatch(r"\d{4}-\d{2}-\d{2}")
     frame["shipped_at"] = pd.to_datetime(stamps, format="ISO8601", utc=True)
     return frame
 
@@ -132,19 +132,18 @@ def categorise(ship: pd.DataFrame, dev: pd.DataFrame, as_of: date) -> dict[str, 
     known = joined["_merge"] == "both"
     activated = joined["activated_at"].notna()
     status = joined["status"]
-    day_start = joined["shipped_at"]
-    # A date-only shipped_at means "that day": activating later that same day is not early.
-    act_day = joined["activated_at"].dt.normalize()
-    before = activated & np.where(
-        joined["date_only"], act_day < day_start, joined["activated_at"] < day_start
-    )
+    # A date-only shipped_at parses as that day's midnight, so activating later that same day
+    # is not early.
+    before = activated & (joined["activated_at"] < joined["shipped_at"])
+    # A revoked device is reported as shipped_revoked only, whatever happened before.
+    live = known & (status != "revoked")
     as_of_ts = pd.Timestamp(as_of, tz="UTC")
 
-    matched = joined[known & activated & ~before].copy()
+    matched = joined[live & activated & ~before].copy()
     matched["days_to_activation"] = (
         (matched["activated_at"] - matched["shipped_at"]).dt.total_seconds() / 86400
     ).round(2)
-    early = joined[known & activated & before].copy()
+    early = joined[live & activated & before].copy()
     early["days_early"] = (
         (early["shipped_at"] - early["activated_at"]).dt.total_seconds() / 86400
     ).round(2)
@@ -225,7 +224,14 @@ def write_report(result: ReconcileResult, target: Path, formats: tuple[str, ...]
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o755)
-        os.rename(tmp, target)
+        try:
+            os.rename(tmp, target)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise ProvisionError(
+                    f"{target}: report folder appeared meanwhile; not replaced"
+                ) from None
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
