@@ -109,8 +109,6 @@ def read_manifest(
     def fatal(line: int, column: str, reason: str) -> Manifest:
         return Manifest(p, spec, empty, [], sha, [RowError(name, line, column, reason)], True)
 
-    if not data.strip():
-        return fatal(1, "-", "file is empty")
     # surrogateescape keeps undecodable bytes as lone surrogates, so each one can be located
     # by line and column after parsing instead of failing the whole file at the first one.
     text = data.decode("utf-8-sig", errors="surrogateescape")
@@ -133,7 +131,8 @@ def read_manifest(
             lines.append(start)
     except csv.Error as exc:
         return fatal(prev + 1, "-", f"CSV syntax error: {exc}")
-    assert header is not None
+    if header is None:  # no bytes, only blank lines, only a BOM or only separators
+        return fatal(1, "-", "file is empty")
     return build_manifest(p, spec, header, header_line, rows, lines, sha, device_type_default)
 
 
@@ -193,7 +192,8 @@ def build_manifest(
 def _check_rows(
     m: Manifest, raw: pd.DataFrame, names: list[str], device_type_default: str | None
 ) -> list[RowError]:
-    f, name, errors = m.frame, m.name, []
+    f, name = m.frame, m.name
+    errors: list[RowError] = []
 
     def flag(mask: pd.Series, column: str, reason: str) -> None:
         errors.extend(RowError(name, int(line), column, reason) for line in f.loc[mask, LINE])
@@ -214,6 +214,10 @@ def _check_rows(
                     )
                 )
             undecodable |= hit
+            if col in m.spec.columns:
+                # Reported above; from here on the frame must encode (serial hash, database,
+                # reject file), so each undecodable byte becomes U+FFFD.
+                f.loc[hit, col] = f.loc[hit, col].str.replace(_UNDECODABLE, "\ufffd", regex=True)
 
     serial = f["serial"]
     checked = ~undecodable
@@ -274,7 +278,8 @@ def write_rejects(path: str | Path, manifests: Sequence[Manifest]) -> int:
     """Write every bad row with its reasons to PATH (atomically); returns the number of rows.
 
     Serial and component manifests have different columns, so the reject file holds the file and
-    line of each bad row, every manifest column, and `reason` (all reasons of that row, joined).
+    line of each bad row (`source_file`, `source_line`), every manifest column, and `reason` (all
+    reasons of that row, joined). Undecodable bytes appear as U+FFFD; the reason names each byte.
     """
     columns: list[str] = []
     for m in manifests:
@@ -295,7 +300,8 @@ def write_rejects(path: str | Path, manifests: Sequence[Manifest]) -> int:
     with atomic_writer(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         w = csv.writer(text)
-        w.writerow(["file", "line", *columns, "reason"])
+        # Not "file"/"line": `line` is a serial manifest column (the production line).
+        w.writerow(["source_file", "source_line", *columns, "reason"])
         w.writerows(out_rows)
         text.flush()
         text.detach()

@@ -121,7 +121,7 @@ def test_batch_killed_halfway_and_rerun_has_every_device_once(tmp_path, db_url, 
     killed_at = registry.count_devices()
     assert 0 < killed_at < n
 
-    done = subprocess.run(argv + ["--json"], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([*argv, "--json"], env=env, capture_output=True, text=True, check=True)
     out = json.loads(done.stdout)
     assert out["registered"] + out["already_registered"] == n
     assert out["already_registered"] >= killed_at - 100  # at most one chunk was in flight
