@@ -170,7 +170,9 @@ def verify_chains(
     seal = make_seal(keyring)
     report = AuditReport(0, 0, [])
     found_any = False
-    for head, entries in registry.iter_chains(device_id):
+    # Device ids are lower-case hex; accept them as typed, like `history` does.
+    wanted = device_id.strip().lower() if device_id is not None else None
+    for head, entries in registry.iter_chains(wanted):
         found_any = True
         report.devices += 1
         report.entries += len(entries)

@@ -21,6 +21,7 @@ from provision.qr import QUIET_ZONE, encode_qr
 FONT, FONT_BOLD = "ProvisionVera", "ProvisionVeraBold"
 MIN_FONT_SIZE = 4.0
 LINE_SPACING = 1.2
+FIT_SLACK_PT = 1e-6
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,15 @@ def _draw_label(canvas: Canvas, t: Template, position: int, label: LabelData) ->
     x0, y0 = t.label_origin(position)  # mm from the page's top-left
     symbol = encode_qr(label.url)
     m = t.module_size(symbol.size)
+    # The template was checked for a typical URL; a longer base URL makes a bigger symbol.
+    least = max(t.min_module, 2 * t.dot)
+    if m + 1e-9 < least:
+        raise TemplateError(
+            f"{t.name}: the {len(label.url)}-character QR URL needs a version {symbol.version} "
+            f"code ({symbol.size} modules), whose modules would be {m:.3f} mm on this "
+            f"{t.label_width} x {t.label_height} mm label, below the readable {least:.3f} mm; "
+            "use a shorter base URL or a larger label"
+        )
     total = (symbol.size + 2 * QUIET_ZONE) * m
     # The quiet zone sits inside the label; the dark area starts on a whole printer dot.
     qx = _snap(x0 + t.edge + QUIET_ZONE * m, t.dot)
@@ -129,13 +139,16 @@ def _draw_label(canvas: Canvas, t: Template, position: int, label: LabelData) ->
 
 def _fit(text: str, font: str, size: float, width_pt: float) -> tuple[str, float]:
     """Shrink the text down to MIN_FONT_SIZE, then cut it with an ellipsis, to fit the width."""
+    # The shrunk size is computed to fill the width exactly; floating-point rounding can make
+    # it measure a hair (1e-14 pt) wider, which must not cut the last character of a device id.
+    room = width_pt + FIT_SLACK_PT
     w = pdfmetrics.stringWidth(text, font, size)
-    if w <= width_pt:
+    if w <= room:
         return text, size
     smaller = max(MIN_FONT_SIZE, size * width_pt / w)
-    if pdfmetrics.stringWidth(text, font, smaller) <= width_pt:
+    if pdfmetrics.stringWidth(text, font, smaller) <= room:
         return text, smaller
-    while text and pdfmetrics.stringWidth(text + "…", font, smaller) > width_pt:
+    while text and pdfmetrics.stringWidth(text + "…", font, smaller) > room:
         text = text[:-1]
     return text + "…", smaller
 

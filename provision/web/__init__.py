@@ -31,6 +31,15 @@ _SECRET_DOMAIN = b"provision/web-session/v1\x00"
 _REDACT = re.compile(r"(?i)(/a/)[^/?#]+")
 
 
+class _App(Flask):
+    """Flask, except that an unexpected error is logged without the token in the path."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        self.logger.error(
+            "Exception on %s [%s]", redact_path(request.path), request.method, exc_info=exc_info
+        )
+
+
 @dataclass(frozen=True)
 class WebSettings:
     """What the app needs; the CLI (`provision serve`) builds it from its options."""
@@ -50,7 +59,7 @@ def create_app(
     settings: WebSettings, *, registry: Registry | None = None, keyring: Keyring | None = None
 ) -> Flask:
     """The Flask application; `provision serve` runs it under waitress."""
-    app = Flask(__name__)
+    app = _App(__name__)
     keyring = keyring or load_keyring(settings.keyring_path)
     registry = registry or Registry(settings.db_url)
     app.config.update(
@@ -68,7 +77,11 @@ def create_app(
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     csrf = CSRFProtect(app)
     limiter = Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
-    activation_limit = limiter.limit(settings.rate_limit, methods=["POST"])
+    # One budget per client address for every route that activates (/A/, /a/ and the API):
+    # a per-route limit would let a client triple it by switching the path's case or the route.
+    activation_limit = limiter.shared_limit(
+        settings.rate_limit, scope="activation", methods=["POST"]
+    )
 
     @app.before_request
     def _nonce() -> None:
@@ -128,6 +141,12 @@ def create_app(
     def _bad_method(exc: Exception) -> Any:
         return (api_error if wants_json() else page_error)(
             "method_not_allowed", 405, "That method is not allowed here."
+        )
+
+    @app.errorhandler(500)
+    def _internal(exc: Exception) -> Any:
+        return (api_error if wants_json() else page_error)(
+            "internal", 500, "Something went wrong on our side; please try again later."
         )
 
     @app.get("/healthz")
