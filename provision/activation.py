@@ -156,7 +156,8 @@ def authenticate(registry: Registry, device_id: str, token: str | None) -> dict[
     if not token:
         return None
     device = registry.device(device_id.strip().lower())
-    if device is None or not device["activation_token_hash"]:
+    # A revoked device's token no longer logs actions or reads history.
+    if device is None or not device["activation_token_hash"] or device["status"] == REVOKED:
         return None
     if not hmac.compare_digest(device["activation_token_hash"], token_hash(token)):
         return None

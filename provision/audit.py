@@ -18,7 +18,7 @@ from typing import Any
 
 from provision.errors import DeviceError, ProvisionError
 from provision.keys import Keyring
-from provision.registry import Registry, Seal, genesis_hash, utcnow
+from provision.registry import CHAIN_HEAD, PENDING, Registry, Seal, genesis_hash, utcnow
 from provision.serials import serial_hash
 
 _AUDIT_DOMAIN = b"provision/action-log/v1\x00"
@@ -214,13 +214,29 @@ def _check_chain(
         if not hmac.compare_digest(recomputed, e["entry_hash"]):
             return ChainProblem(did, e["seq"], e["id"], "content changed after it was written")
         prev = e["entry_hash"]
-    if head["action_count"] != len(entries) or (entries and head["action_head"] != prev):
+    if head["action_count"] != len(entries):
         return ChainProblem(
             did,
             len(entries) + 1 if head["action_count"] > len(entries) else None,
             None,
             f"the device records {head['action_count']} entries, the log holds {len(entries)} "
             "(newest entries deleted or head altered)",
+        )
+    if not entries:
+        if head["status"] != PENDING:
+            return ChainProblem(
+                did, 1, None, f"the device is {head['status']} but its action log is empty"
+            )
+        return None
+    last = entries[-1]
+    expected = seal(did, last["seq"], last["occurred_at"], CHAIN_HEAD, "", None, None, prev)
+    if not hmac.compare_digest(expected, head["action_head"] or ""):
+        return ChainProblem(
+            did,
+            last["seq"] + 1,
+            None,
+            "the device's sealed chain head does not match the newest entry "
+            "(newest entries deleted and the head rewound)",
         )
     return None
 

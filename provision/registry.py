@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from provision.errors import ConfigError
+from provision.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -493,10 +493,22 @@ class Registry:
             .where(devices.c.id == device_pk)
             .values(action_count=devices.c.action_count + 1)
         )
-        seq, head = conn.execute(
-            select(devices.c.action_count, devices.c.action_head).where(devices.c.id == device_pk)
-        ).one()
-        prev = head or genesis_hash(device_id)
+        seq = conn.execute(
+            select(devices.c.action_count).where(devices.c.id == device_pk)
+        ).scalar_one()
+        prev: str | None = genesis_hash(device_id)
+        if seq > 1:
+            prev = conn.execute(
+                select(action_log.c.entry_hash).where(
+                    action_log.c.device_pk == device_pk, action_log.c.seq == seq - 1
+                )
+            ).scalar()
+            if prev is None:
+                raise DeviceError(
+                    f"the action log of device {device_id} is broken at entry #{seq - 1}; "
+                    "nothing appended (run `provision audit verify`)"
+                )
+        assert prev is not None
         entry_hash = seal(device_id, seq, now, action_type, metadata_json, ip, actor, prev)
         row = {
             "device_pk": device_pk,
@@ -510,9 +522,10 @@ class Registry:
             "entry_hash": entry_hash,
         }
         pk = conn.execute(insert(action_log).values(**row)).inserted_primary_key
-        conn.execute(
-            update(devices).where(devices.c.id == device_pk).values(action_head=entry_hash)
-        )
+        # The head is keyed too: deleting the newest entries and rewinding the head by hand
+        # needs the keyring, not just database access.
+        head = seal(device_id, seq, now, CHAIN_HEAD, "", None, None, entry_hash)
+        conn.execute(update(devices).where(devices.c.id == device_pk).values(action_head=head))
         assert pk is not None
         return row | {"id": int(pk[0])}
 
@@ -545,12 +558,22 @@ class Registry:
         self, device_id: str | None = None
     ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
         """(device head, its entries by seq) for one device or every device with a log."""
-        q = select(devices.c.id, devices.c.device_id, devices.c.action_count, devices.c.action_head)
+        q = select(
+            devices.c.id,
+            devices.c.device_id,
+            devices.c.status,
+            devices.c.action_count,
+            devices.c.action_head,
+        )
         if device_id is not None:
             q = q.where(devices.c.device_id == device_id)
         else:
+            # Activating or revoking always writes an entry: such a device with an empty log
+            # had it emptied.
             q = q.where(
-                (devices.c.action_count > 0) | devices.c.id.in_(select(action_log.c.device_pk))
+                (devices.c.action_count > 0)
+                | (devices.c.status != PENDING)
+                | devices.c.id.in_(select(action_log.c.device_pk))
             )
         with self.engine.connect() as conn:
             heads = [dict(r._mapping) for r in conn.execute(q.order_by(devices.c.id))]
@@ -590,6 +613,10 @@ class Registry:
 
 
 _LOST_REASON = {ACTIVATED: "already_activated", REVOKED: "revoked_device"}
+
+
+CHAIN_HEAD = "#chain-head"
+"""The action type under which a device's chain head is sealed (never a real action type)."""
 
 
 def genesis_hash(device_id: str) -> str:

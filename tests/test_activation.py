@@ -437,6 +437,16 @@ def test_authenticate_accepts_the_activation_token_and_rejects_any_other(
     assert authenticate(reg, "0000000000000000", tok_a) is None
 
 
+def test_a_revoked_devices_token_no_longer_authenticates(factory: Factory) -> None:
+    (a,) = factory.register("SN000001")
+    token = factory.activate(url(a)).activation_token
+    assert authenticate(factory.registry, a["device_id"], token) is not None
+    device = factory.registry.device(a["device_id"])
+    assert device is not None
+    revoke(factory.registry, factory.keyring, device, "stolen", "support")
+    assert authenticate(factory.registry, a["device_id"], token) is None
+
+
 # -- the CLI -----------------------------------------------------------------------------------
 
 

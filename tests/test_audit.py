@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from provision.activation import ActivationRejected, activate
 from provision.audit import log_action, verify_chains
+from provision.errors import ProvisionError
 from provision.keys import Keyring, init_keyring, load_keyring
 from provision.payload import payload_url
 from provision.registry import Registry
@@ -562,13 +563,19 @@ def test_a_deleted_newest_entry_is_detected_and_named(fleet: Fleet) -> None:
 def test_an_inserted_entry_is_detected_and_named(fleet: Fleet) -> None:
     a, _b = chained(fleet)
     dev = fleet.device(a)
+    # The attacker links the forged entry to the newest real one, as the chain expects.
+    with fleet.registry.engine.connect() as conn:
+        last_hash = conn.execute(
+            text("SELECT entry_hash FROM device_action_log WHERE device_pk = :pk AND seq = 4"),
+            {"pk": dev["id"]},
+        ).scalar_one()
     fleet.sql(
         "INSERT INTO device_action_log (device_pk, seq, occurred_at, action_type, metadata_json,"
         " ip, actor, prev_hash, entry_hash) VALUES (:pk, 5, :at, 'reboot', '{}', NULL, NULL,"
         " :prev, :h)",
         pk=dev["id"],
         at=datetime(2026, 1, 1),
-        prev=dev["action_head"],
+        prev=last_hash,
         h="0" * 64,
     )
     report = ok_json_fail(fleet.audit("--json"))
@@ -639,3 +646,37 @@ def test_a_log_checked_with_another_keyring_is_reported_broken(
         (1, "content changed after it was written"),
         (1, "content changed after it was written"),
     ]
+
+
+def test_deleting_the_newest_entry_and_rewinding_the_head_is_detected(fleet: Fleet) -> None:
+    a, _b = chained(fleet)
+    pk = fleet.device(a)["id"]
+    # Without the keyring, the best an attacker can do is point the head at entry #3's hash.
+    fleet.sql("DELETE FROM device_action_log WHERE device_pk = :pk AND seq = 4", pk=pk)
+    fleet.sql(
+        "UPDATE devices SET action_count = 3, action_head = (SELECT entry_hash FROM"
+        " device_action_log WHERE device_pk = :pk AND seq = 3) WHERE id = :pk",
+        pk=pk,
+    )
+    report = ok_json_fail(fleet.audit("--json"))
+    assert [(p["device_id"], p["seq"]) for p in report["problems"]] == [(fleet.did(a), 4)]
+    assert "sealed chain head" in report["problems"][0]["problem"]
+
+
+def test_emptying_an_activated_devices_log_is_detected(fleet: Fleet) -> None:
+    a, _b = chained(fleet)
+    pk = fleet.device(a)["id"]
+    fleet.sql("DELETE FROM device_action_log WHERE device_pk = :pk", pk=pk)
+    fleet.sql("UPDATE devices SET action_count = 0, action_head = NULL WHERE id = :pk", pk=pk)
+    report = ok_json_fail(fleet.audit("--json"))
+    assert [(p["device_id"], p["seq"], p["problem"]) for p in report["problems"]] == [
+        (fleet.did(a), 1, "the device is activated but its action log is empty")
+    ]
+
+
+def test_appending_to_a_broken_chain_is_refused(fleet: Fleet) -> None:
+    a, _b = chained(fleet)
+    pk = fleet.device(a)["id"]
+    fleet.sql("DELETE FROM device_action_log WHERE device_pk = :pk AND seq = 4", pk=pk)
+    with pytest.raises(ProvisionError, match=r"broken at entry #4; nothing appended"):
+        fleet.log(a, "reboot")
