@@ -582,7 +582,7 @@ def test_unknown_template_name_exits_1_naming_the_builtins(run_cli: RunCLI) -> N
     assert result.stdout == ""
     (line,) = result.stderr.splitlines()
     assert line.startswith("Error: ") and "avery-9999" in line
-    assert template_names() == ["avery-5160", "avery-l7160", "thermal-50x30"]
+    assert {"avery-5160", "avery-l7160", "thermal-50x30"} <= set(template_names())
     for name in template_names():
         assert name in line
 

@@ -102,7 +102,7 @@ def _draw_label(canvas: Canvas, t: Template, position: int, label: LabelData) ->
     symbol = encode_qr(label.url)
     m = t.module_size(symbol.size)
     # The template was checked for a typical URL; a longer base URL makes a bigger symbol.
-    least = max(t.min_module, 2 * t.dot)
+    least = t.least_module
     if m + 1e-9 < least:
         raise TemplateError(
             f"{t.name}: the {len(label.url)}-character QR URL needs a version {symbol.version} "
@@ -112,7 +112,9 @@ def _draw_label(canvas: Canvas, t: Template, position: int, label: LabelData) ->
         )
     total = (symbol.size + 2 * QUIET_ZONE) * m
     # The quiet zone sits inside the label; the dark area starts on a whole printer dot.
-    qx = _snap(x0 + t.edge + QUIET_ZONE * m, t.dot)
+    # A round label centres the code in the circle's inscribed square and prints no text.
+    left = (t.label_width - total) / 2 if t.shape == "round" else t.edge
+    qx = _snap(x0 + left + QUIET_ZONE * m, t.dot)
     qy = _snap(y0 + (t.label_height - total) / 2 + QUIET_ZONE * m, t.dot)
     page_h = t.page_height
     path = canvas.beginPath()
@@ -120,6 +122,8 @@ def _draw_label(canvas: Canvas, t: Template, position: int, label: LabelData) ->
         path.rect((qx + col * m) * mm, (page_h - qy - (row + 1) * m) * mm, run * m * mm, m * mm)
     canvas.drawPath(path, stroke=0, fill=1)
 
+    if t.shape == "round":
+        return
     text_left = qx + (symbol.size + QUIET_ZONE) * m
     text_width = x0 + t.label_width - t.edge - 0.5 - text_left
     lines = [(f, label.field_text(f)) for f in t.fields]
