@@ -35,7 +35,7 @@ demo: $(STAMP)
 	$(DEMO_ENV) $(BIN)/provision reconcile jobs/demo/shipments.csv --as-of 2026-11-28 \
 	  --report-dir output/reconciliation-demo
 	@echo
-	@echo "Label sheets: output/demo.pdf (print station summary: output/demo.json)"
+	@echo "Label sheets: output/$$($(BIN)/python -c 'import json; print(json.load(open("output/demo.json"))["pdf"])') (print station summary: output/demo.json)"
 	@echo "Reconciliation report: output/reconciliation-demo/report.pdf"
 
 lint: $(STAMP)

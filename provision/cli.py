@@ -32,6 +32,7 @@ class Settings:
     keyring_path: str | None
     base_url: str
     output: str
+    stations: str
     _registry: Any = field(default=None, repr=False)
     _keyring: Keyring | None = field(default=None, repr=False)
 
@@ -150,7 +151,7 @@ def settings_options(f: F) -> F:
             default=s.default,
             show_default=s.default is not None,
             show_envvar=True,
-            metavar="PATH" if s.name in ("keyring", "output") else "URL",
+            metavar="PATH" if s.name in ("keyring", "output", "stations") else "URL",
             help=s.help,
         )(f)
     return f
@@ -162,7 +163,13 @@ def settings_options(f: F) -> F:
 @click.version_option(__version__, prog_name="provision")
 @click.pass_context
 def cli(
-    ctx: click.Context, db: str, keyring: str | None, base_url: str, output: str, verbose: bool
+    ctx: click.Context,
+    db: str,
+    keyring: str | None,
+    base_url: str,
+    output: str,
+    stations: str,
+    verbose: bool,
 ) -> None:
     """Register devices, sign their QR codes and print their labels.
 
@@ -177,7 +184,7 @@ def cli(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    ctx.obj = Settings(db, keyring, base_url, output)
+    ctx.obj = Settings(db, keyring, base_url, output, stations)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -412,9 +419,8 @@ def register(
 @click.option(
     "--template",
     "-t",
-    default="avery-l7160",
-    show_default=True,
-    help="Template name (see templates/) or path of a template TOML file.",
+    help="Template name (`provision templates list`) or path of a template TOML file "
+    "[default: the station's, else avery-l7160].",
 )
 @click.option(
     "--start-at",
@@ -423,22 +429,90 @@ def register(
     show_default=True,
     help="First free label position on the first sheet (for a partly used sheet).",
 )
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["pdf", "zpl"]),
+    help="pdf for sheets and drivers, zpl for thermal printers [default: the station's, else pdf].",
+)
+@click.option(
+    "--copies",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Print each label this many times.",
+)
+@click.option(
+    "--offset-x",
+    type=float,
+    metavar="MM",
+    help="Calibration: move every label right by MM (negative: left).",
+)
+@click.option(
+    "--offset-y",
+    type=float,
+    metavar="MM",
+    help="Calibration: move every label down by MM (negative: up).",
+)
+@click.option(
+    "--station",
+    metavar="NAME",
+    help="Use a station profile's offsets, template and format (`provision stations`).",
+)
+@click.option(
+    "--alignment-page",
+    is_flag=True,
+    help="Only write OUTPUT/alignment-TEMPLATE.pdf: label outlines and rulers.",
+)
 @json_option
 @quiet_option
 @pass_settings
 def labels(
-    settings: Settings, batch: str, template: str, start_at: int, as_json: bool, quiet: bool
+    settings: Settings,
+    batch: str,
+    template: str | None,
+    start_at: int,
+    fmt: str | None,
+    copies: int,
+    offset_x: float | None,
+    offset_y: float | None,
+    station: str | None,
+    alignment_page: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
-    """Render a batch's label sheets to OUTPUT/BATCH.pdf, then OUTPUT/BATCH.json.
+    """Render a batch's labels to OUTPUT/BATCH.pdf (or .zpl), then OUTPUT/BATCH.json.
+
+    A re-render never overwrites a file a station may be printing: different content becomes
+    BATCH.r2.pdf, BATCH.r3.pdf, ... and BATCH.json names the newest.
 
     \b
     Example:
       provision labels line1-20261128 --template avery-5160 --start-at 5
+      provision labels line1-20261128 --station dock-zebra --format zpl --copies 2
+      provision labels line1-20261128 --template avery-l7160 --alignment-page
     """
+    from provision.labels.stations import Station, get_station
     from provision.labels.templates import load_template
-    from provision.pipeline import render_batch_labels
+    from provision.pipeline import render_alignment, render_batch_labels
 
-    tpl = load_template(template)
+    profile = get_station(settings.stations, station) if station else Station("none")
+    tpl = load_template(template or profile.template or "avery-l7160")
+    dx = offset_x if offset_x is not None else profile.offset_x_mm
+    dy = offset_y if offset_y is not None else profile.offset_y_mm
+    if alignment_page:
+        path = render_alignment(tpl, settings.output, offset_x_mm=dx, offset_y_mm=dy)
+        emit(
+            as_json,
+            {
+                "alignment_page": str(path),
+                "template": tpl.name,
+                "offset_x_mm": dx,
+                "offset_y_mm": dy,
+            },
+            f"Alignment page ({tpl.name}): {path}",
+        )
+        return
     keyring = settings.keyring() if tpl.prints_serial else None
     result = render_batch_labels(
         settings.registry(),
@@ -448,13 +522,170 @@ def labels(
         settings.base_url,
         keyring=keyring,
         start_at=start_at,
+        fmt=fmt or profile.format or "pdf",
+        copies=copies,
+        offset_x_mm=dx,
+        offset_y_mm=dy,
         on_progress=progress_bar(quiet),
     )
     emit(
         as_json,
         result.to_json(),
-        f"{result.labels} labels on {result.pages} pages ({result.template}): {result.pdf}",
+        f"{result.labels} labels on {result.pages} pages ({result.template}): {result.file}",
     )
+
+
+@cli.group(cls=ProvisionGroup)
+def stations() -> None:
+    """Print station profiles: calibrate a printer once, then use --station NAME.
+
+    \b
+    Example:
+      provision labels demo --template avery-l7160 --alignment-page   # print, measure
+      provision stations set line1-laser --offset-x 0.4 --offset-y -0.6 --template avery-l7160
+    """
+
+
+@stations.command("set")
+@click.argument("name")
+@click.option("--offset-x", type=float, default=0.0, show_default=True, metavar="MM")
+@click.option("--offset-y", type=float, default=0.0, show_default=True, metavar="MM")
+@click.option("--template", "-t", help="Default template of this station.")
+@click.option("--format", "fmt", type=click.Choice(["pdf", "zpl"]), help="Default format.")
+@json_option
+@pass_settings
+def stations_set(
+    settings: Settings,
+    name: str,
+    offset_x: float,
+    offset_y: float,
+    template: str | None,
+    fmt: str | None,
+    as_json: bool,
+) -> None:
+    """Create or replace a station's profile in the stations file.
+
+    \b
+    Example:
+      provision stations set dock-zebra --offset-x -0.25 --template thermal-50x30 --format zpl
+    """
+    from provision.labels.stations import Station, save_station
+    from provision.labels.templates import load_template
+
+    if template:
+        load_template(template)  # refuse a profile naming a template that does not load
+    station = Station(name, offset_x, offset_y, template, fmt)
+    save_station(settings.stations, station)
+    emit(as_json, station.to_json(), f"Station {name} saved in {settings.stations}.")
+
+
+@stations.command("list")
+@json_option
+@pass_settings
+def stations_list(settings: Settings, as_json: bool) -> None:
+    """List the station profiles.
+
+    \b
+    Example:
+      provision stations list --json
+    """
+    from provision.labels.stations import load_stations
+
+    found = load_stations(settings.stations)
+    lines = [
+        f"{s.name}: x {s.offset_x_mm:+.2f} mm, y {s.offset_y_mm:+.2f} mm"
+        + (f", {s.template}" if s.template else "")
+        + (f", {s.format}" if s.format else "")
+        for s in found.values()
+    ] or [f"no stations in {settings.stations}"]
+    emit(as_json, {"stations": [s.to_json() for s in found.values()]}, "\n".join(lines))
+
+
+@cli.group(cls=ProvisionGroup)
+def templates() -> None:
+    """Label templates: list, show, import from gLabels.
+
+    \b
+    Example:
+      provision templates list
+      provision templates import avery-iso-templates.xml --part L7163
+    """
+
+
+@templates.command("list")
+@json_option
+def templates_list(as_json: bool) -> None:
+    """List the templates with their sheet, grid and QR module size.
+
+    \b
+    Example:
+      provision templates list --json
+    """
+    from provision.labels.templates import list_templates, template_summary
+
+    found = [template_summary(t) for t in list_templates(strict=False)]
+    if as_json:
+        click.echo(json.dumps({"templates": found}, indent=2))
+        return
+    for t in list_templates(strict=False):
+        click.echo(f"{t.name:<28} {t.per_page:>3}/page  {t.dpi:>3} dpi  {t.description}")
+
+
+@templates.command("show")
+@click.argument("name")
+@json_option
+def templates_show(name: str, as_json: bool) -> None:
+    """Show one template's geometry and label design.
+
+    \b
+    Example:
+      provision templates show thermal-50x30
+    """
+    from provision.labels.templates import load_template, template_summary
+
+    summary = template_summary(load_template(name))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        click.echo(f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}")
+
+
+@templates.command("import")
+@click.argument("xml_file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--part", help="Import only this part (e.g. L7163); default: every template.")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False),
+    help="Folder to write the TOML files to [default: the built-in templates folder].",
+)
+@click.option("--dpi", type=click.IntRange(min=72), help="Printer dpi to record.")
+@click.option("--force", is_flag=True, help="Replace an existing template file that differs.")
+@json_option
+def templates_import(
+    xml_file: str, part: str | None, dest: str | None, dpi: int | None, force: bool, as_json: bool
+) -> None:
+    """Import gLabels template XML (rectangular and round labels, every unit, equiv aliases).
+
+    \b
+    Example:
+      provision templates import /usr/share/libglabels-3.0/templates/avery-us-templates.xml
+    """
+    from provision.labels.glabels import import_glabels
+    from provision.labels.templates import BUILTIN_DIRS
+
+    target = Path(dest) if dest else BUILTIN_DIRS[0]
+    results = import_glabels(Path(xml_file), part=part, dest_dir=target, dpi=dpi, overwrite=force)
+    if as_json:
+        click.echo(json.dumps({"results": [r.to_json() for r in results]}, indent=2))
+        return
+    imported = [r for r in results if r.imported]
+    for r in results:
+        click.echo(
+            f"{'imported' if r.imported else 'skipped ':<8} {r.name or r.part}"
+            + ("" if r.imported else f": {r.reason}")
+        )
+    click.echo(f"{len(imported)} of {len(results)} imported into {target}")
 
 
 @cli.command()
@@ -477,6 +708,7 @@ def run(settings: Settings, job: str, as_json: bool, quiet: bool) -> None:
         parsed,
         base_url=settings.base_url,
         output_dir=settings.output,
+        stations_file=settings.stations,
         on_progress=progress_bar(quiet),
     )
     for row in result.register.skipped:
@@ -486,7 +718,7 @@ def run(settings: Settings, job: str, as_json: bool, quiet: bool) -> None:
         f"Batch {r.batch}: {r.registered} registered, {r.already_registered} already "
         f"registered, {r.other_batch} in other batches, {r.rejected} rejected.\n"
         f"Labels: {lab.labels} on {lab.pages} pages ({lab.template})\n"
-        f"PDF: {lab.pdf}\nSummary: {lab.summary}"
+        f"{lab.format.upper()}: {lab.file}\nSummary: {lab.summary}"
     )
     emit(as_json, result.to_json(), text)
 

@@ -46,6 +46,12 @@ SETTINGS: tuple[Setting, ...] = (
         DEFAULT_OUTPUT,
         "Folder the print stations watch: label PDFs and their summary JSON land here.",
     ),
+    Setting(
+        "stations",
+        "PROVISION_STATIONS",
+        "stations.toml",
+        "Print station profiles (TOML): each printer's calibration offsets, for --station.",
+    ),
 )
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}

@@ -11,6 +11,7 @@ from typing import Any
 from provision.config import DEFAULT_TTL_DAYS
 from provision.errors import JobError
 from provision.keys import Keyring
+from provision.labels.stations import Station, get_station
 from provision.labels.templates import load_template
 from provision.pipeline import (
     LabelsResult,
@@ -31,6 +32,11 @@ KEYS = {
     "device_type": "device type for rows that leave it empty (optional)",
     "start_at": "first label position on the first sheet (default 1)",
     "reject_file": "let good rows through and write bad ones here (optional)",
+    "station": "print station profile: offsets, template and format (optional)",
+    "format": "pdf or zpl (default: the station's, else pdf)",
+    "copies": "copies of each label (default 1)",
+    "offset_x_mm": "calibration offset right, mm (default: the station's, else 0)",
+    "offset_y_mm": "calibration offset down, mm (default: the station's, else 0)",
 }
 
 
@@ -47,6 +53,11 @@ class Job:
     device_type: str | None
     start_at: int
     reject_file: Path | None
+    station: str | None = None
+    format: str | None = None
+    copies: int = 1
+    offset_x_mm: float | None = None
+    offset_y_mm: float | None = None
 
 
 @dataclass
@@ -87,10 +98,15 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
         batch = data["batch"].format(date=now or utcnow())
     except (KeyError, ValueError, IndexError) as exc:
         raise JobError(f"{p}: `batch` has a bad placeholder: {exc}") from None
-    for key in ("ttl_days", "start_at"):
+    for key in ("ttl_days", "start_at", "copies"):
         if key in data and not isinstance(data[key], int):
             raise JobError(f"{p}: `{key}` must be a whole number")
-    template = data.get("template", "avery-l7160")
+    for key in ("offset_x_mm", "offset_y_mm"):
+        if key in data and not isinstance(data[key], int | float):
+            raise JobError(f"{p}: `{key}` must be a number")
+    if data.get("format") not in (None, "pdf", "zpl"):
+        raise JobError(f"{p}: `format` must be pdf or zpl")
+    template = data.get("template", "")
     if template.endswith(".toml"):
         template = str(base / template)
     serials = rel("serials")
@@ -105,6 +121,11 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
         device_type=data.get("device_type"),
         start_at=int(data.get("start_at", 1)),
         reject_file=rel("reject_file"),
+        station=data.get("station"),
+        format=data.get("format"),
+        copies=int(data.get("copies", 1)),
+        offset_x_mm=data.get("offset_x_mm"),
+        offset_y_mm=data.get("offset_y_mm"),
     )
 
 
@@ -115,10 +136,13 @@ def run_job(
     *,
     base_url: str,
     output_dir: str | Path,
+    stations_file: str | Path = "stations.toml",
     on_progress: Progress = no_progress,
 ) -> JobResult:
     """Register the job's manifests, then render its labels."""
-    template = load_template(job.template)  # a bad template fails before anything is written
+    # A bad station or template fails before anything is written.
+    profile = get_station(stations_file, job.station) if job.station else Station("none")
+    template = load_template(job.template or profile.template or "avery-l7160")
     registered = register_batch(
         registry,
         keyring,
@@ -138,6 +162,10 @@ def run_job(
         base_url,
         keyring=keyring,
         start_at=job.start_at,
+        fmt=job.format or profile.format or "pdf",
+        copies=job.copies,
+        offset_x_mm=job.offset_x_mm if job.offset_x_mm is not None else profile.offset_x_mm,
+        offset_y_mm=job.offset_y_mm if job.offset_y_mm is not None else profile.offset_y_mm,
         on_progress=on_progress,
     )
     return JobResult(str(job.path), registered, labels)

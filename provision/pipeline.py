@@ -6,19 +6,24 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy.exc import IntegrityError
 
 from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS
 from provision.errors import BatchError, ManifestError, ProvisionError, RowError
-from provision.files import atomic_writer, write_atomic
+from provision.files import atomic_writer, publish_revision, write_atomic
 from provision.keys import Keyring
-from provision.labels.render import LabelData, render_label_sheets
+from provision.labels.render import (
+    LabelData,
+    RenderResult,
+    render_alignment_page,
+    render_label_sheets,
+)
 from provision.labels.templates import Template
 from provision.manifests import (
     COMPONENTS,
@@ -74,16 +79,23 @@ class RegisterResult:
 
 @dataclass
 class LabelsResult:
-    """Where a batch's labels went, as recorded in the summary JSON beside the PDF."""
+    """Where a batch's labels went, as recorded in the summary JSON beside the print file."""
 
     batch: str
-    pdf: str
+    format: str
+    file: str
+    pdf: str | None
+    zpl: str | None
+    revision: int
     summary: str
     labels: int
     pages: int
     template: str
     sha256: str
     start_at: int
+    copies: int
+    offset_x_mm: float
+    offset_y_mm: float
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -354,9 +366,19 @@ def render_batch_labels(
     *,
     keyring: Keyring | None = None,
     start_at: int = 1,
+    fmt: str = "pdf",
+    copies: int = 1,
+    offset_x_mm: float = 0.0,
+    offset_y_mm: float = 0.0,
     on_progress: Progress = no_progress,
 ) -> LabelsResult:
-    """Render OUTPUT/BATCH.pdf atomically, then OUTPUT/BATCH.json (the print station's signal)."""
+    """Render OUTPUT/BATCH.pdf (or .zpl), then OUTPUT/BATCH.json, the print station's signal.
+
+    The print file is published under a new name, never over an existing one: a re-render
+    with other content becomes BATCH.r2.pdf, BATCH.r3.pdf, ... and the summary names it.
+    """
+    if fmt not in RENDERERS:
+        raise BatchError(f"--format must be one of {', '.join(RENDERERS)}")
     check_batch_name(batch)
     batch_id = registry.batch_id(batch)
     if batch_id is None:
@@ -392,54 +414,102 @@ def render_batch_labels(
             on_progress("render", done, total)
 
     out = Path(output_dir)
-    pdf_path, json_path = out / f"{batch}.pdf", out / f"{batch}.json"
-    digest = hashlib.sha256()
-    with atomic_writer(pdf_path) as fh:
-        hashing = _HashingWriter(fh, digest)
-        rendered = render_label_sheets(
+    json_path = out / f"{batch}.json"
+
+    rendered = RenderResult(0, 0)
+
+    def write(fh: BinaryIO) -> None:
+        nonlocal rendered
+        rendered = RENDERERS[fmt](
             labels(),
             template,
-            hashing,  # type: ignore[arg-type]
+            fh,
             start_at=start_at,
             title=f"provision batch {batch}",
+            copies=copies,
+            offset_x_mm=offset_x_mm,
+            offset_y_mm=offset_y_mm,
         )
+
+    path, revision, sha = publish_revision(out, batch, fmt, write)
     result = LabelsResult(
         batch=batch,
-        pdf=str(pdf_path),
+        format=fmt,
+        file=str(path),
+        pdf=str(path) if fmt == "pdf" else None,
+        zpl=str(path) if fmt == "zpl" else None,
+        revision=revision,
         summary=str(json_path),
         labels=rendered.labels,
         pages=rendered.pages,
         template=template.name,
-        sha256=digest.hexdigest(),
+        sha256=sha,
         start_at=start_at,
+        copies=copies,
+        offset_x_mm=offset_x_mm,
+        offset_y_mm=offset_y_mm,
     )
     summary = {
         "batch": batch,
-        "pdf": pdf_path.name,
+        "format": fmt,
+        fmt: path.name,
+        "revision": revision,
         "labels": result.labels,
         "pages": result.pages,
         "template": template.name,
-        "sha256": result.sha256,
+        "sha256": sha,
         "start_at": start_at,
+        "copies": copies,
+        "offset_x_mm": offset_x_mm,
+        "offset_y_mm": offset_y_mm,
         "rendered_at": utcnow().replace(microsecond=0).isoformat(),
     }
+    # Written last and atomically: a station that waits for it never sees half a print file.
     write_atomic(json_path, (json.dumps(summary, indent=2) + "\n").encode())
-    log.info("batch %s: %d labels on %d pages -> %s", batch, result.labels, result.pages, pdf_path)
+    log.info("batch %s: %d labels on %d pages -> %s", batch, result.labels, result.pages, path)
     return result
 
 
-class _HashingWriter:
-    """A file wrapper that hashes what passes through, so the PDF is not read back."""
+def _render_zpl(
+    labels: Iterable[LabelData],
+    template: Template,
+    out: BinaryIO,
+    *,
+    start_at: int,
+    title: str,
+    copies: int,
+    offset_x_mm: float,
+    offset_y_mm: float,
+) -> RenderResult:
+    from provision.labels.zpl import render_zpl
 
-    def __init__(self, fh: Any, digest: Any) -> None:
-        self._fh, self._digest = fh, digest
+    if start_at != 1:
+        raise BatchError("--start-at applies to label sheets; a thermal roll has no used positions")
+    return render_zpl(
+        labels, template, out, copies=copies, offset_x_mm=offset_x_mm, offset_y_mm=offset_y_mm
+    )
 
-    def write(self, data: bytes) -> int:
-        self._digest.update(data)
-        return int(self._fh.write(data))
 
-    def flush(self) -> None:
-        self._fh.flush()
+# Output format -> renderer, as segno's writers are a table, not an if-chain.
+# (Looked up at call time, so a test can stand a failing renderer in for the real one.)
+RENDERERS: dict[str, Callable[..., RenderResult]] = {
+    "pdf": lambda *args, **kwargs: render_label_sheets(*args, **kwargs),
+    "zpl": lambda *args, **kwargs: _render_zpl(*args, **kwargs),
+}
+
+
+def render_alignment(
+    template: Template,
+    output_dir: str | Path,
+    *,
+    offset_x_mm: float = 0.0,
+    offset_y_mm: float = 0.0,
+) -> Path:
+    """OUTPUT/alignment-TEMPLATE.pdf: outlines and rulers to calibrate a station's offsets."""
+    path = Path(output_dir) / f"alignment-{template.name}.pdf"
+    with atomic_writer(path) as fh:
+        render_alignment_page(template, fh, offset_x_mm=offset_x_mm, offset_y_mm=offset_y_mm)
+    return path
 
 
 @dataclass

@@ -410,7 +410,14 @@ def test_a_run_leaves_no_temporary_files(run_cli: RunCLI, tmp_path: Path, output
     register(run_cli, tmp_path, 3)
     render(run_cli, "b1")
     render(run_cli, "b1", "--template", "thermal-50x30")
-    assert output_names(output_dir) == {"b1.pdf", "b1.json"}
+    # A re-render with other content never overwrites: it is a new revision, named by the JSON.
+    assert output_names(output_dir) == {"b1.pdf", "b1.r2.pdf", "b1.json"}
+    summary = json.loads((output_dir / "b1.json").read_text())
+    assert (summary["pdf"], summary["revision"], summary["template"]) == (
+        "b1.r2.pdf",
+        2,
+        "thermal-50x30",
+    )
 
 
 def _crash_midway(monkeypatch: pytest.MonkeyPatch, output_dir: Path) -> list[set[str]]:

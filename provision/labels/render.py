@@ -68,8 +68,17 @@ def render_label_sheets(
     *,
     start_at: int = 1,
     title: str = "provision labels",
+    copies: int = 1,
+    offset_x_mm: float = 0.0,
+    offset_y_mm: float = 0.0,
 ) -> RenderResult:
-    """Draw every label onto sheets of `template`; `start_at` skips used positions of page 1."""
+    """Draw every label onto sheets of `template`; `start_at` skips used positions of page 1.
+
+    `copies` prints each label that many times in a row; the offsets (right and down, in mm)
+    are a printer's calibration and move every label by that much.
+    """
+    if copies < 1:
+        raise TemplateError("--copies must be at least 1")
     if start_at < 1 or start_at > template.per_page:
         raise TemplateError(
             f"--start-at must be between 1 and {template.per_page} for {template.name}"
@@ -82,23 +91,90 @@ def render_label_sheets(
     # Viewers default to "fit to page" (96%): that would shift every label off its die-cut.
     canvas.setViewerPreference("PrintScaling", "None")
     position, count, pages = start_at - 1, 0, 0
+    offset = (offset_x_mm, offset_y_mm)
     for label in labels:
-        if count == 0:
-            pages = 1
-        elif position == template.per_page:
-            canvas.showPage()
-            position, pages = 0, pages + 1
-        _draw_label(canvas, template, position, label)
-        position += 1
-        count += 1
+        for _ in range(copies):
+            if count == 0:
+                pages = 1
+            elif position == template.per_page:
+                canvas.showPage()
+                position, pages = 0, pages + 1
+            _draw_label(canvas, template, position, label, offset)
+            position += 1
+            count += 1
     if count:
         canvas.showPage()
     canvas.save()
     return RenderResult(labels=count, pages=pages)
 
 
-def _draw_label(canvas: Canvas, t: Template, position: int, label: LabelData) -> None:
+def render_alignment_page(
+    template: Template,
+    out: BinaryIO | str | Path,
+    *,
+    offset_x_mm: float = 0.0,
+    offset_y_mm: float = 0.0,
+) -> RenderResult:
+    """One page of label outlines and millimetre rulers, to calibrate a printer's offsets.
+
+    Print it on plain paper, hold it against a label sheet to the light, and measure how far
+    the outlines sit from the die-cuts: those are the station's --offset-x/--offset-y.
+    """
+    _register_fonts()
+    t = template
+    canvas = Canvas(out, pagesize=(t.page_width * mm, t.page_height * mm), invariant=True)
+    canvas.setTitle(f"provision alignment page: {t.name}")
+    canvas.setCreator("provision")
+    canvas.setViewerPreference("PrintScaling", "None")
+    canvas.setLineWidth(0.3)
+    page_h = t.page_height
+    for i in range(t.per_page):
+        x0, y0 = t.label_origin(i)
+        x0, y0 = x0 + offset_x_mm, y0 + offset_y_mm
+        radius = t.label_width / 2 if t.shape == "round" else t.corner_radius
+        canvas.roundRect(
+            x0 * mm,
+            (page_h - y0 - t.label_height) * mm,
+            t.label_width * mm,
+            t.label_height * mm,
+            radius * mm,
+            stroke=1,
+            fill=0,
+        )
+        canvas.setFont(FONT, 6)
+        canvas.drawString((x0 + 1) * mm, (page_h - y0 - 3) * mm, str(i + 1))
+    # Rulers along the top and left edges: a tick each millimetre, longer each 5 and 10.
+    canvas.setFont(FONT, 5)
+    for x in range(int(t.page_width) + 1):
+        tick = 4 if x % 10 == 0 else 2.5 if x % 5 == 0 else 1.5
+        canvas.line(x * mm, page_h * mm, x * mm, (page_h - tick) * mm)
+        if x % 10 == 0 and x:
+            canvas.drawCentredString(x * mm, (page_h - 6) * mm, str(x))
+    for y in range(int(t.page_height) + 1):
+        tick = 4 if y % 10 == 0 else 2.5 if y % 5 == 0 else 1.5
+        canvas.line(0, (page_h - y) * mm, tick * mm, (page_h - y) * mm)
+        if y % 10 == 0 and y:
+            canvas.drawString(5 * mm, (page_h - y - 0.7) * mm, str(y))
+    canvas.drawString(
+        20 * mm,
+        8 * mm,
+        f"{t.name}  offsets x {offset_x_mm:+.2f} mm, "
+        f"y {offset_y_mm:+.2f} mm  (print at 100%, no scaling)",
+    )
+    canvas.showPage()
+    canvas.save()
+    return RenderResult(labels=0, pages=1)
+
+
+def _draw_label(
+    canvas: Canvas,
+    t: Template,
+    position: int,
+    label: LabelData,
+    offset: tuple[float, float] = (0.0, 0.0),
+) -> None:
     x0, y0 = t.label_origin(position)  # mm from the page's top-left
+    x0, y0 = x0 + offset[0], y0 + offset[1]
     symbol = encode_qr(label.url)
     m = t.module_size(symbol.size)
     # The template was checked for a typical URL; a longer base URL makes a bigger symbol.

@@ -1,0 +1,93 @@
+"""Print station profiles: each printer's calibration, kept once and named with --station."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from provision.errors import ConfigError
+from provision.files import write_atomic
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_OFFSET_MM = 20.0
+
+
+@dataclass(frozen=True)
+class Station:
+    """A printer's offsets (mm, right and down) and optional default template and format."""
+
+    name: str
+    offset_x_mm: float = 0.0
+    offset_y_mm: float = 0.0
+    template: str | None = None
+    format: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_stations(path: str | Path) -> dict[str, Station]:
+    p = Path(path)
+    if not p.exists():
+        return {}
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read station profiles: {exc}") from None
+    stations = {}
+    for name, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{p}: [{name}] must be a table")
+        unknown = set(values) - {"offset_x_mm", "offset_y_mm", "template", "format"}
+        if unknown:
+            raise ConfigError(f"{p}: [{name}] has unknown key(s) {', '.join(sorted(unknown))}")
+        try:
+            stations[name] = check_station(Station(name=name, **values))
+        except TypeError as exc:
+            raise ConfigError(f"{p}: [{name}]: {exc}") from None
+    return stations
+
+
+def get_station(path: str | Path, name: str) -> Station:
+    stations = load_stations(path)
+    if name not in stations:
+        known = ", ".join(sorted(stations)) or "none yet"
+        raise ConfigError(
+            f"no station {name!r} in {path} (known: {known}); "
+            f"create it with `provision stations set {name} --offset-x MM --offset-y MM`"
+        )
+    return stations[name]
+
+
+def check_station(s: Station) -> Station:
+    if not NAME_RE.fullmatch(s.name):
+        raise ConfigError(f"station name {s.name!r}: use letters, digits, '.', '_' or '-'")
+    for value in (s.offset_x_mm, s.offset_y_mm):
+        if not isinstance(value, int | float) or abs(value) > MAX_OFFSET_MM:
+            raise ConfigError(
+                f"station {s.name}: offsets must be numbers within ±{MAX_OFFSET_MM} mm"
+            )
+    if s.format is not None and s.format not in ("pdf", "zpl"):
+        raise ConfigError(f"station {s.name}: format must be pdf or zpl")
+    return s
+
+
+def save_station(path: str | Path, station: Station) -> None:
+    """Add or replace one station's profile; the file is rewritten atomically."""
+    check_station(station)
+    stations = load_stations(path) | {station.name: station}
+    lines = ["# provision print station profiles (`provision stations set NAME ...`)", ""]
+    for s in sorted(stations.values(), key=lambda s: s.name):
+        lines.append(f"[{json.dumps(s.name)}]")
+        lines.append(f"offset_x_mm = {float(s.offset_x_mm)!r}")
+        lines.append(f"offset_y_mm = {float(s.offset_y_mm)!r}")
+        if s.template:
+            lines.append(f"template = {json.dumps(s.template)}")
+        if s.format:
+            lines.append(f"format = {json.dumps(s.format)}")
+        lines.append("")
+    write_atomic(path, "\n".join(lines).encode())
