@@ -18,7 +18,15 @@ from typing import Any
 
 from provision.errors import DeviceError, ProvisionError
 from provision.keys import Keyring
-from provision.registry import CHAIN_HEAD, PENDING, Registry, Seal, genesis_hash, utcnow
+from provision.registry import (
+    CHAIN_HEAD,
+    PENDING,
+    Registry,
+    Seal,
+    canonical_json,
+    genesis_hash,
+    utcnow,
+)
 from provision.serials import serial_hash
 
 _AUDIT_DOMAIN = b"provision/action-log/v1\x00"
@@ -90,7 +98,7 @@ def log_action(
             f"action type {action_type!r}: use 1-64 lower-case letters, digits, '_', '.', ':' "
             "or '-', starting with a letter"
         )
-    meta = json.dumps(metadata or {}, sort_keys=True, separators=(",", ":"), default=str)
+    meta = canonical_json(metadata or {})
     if len(meta.encode()) > MAX_METADATA_BYTES:
         raise ProvisionError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
     return registry.append_action(

@@ -435,7 +435,7 @@ class Registry:
                 )
             )
             if won:
-                meta = json.dumps({"user": user}, sort_keys=True, separators=(",", ":"))
+                meta = canonical_json({"user": user})
                 self._append_action(
                     conn, device_pk, device_id, "activated", meta, event.get("ip"), user, now, seal
                 )
@@ -452,7 +452,7 @@ class Registry:
                 .values(status=REVOKED, revoked_at=now, revoked_by=by, revoked_reason=reason)
             ).rowcount
             if changed:
-                meta = json.dumps({"reason": reason}, sort_keys=True, separators=(",", ":"))
+                meta = canonical_json({"reason": reason})
                 self._append_action(
                     conn, device_pk, device_id, "revoked", meta, None, by, now, seal
                 )
@@ -648,6 +648,11 @@ class Registry:
 
 
 _LOST_REASON = {ACTIVATED: "already_activated", REVOKED: "revoked_device"}
+
+
+def canonical_json(value: Any) -> str:
+    """The one spelling of action metadata that its chain hash is computed over."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 CHAIN_HEAD = "#chain-head"
