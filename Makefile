@@ -9,7 +9,7 @@ DEMO_ENV := PROVISION_KEYRING=$(CURDIR)/var/demo-keyring.json \
             PROVISION_DB_URL=sqlite:///$(CURDIR)/var/demo.db \
             PROVISION_OUTPUT=$(CURDIR)/output
 
-.PHONY: demo test lint typecheck pytest clean install chromium glabels bench-reconcile
+.PHONY: demo test lint typecheck pytest clean install chromium glabels bench bench-reconcile
 
 # The browser tests drive Debian's Chromium; install it when the machine lacks it.
 chromium:
@@ -55,6 +55,10 @@ pytest: $(STAMP) chromium glabels
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The nightly pipeline against the original approach, per stage: make bench N=100000
+bench: $(STAMP)
+	$(BIN)/python benchmarks/pipeline_bench.py --n $(or $(N),10000)
 
 # Reconciliation at scale: 1,000,000 shipments against 1,000,000 devices (issue: <= 30 s, 2 GB).
 bench-reconcile: $(STAMP)

@@ -192,3 +192,36 @@ def test_a_job_file_can_name_a_station(run_cli: RunCLI, tmp_path: Path, output_d
         0.3,
         4,
     )
+
+
+def test_a_template_can_embed_its_own_truetype_font(tmp_path: Path) -> None:
+    import reportlab
+
+    from provision.keys import init_keyring
+    from provision.labels.render import LabelData, render_label_sheets
+    from provision.labels.templates import load_template
+    from provision.payload import payload_url, sign_token
+
+    font = Path(reportlab.__file__).parent / "fonts" / "VeraIt.ttf"
+    base = (Path(__file__).parents[1] / "templates" / "thermal-50x30.toml").read_text()
+    toml = tmp_path / "italic.toml"
+    toml.write_text(base.replace("[design]", f'[design]\nfont = "{font}"'))
+    template = load_template(toml)
+    assert template.font == str(font)
+    key = init_keyring(tmp_path / "k.json").active
+    url = payload_url(
+        "http://localhost:5001",
+        sign_token(key.id, key.secret or b"", "00112233445566ff", 2_000_000_000),
+    )
+    out = tmp_path / "italic.pdf"
+    render_label_sheets([LabelData("00112233445566ff", url, "meter")], template, out)
+    data = out.read_bytes()
+    assert b"Oblique" in data and b"/FontFile2" in data  # Vera Sans Oblique, embedded
+    (page,) = decode_pages(out, DPI)
+    assert [c.text for c in page.codes] == [url]
+    assert "ID 00112233445566ff" in page.text
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base.replace("[design]", '[design]\nfont = "missing.ttf"'))
+    with pytest.raises(Exception, match="no TrueType file"):
+        load_template(bad)

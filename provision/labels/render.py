@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,20 @@ def _register_fonts() -> None:
         pdfmetrics.registerFont(TTFont(FONT_BOLD, "VeraBd.ttf"))
 
 
+def label_fonts(t: Template) -> tuple[str, str]:
+    """(regular, bold) font names for a template: Vera, or its own TrueType file for both."""
+    _register_fonts()
+    if t.font == "vera":
+        return FONT, FONT_BOLD
+    name = "ProvisionTTF-" + hashlib.sha256(t.font.encode()).hexdigest()[:12]
+    if name not in pdfmetrics.getRegisteredFontNames():
+        try:
+            pdfmetrics.registerFont(TTFont(name, t.font))
+        except Exception as exc:  # reportlab raises TTFError and plain errors alike
+            raise TemplateError(f"{t.name}: cannot use font {t.font}: {exc}") from None
+    return name, name
+
+
 def render_label_sheets(
     labels: Iterable[LabelData],
     template: Template,
@@ -85,7 +100,12 @@ def render_label_sheets(
         )
     _register_fonts()
     page_size = (template.page_width * mm, template.page_height * mm)
-    canvas = Canvas(out, pagesize=page_size, invariant=True, pageCompression=1)
+    canvas = Canvas(
+        str(out) if isinstance(out, Path) else out,
+        pagesize=page_size,
+        invariant=True,
+        pageCompression=1,
+    )
     canvas.setTitle(title)
     canvas.setCreator("provision")
     # Viewers default to "fit to page" (96%): that would shift every label off its die-cut.
@@ -122,7 +142,11 @@ def render_alignment_page(
     """
     _register_fonts()
     t = template
-    canvas = Canvas(out, pagesize=(t.page_width * mm, t.page_height * mm), invariant=True)
+    canvas = Canvas(
+        str(out) if isinstance(out, Path) else out,
+        pagesize=(t.page_width * mm, t.page_height * mm),
+        invariant=True,
+    )
     canvas.setTitle(f"provision alignment page: {t.name}")
     canvas.setCreator("provision")
     canvas.setViewerPreference("PrintScaling", "None")
@@ -193,10 +217,14 @@ def _draw_label(
     qx = _snap(x0 + left + QUIET_ZONE * m, t.dot)
     qy = _snap(y0 + (t.label_height - total) / 2 + QUIET_ZONE * m, t.dot)
     page_h = t.page_height
-    path = canvas.beginPath()
-    for row, col, run in symbol.runs:
-        path.rect((qx + col * m) * mm, (page_h - qy - (row + 1) * m) * mm, run * m * mm, m * mm)
-    canvas.drawPath(path, stroke=0, fill=1)
+    # The symbol in module units, y down from its top-left corner: each run of dark modules is
+    # an integer rectangle, so the operators need no float formatting; one fill for them all.
+    scale = m * mm
+    canvas.addLiteral(
+        f"q {_num(scale)} 0 0 {_num(-scale)} {_num(qx * mm)} {_num((page_h - qy) * mm)} cm\n"
+        + "\n".join([f"{col} {row} {run} 1 re" for row, col, run in symbol.runs])
+        + "\nf Q"
+    )
 
     if t.shape == "round":
         return
@@ -210,7 +238,8 @@ def _draw_label(
     block = len(lines) * size * LINE_SPACING / 72 * 25.4  # mm
     y = y0 + (t.label_height - block) / 2
     for field, text in lines:
-        font = FONT_BOLD if field == "device_id" else FONT
+        regular, bold = label_fonts(t)
+        font = bold if field == "device_id" else regular
         fitted, fsize = _fit(text, font, size, text_width * mm)
         y += size * LINE_SPACING / 72 * 25.4
         canvas.setFont(font, fsize)
@@ -231,6 +260,12 @@ def _fit(text: str, font: str, size: float, width_pt: float) -> tuple[str, float
     while text and pdfmetrics.stringWidth(text + "…", font, smaller) > room:
         text = text[:-1]
     return text + "…", smaller
+
+
+def _num(value: float) -> str:
+    """A PDF number: 6 decimals (a millionth of a point), no trailing zeros."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def _snap(value_mm: float, dot_mm: float) -> float:

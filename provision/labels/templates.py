@@ -42,7 +42,7 @@ _GRID_LENGTHS = ("left", "top", "pitch_x", "pitch_y")
 _DESIGN_LENGTHS = ("qr_max", "edge", "min_module")
 _LABEL_KEYS = ("shape",)
 _GRID_KEYS = ("columns", "rows")
-_DESIGN_KEYS = ("font_size_pt", "fields", "min_dots")
+_DESIGN_KEYS = ("font", "font_size_pt", "fields", "min_dots")
 _TOP_KEYS = ("name", "description", "dpi")
 
 
@@ -96,6 +96,9 @@ class Template:
     font_size: float
     fields: tuple[str, ...]
     shape: str = "rect"
+    # "vera" (Bitstream Vera, shipped with reportlab) or the path of a TrueType file; either
+    # way the font is embedded in the PDF.
+    font: str = "vera"
     min_dots: int = 0  # 0: the default for the dpi (MIN_DOTS_LOW_DPI below 300 dpi, else MIN_DOTS)
     layouts: tuple[Layout, ...] = field(default=())
 
@@ -340,11 +343,23 @@ def _from_toml(p: Path, data: dict[str, Any]) -> Template:
         edge=_length(design, "edge", 0.5),
         min_module=_length(design, "min_module", 0.3),
         font_size=_number(design.get("font_size_pt", 7), "font_size_pt"),
+        font=_font(design.get("font", "vera"), p),
         fields=fields,
         shape=shape,
         min_dots=_integer(design.get("min_dots", 0), "min_dots"),
         layouts=layouts,
     )
+
+
+def _font(value: Any, path: Path) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError('design.font must be "vera" or the path of a .ttf file')
+    if value == "vera":
+        return value
+    font = Path(value) if Path(value).is_absolute() else path.parent / value
+    if font.suffix.lower() != ".ttf" or not font.is_file():
+        raise ValueError(f"design.font: no TrueType file {str(font)!r}")
+    return str(font)
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -497,6 +512,7 @@ def template_summary(t: Template, modules: int = TYPICAL_QR_MODULES) -> dict[str
         "design": {
             "edge_mm": _r(t.edge),
             "qr_max_mm": _r(t.qr_max) if t.qr_max < 1e8 else None,
+            "font": t.font,
             "font_size_pt": t.font_size,
             "fields": list(t.fields),
         },
