@@ -21,6 +21,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    any_,
+    bindparam,
     create_engine,
     event,
     func,
@@ -29,8 +31,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from provision.errors import ConfigError, DeviceError
@@ -187,6 +190,10 @@ class Registry:
             raise ConfigError(f"--db: not a database URL: {url!r}") from None
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.is_postgresql = parsed.get_backend_name() == "postgresql"
+        # PostgreSQL takes a whole chunk of keys as one array parameter; SQLite binds each one
+        # (at most 32,766 variables a statement, 999 before SQLite 3.32).
+        self._lookup_chunk = 50_000 if self.is_postgresql else 900
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
@@ -264,15 +271,22 @@ class Registry:
 
     # -- devices ---------------------------------------------------------------------------
 
+    def _among(self, column: Any, values: list[str]) -> Any:
+        """`column IN (values)`: one array parameter on PostgreSQL (`= ANY(:values)`), which
+        spares compiling, sending and planning thousands of bind parameters a query."""
+        if self.is_postgresql:
+            return column == any_(bindparam(None, values, type_=postgresql.ARRAY(String)))
+        return column.in_(values)
+
     def existing_by_hash(self, hashes: Sequence[str]) -> dict[str, tuple[int, int, str]]:
         """For the hashes already registered: serial hash -> (device pk, batch id, batch name)."""
         found: dict[str, tuple[int, int, str]] = {}
         with self.engine.connect() as conn:
-            for chunk in _chunks(hashes, 900):
+            for chunk in _chunks(hashes, self._lookup_chunk):
                 q = (
                     select(devices.c.serial_hash, devices.c.id, devices.c.batch_id, batches.c.name)
                     .join(batches, batches.c.id == devices.c.batch_id)
-                    .where(devices.c.serial_hash.in_(chunk))
+                    .where(self._among(devices.c.serial_hash, chunk))
                 )
                 for h, pk, bid, bname in conn.execute(q):
                     found[h] = (pk, bid, bname)
@@ -287,13 +301,17 @@ class Registry:
         """
         with self.engine.begin() as conn:
             if rows:
-                conn.execute(insert(devices), rows)
+                if self.is_postgresql and self.engine.dialect.driver == "psycopg":
+                    _copy_rows(conn, devices, rows)
+                else:
+                    conn.execute(insert(devices), rows)
             if component_rows:
+                owners = list({r["serial_hash"] for r in component_rows})
                 pks = {
                     h: pk
                     for h, pk in conn.execute(
                         select(devices.c.serial_hash, devices.c.id).where(
-                            devices.c.serial_hash.in_({r["serial_hash"] for r in component_rows})
+                            self._among(devices.c.serial_hash, owners)
                         )
                     )
                 }
@@ -309,8 +327,8 @@ class Registry:
     def existing_component_hashes(self, hashes: Sequence[str]) -> set[str]:
         found: set[str] = set()
         with self.engine.connect() as conn:
-            for chunk in _chunks(hashes, 900):
-                q = select(components.c.row_hash).where(components.c.row_hash.in_(chunk))
+            for chunk in _chunks(hashes, self._lookup_chunk):
+                q = select(components.c.row_hash).where(self._among(components.c.row_hash, chunk))
                 found.update(conn.execute(q).scalars())
         return found
 
@@ -662,6 +680,34 @@ CHAIN_HEAD = "#chain-head"
 def genesis_hash(device_id: str) -> str:
     """The `prev_hash` of a device's first action."""
     return hashlib.sha256(f"provision/action-log/genesis/{device_id}".encode()).hexdigest()
+
+
+def _copy_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert rows with PostgreSQL's COPY (psycopg 3): about twice executemany's rate.
+
+    Columns missing from the rows get their server defaults, as with INSERT; a constraint
+    violation is raised as SQLAlchemy's IntegrityError, as executemany would.
+    """
+    import psycopg
+
+    names = list(rows[0])
+    for r in rows:
+        if len(r) != len(names):
+            raise ValueError("rows to copy must all have the same keys")
+    missing = [c for c in table.c if c.name not in names and not c.primary_key]
+    for col in missing:
+        if col.default is not None and col.server_default is None:
+            raise ValueError(f"{table.name}.{col.name}: its Python-side default needs INSERT")
+    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(statement) as copy:
+            for r in rows:
+                copy.write_row([r[n] for n in names])
+    except psycopg.IntegrityError as exc:
+        raise IntegrityError(statement, None, exc) from exc
+    finally:
+        cursor.close()
 
 
 def _chunks(items: Sequence[str] | Iterable[str], size: int) -> Iterator[list[str]]:
