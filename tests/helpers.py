@@ -8,6 +8,18 @@ from pathlib import Path
 import pypdfium2 as pdfium
 import zxingcpp
 
+# The HTTP status of each activation reason code, as the issue specifies them.
+REASON_STATUS = {
+    "malformed": 400,
+    "forged": 403,
+    "unknown_key": 403,
+    "revoked_key": 403,
+    "expired": 410,
+    "unknown_device": 404,
+    "revoked_device": 403,
+    "already_activated": 409,
+}
+
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

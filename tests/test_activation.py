@@ -38,6 +38,7 @@ from provision.keys import Keyring, load_keyring
 from provision.payload import payload_url, sign_token
 from provision.registry import Registry, action_log, devices, pairing_events, utcnow
 from provision.serials import device_id
+from tests.helpers import REASON_STATUS
 
 BASE_URL = "http://localhost:5001"  # what the run_cli fixture sets as PROVISION_BASE_URL
 SUCCESS_KEYS = {"device_id", "device_type", "activation_token", "activated_at"}
@@ -308,16 +309,7 @@ def test_second_activation_is_already_activated_and_changes_nothing(factory: Fac
 def test_rejection_carries_status_and_message_for_every_reason() -> None:
     assert sorted(REASONS) == sorted(ALL_REASONS)
     statuses = {r: ActivationRejected(r).status for r in ALL_REASONS}
-    assert statuses == {
-        "malformed": 400,
-        "forged": 403,
-        "unknown_key": 403,
-        "revoked_key": 403,
-        "expired": 410,
-        "unknown_device": 404,
-        "revoked_device": 403,
-        "already_activated": 409,
-    }
+    assert statuses == REASON_STATUS
     for r in ALL_REASONS:
         exc = ActivationRejected(r)
         assert exc.message == REASONS[r][1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import getpass
 import hashlib
 import json
@@ -22,6 +21,7 @@ from provision.keys import Keyring, init_keyring, load_keyring
 from provision.payload import payload_url
 from provision.registry import Registry
 from provision.serials import device_id
+from tests.helpers import write_csv
 
 BASE_URL = "http://localhost:5001"
 HISTORY_KEYS = {"device", "components", "pairing_events", "actions"}
@@ -33,15 +33,6 @@ def operator() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 def ok_json(result: Result) -> Any:

@@ -38,7 +38,7 @@ from provision.payload import payload_url, sign_token
 from provision.pipeline import register_batch
 from provision.registry import Registry
 from provision.web import WebSettings, create_app
-from tests.helpers import serials_csv
+from tests.helpers import REASON_STATUS, serials_csv
 
 BASE_URL = "http://localhost:5001"
 OPEN_LIMIT = "1000 per minute"  # for tests that are not about the rate limit
@@ -46,16 +46,6 @@ SUCCESS_KEYS = {"device_id", "device_type", "activation_token"}
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{40,}")
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 API = "/api/v1/activations"
-REASON_STATUS = {
-    "malformed": 400,
-    "forged": 403,
-    "unknown_key": 403,
-    "revoked_key": 403,
-    "expired": 410,
-    "unknown_device": 404,
-    "revoked_device": 403,
-    "already_activated": 409,
-}
 _batches = itertools.count(1)
 
 
