@@ -1,25 +1,37 @@
-"""PDF label sheets: one vector path per QR code, snapped to the printer's dot grid."""
+"""PDF label sheets: one vector path per QR code, snapped to the printer's dot grid.
+
+A batch's pages are drawn in worker processes, a few pages at a time, and streamed in order into
+one PDF (provision.labels.pdf): both cores work, and memory does not grow with the batch.
+"""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
+import itertools
+import multiprocessing
+import os
+import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import reportlab
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
 from provision.errors import TemplateError
+from provision.labels.pdf import FontError, FontMetrics, SheetWriter
 from provision.labels.templates import Template
 from provision.qr import QUIET_ZONE, encode_qr
 
-# Bitstream Vera ships inside reportlab; registering it as a TrueType font embeds a subset in
-# every PDF, so a print station without the font prints exactly what we drew.
-FONT, FONT_BOLD = "ProvisionVera", "ProvisionVeraBold"
+# Bitstream Vera ships inside reportlab; every PDF embeds the subset of it that its labels use,
+# so a print station without the font prints exactly what we drew.
+VERA = Path(reportlab.__file__).parent / "fonts"
+FONT, FONT_BOLD = "ProvisionVera", "ProvisionVeraBold"  # reportlab's names, alignment page
 MIN_FONT_SIZE = 4.0
 LINE_SPACING = 1.2
 FIT_SLACK_PT = 1e-6
@@ -63,17 +75,35 @@ def _register_fonts() -> None:
 
 
 def label_fonts(t: Template) -> tuple[str, str]:
-    """(regular, bold) font names for a template: Vera, or its own TrueType file for both."""
-    _register_fonts()
+    """(regular, bold) TrueType files of a template: Vera, or its own font for both."""
     if t.font == "vera":
-        return FONT, FONT_BOLD
-    name = "ProvisionTTF-" + hashlib.sha256(t.font.encode()).hexdigest()[:12]
-    if name not in pdfmetrics.getRegisteredFontNames():
+        regular, bold = str(VERA / "Vera.ttf"), str(VERA / "VeraBd.ttf")
+    else:
+        regular = bold = t.font
+    for path in {regular, bold}:
         try:
-            pdfmetrics.registerFont(TTFont(name, t.font))
-        except Exception as exc:  # reportlab raises TTFError and plain errors alike
+            _metrics(path)
+        except FontError as exc:
             raise TemplateError(f"{t.name}: cannot use font {t.font}: {exc}") from None
-    return name, name
+    return regular, bold
+
+
+@dataclass(frozen=True)
+class SheetJob:
+    """What drawing a page needs besides its labels; sent once to each worker process."""
+
+    template: Template
+    offset: tuple[float, float]  # mm, right and down
+    regular: str  # font files
+    bold: str
+    regular_resource: str  # their names in the page resources
+    bold_resource: str
+
+
+# (position on the page, label) for each label of one page
+Page = list[tuple[int, LabelData]]
+# a page's Flate-compressed content stream, and the glyphs it shows: font file -> {gid: char}
+ComposedPage = tuple[bytes, dict[str, dict[int, str]]]
 
 
 def render_label_sheets(
@@ -86,11 +116,14 @@ def render_label_sheets(
     copies: int = 1,
     offset_x_mm: float = 0.0,
     offset_y_mm: float = 0.0,
+    workers: int | None = None,
 ) -> RenderResult:
     """Draw every label onto sheets of `template`; `start_at` skips used positions of page 1.
 
     `copies` prints each label that many times in a row; the offsets (right and down, in mm)
-    are a printer's calibration and move every label by that much.
+    are a printer's calibration and move every label by that much. Pages are drawn by
+    `workers` processes (default: one per CPU) when there are more than TASK_PAGES of them,
+    and written to `out` in order as they come, so memory stays flat however long the batch.
     """
     if copies < 1:
         raise TemplateError("--copies must be at least 1")
@@ -98,34 +131,149 @@ def render_label_sheets(
         raise TemplateError(
             f"--start-at must be between 1 and {template.per_page} for {template.name}"
         )
-    _register_fonts()
-    page_size = (template.page_width * mm, template.page_height * mm)
-    canvas = Canvas(
-        str(out) if isinstance(out, Path) else out,
-        pagesize=page_size,
-        invariant=True,
-        pageCompression=1,
+    regular, bold = label_fonts(template)
+    if isinstance(out, str | Path):
+        with open(out, "wb") as fh:
+            return render_label_sheets(
+                labels,
+                template,
+                fh,
+                start_at=start_at,
+                title=title,
+                copies=copies,
+                offset_x_mm=offset_x_mm,
+                offset_y_mm=offset_y_mm,
+                workers=workers,
+            )
+    writer = SheetWriter(
+        out,
+        (template.page_width * mm, template.page_height * mm),
+        [_metrics(regular), _metrics(bold)],
+        title=title,
     )
-    canvas.setTitle(title)
-    canvas.setCreator("provision")
-    # Viewers default to "fit to page" (96%): that would shift every label off its die-cut.
-    canvas.setViewerPreference("PrintScaling", "None")
-    position, count, pages = start_at - 1, 0, 0
-    offset = (offset_x_mm, offset_y_mm)
+    job = SheetJob(
+        template,
+        (offset_x_mm, offset_y_mm),
+        regular,
+        bold,
+        writer.resource(regular),
+        writer.resource(bold),
+    )
+    count = 0
+    tasks = _batched(_paginate(labels, template.per_page, start_at, copies), TASK_PAGES)
+    for composed, n in _compose_all(job, tasks, workers):
+        for content, used in composed:
+            writer.add_page(content, used)
+        count += n
+    pages = writer.pages
+    writer.close()
+    return RenderResult(labels=count, pages=pages)
+
+
+TASK_PAGES = 20  # pages a worker draws at a time: ~0.1 s of work, ~0.3 MB of results
+
+
+def _paginate(
+    labels: Iterable[LabelData], per_page: int, start_at: int, copies: int
+) -> Iterator[Page]:
+    page: Page = []
+    position = start_at - 1
     for label in labels:
         for _ in range(copies):
-            if count == 0:
-                pages = 1
-            elif position == template.per_page:
-                canvas.showPage()
-                position, pages = 0, pages + 1
-            _draw_label(canvas, template, position, label, offset)
+            if position == per_page:
+                yield page
+                page, position = [], 0
+            page.append((position, label))
             position += 1
-            count += 1
-    if count:
-        canvas.showPage()
-    canvas.save()
-    return RenderResult(labels=count, pages=pages)
+    if page:
+        yield page
+
+
+def _batched(pages: Iterator[Page], n: int) -> Iterator[list[Page]]:
+    while batch := list(itertools.islice(pages, n)):
+        yield batch
+
+
+def _compose_all(
+    job: SheetJob, tasks: Iterator[list[Page]], workers: int | None
+) -> Iterator[tuple[list[ComposedPage], int]]:
+    """(composed pages, labels on them) for each task, in order; in worker processes when
+    there is more than one task, else here (a pool's start-up would cost more than it saves).
+    """
+    first = next(tasks, None)
+    if first is None:
+        return
+    second = next(tasks, None)
+    n = workers if workers is not None else _cpu_count()
+    if second is None or n <= 1:
+        for task in itertools.chain([first], [second] if second else [], tasks):
+            yield compose_pages(job, task), sum(map(len, task))
+        return
+    # fork: a worker starts as a copy of this process, with the fonts and modules loaded and
+    # without re-running the caller's main module (which spawn and forkserver would do). It
+    # only draws: it never touches the database connection it inherits, and a pool worker
+    # leaves with os._exit, so nothing inherited is closed or flushed twice.
+    ctx = multiprocessing.get_context("fork")
+    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(job,))
+    pending: deque[tuple[Future[list[ComposedPage]], int]] = deque()
+    try:
+        for task in itertools.chain([first, second], tasks):
+            pending.append((pool.submit(_compose_in_worker, task), sum(map(len, task))))
+            if len(pending) >= 2 * n:  # bounded: the reader never runs far ahead of the pool
+                future, count = pending.popleft()
+                yield future.result(), count
+        while pending:
+            future, count = pending.popleft()
+            yield future.result(), count
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_WORKER_JOB: SheetJob | None = None
+
+
+def _init_worker(job: SheetJob) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _compose_in_worker(pages: list[Page]) -> list[ComposedPage]:
+    assert _WORKER_JOB is not None, "worker started without its job"
+    return compose_pages(_WORKER_JOB, pages)
+
+
+_METRICS: dict[str, FontMetrics] = {}
+
+
+def _metrics(path: str) -> FontMetrics:
+    """Font metrics, loaded once per process."""
+    if path not in _METRICS:
+        _METRICS[path] = FontMetrics.load(path)
+    return _METRICS[path]
+
+
+def compose_pages(job: SheetJob, pages: list[Page]) -> list[ComposedPage]:
+    """The content streams of `pages`: PDF operators, Flate-compressed."""
+    out: list[ComposedPage] = []
+    for page in pages:
+        parts: list[bytes] = []
+        used: dict[str, dict[int, str]] = {job.regular: {}, job.bold: {}}
+        for position, label in page:
+            _draw_label(parts, job, position, label, used)
+        out.append((zlib.compress(b"".join(parts), CONTENT_LEVEL), used))
+    return out
+
+
+# zlib level of the page contents: 1 makes them ~1.8x as large as 6 (about 1 kB a label
+# instead of 0.55 kB), in a quarter of the time (25 us a label instead of 110 us)
+CONTENT_LEVEL = 1
 
 
 def render_alignment_page(
@@ -191,14 +339,15 @@ def render_alignment_page(
 
 
 def _draw_label(
-    canvas: Canvas,
-    t: Template,
+    parts: list[bytes],
+    job: SheetJob,
     position: int,
     label: LabelData,
-    offset: tuple[float, float] = (0.0, 0.0),
+    used: dict[str, dict[int, str]],
 ) -> None:
+    t = job.template
     x0, y0 = t.label_origin(position)  # mm from the page's top-left
-    x0, y0 = x0 + offset[0], y0 + offset[1]
+    x0, y0 = x0 + job.offset[0], y0 + job.offset[1]
     symbol = encode_qr(label.url)
     m = t.module_size(symbol.size)
     # The template was checked for a typical URL; a longer base URL makes a bigger symbol.
@@ -220,11 +369,10 @@ def _draw_label(
     # The symbol in module units, y down from its top-left corner: each run of dark modules is
     # an integer rectangle, so the operators need no float formatting; one fill for them all.
     scale = m * mm
-    canvas.addLiteral(
-        f"q {_num(scale)} 0 0 {_num(-scale)} {_num(qx * mm)} {_num((page_h - qy) * mm)} cm\n"
-        + "\n".join([f"{col} {row} {run} 1 re" for row, col, run in symbol.runs])
-        + "\nf Q"
-    )
+    qx_pt, qy_pt = _num(qx * mm), _num((page_h - qy) * mm)
+    parts.append(f"q {_num(scale)} 0 0 {_num(-scale)} {qx_pt} {qy_pt} cm\n".encode())
+    parts.append(symbol.path_operators())
+    parts.append(b"f Q\n")
 
     if t.shape == "round":
         return
@@ -238,26 +386,32 @@ def _draw_label(
     block = len(lines) * size * LINE_SPACING / 72 * 25.4  # mm
     y = y0 + (t.label_height - block) / 2
     for field, text in lines:
-        regular, bold = label_fonts(t)
-        font = bold if field == "device_id" else regular
+        if field == "device_id":
+            path, resource = job.bold, job.bold_resource
+        else:
+            path, resource = job.regular, job.regular_resource
+        font = _metrics(path)
         fitted, fsize = _fit(text, font, size, text_width * mm)
         y += size * LINE_SPACING / 72 * 25.4
-        canvas.setFont(font, fsize)
-        canvas.drawString(text_left * mm, (page_h - y + size * 0.25 / 72 * 25.4) * mm, fitted)
+        parts.append(
+            f"BT /{resource} {_num(fsize)} Tf {_num(text_left * mm)} "
+            f"{_num((page_h - y + size * 0.25 / 72 * 25.4) * mm)} Td "
+            f"{font.encode(fitted, used[path])} Tj ET\n".encode()
+        )
 
 
-def _fit(text: str, font: str, size: float, width_pt: float) -> tuple[str, float]:
+def _fit(text: str, font: FontMetrics, size: float, width_pt: float) -> tuple[str, float]:
     """Shrink the text down to MIN_FONT_SIZE, then cut it with an ellipsis, to fit the width."""
     # The shrunk size is computed to fill the width exactly; floating-point rounding can make
     # it measure a hair (1e-14 pt) wider, which must not cut the last character of a device id.
     room = width_pt + FIT_SLACK_PT
-    w = pdfmetrics.stringWidth(text, font, size)
+    w = font.width(text, size)
     if w <= room:
         return text, size
     smaller = max(MIN_FONT_SIZE, size * width_pt / w)
-    if pdfmetrics.stringWidth(text, font, smaller) <= room:
+    if font.width(text, smaller) <= room:
         return text, smaller
-    while text and pdfmetrics.stringWidth(text + "…", font, smaller) > room:
+    while text and font.width(text + "…", smaller) > room:
         text = text[:-1]
     return text + "…", smaller
 
