@@ -8,11 +8,17 @@ devices (serial, device_type, manufacturer, model); the label template is avery-
 
 Measured, in this process and in the same run:
   * provision: read_manifest (validate), register_manifests (hash, insert, sign) into a fresh
-    SQLite registry, render_batch_labels (encode, draw, write) to one published PDF. The stages
-    come from the on_progress callback and from timing wrappers the benchmark puts around
-    library functions (pipeline.sign_token, Registry.insert_devices, render.encode_qr,
-    render._draw_label); the library has no timing code. Peak memory is ru_maxrss taken right
-    after this phase (the baseline runs later).
+    SQLite registry, render_batch_labels to one published PDF, its pages drawn by --workers
+    processes (default: one per CPU, as in production). Register stages come from the
+    on_progress callback and from timing wrappers the benchmark puts around library functions
+    (pipeline.sign_token, Registry.insert_devices); the library has no timing code. Peak memory
+    is sampled every 0.1 s as the proportional set size (Pss) of this process and its render
+    workers together (the figure held to the goal); ru_maxrss of this process and of the
+    largest worker, taken right after this phase (the baseline runs later), is shown beside it.
+  * the render stages one by one (read, encode, draw, compress, write): the first
+    --breakdown-n labels (default 20,000) rendered again in this process alone, with wrappers
+    around render.encode_qr, render._draw_label and render._compress. In the timed run encode,
+    draw and compress run in the workers, read and write here, side by side.
   * the original approach, rebuilt faithfully on --baseline-n devices (default min(N, 500)) and
     extrapolated per device: csv reader with per-row checks, a ~250-character base64 JSON payload
     signed with HMAC-SHA256, one SQLAlchemy ORM object and one commit per device into a SQLite
@@ -28,10 +34,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import csv
+import functools
 import hashlib
 import hmac
 import io
+import itertools
 import json
 import os
 import random
@@ -40,6 +49,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -57,7 +67,7 @@ from reportlab.pdfgen.canvas import Canvas
 from sqlalchemy import DateTime, Integer, String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from provision import pipeline
+from provision import files, pipeline
 from provision.keys import Keyring, init_keyring
 from provision.labels import render
 from provision.labels.templates import MM_PER_INCH, Template, load_template
@@ -91,8 +101,56 @@ def write_manifest(path: Path, n: int) -> None:
             w.writerow([serial_of(i), "sensor" if i % 3 else "gateway", "Acme", models[i % 7]])
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+class MemorySampler:
+    """Peak memory of this process and its children together, sampled every 0.1 s.
+
+    Proportional set size (Pss, /proc/PID/smaps_rollup): a page shared by n processes counts
+    1/n in each, so the sum is what the run really occupies. ru_maxrss would count the pages a
+    forked render worker shares with this process twice.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.interval = interval
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak_kb / 1024
+
+    def _run(self) -> None:
+        while True:
+            self.peak_kb = max(self.peak_kb, self.sample_kb())
+            if self._stop.wait(self.interval):
+                return
+
+    @staticmethod
+    def sample_kb() -> int:
+        pids = [os.getpid()]
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+        return total
+
+
+def peak_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory; for RUSAGE_CHILDREN, that of the largest child waited for."""
+    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
 # -- provision, in process ---------------------------------------------------------------------
@@ -138,7 +196,12 @@ def patched(obj: Any, attr: str, value: Any) -> Iterator[None]:
 
 
 def run_provision(
-    work: Path, manifest: Path, keyring: Keyring, template: Template, chunk: int
+    work: Path,
+    manifest: Path,
+    keyring: Keyring,
+    template: Template,
+    chunk: int,
+    workers: int | None,
 ) -> tuple[float, list[tuple[str, float]], Path, int]:
     """The whole pipeline; (seconds, stages, PDF path, pages)."""
     registry = Registry(f"sqlite:///{work / 'registry.db'}")  # schema creation: not timed
@@ -150,12 +213,6 @@ def run_provision(
             )
             stack.enter_context(
                 patched(registry, "insert_devices", clock.wrap("insert", registry.insert_devices))
-            )
-            stack.enter_context(
-                patched(render, "encode_qr", clock.wrap("encode", render.encode_qr))
-            )
-            stack.enter_context(
-                patched(render, "_draw_label", clock.wrap("draw", render._draw_label))
             )
             t0 = time.perf_counter()
             serials = read_manifest(manifest, SERIALS)
@@ -174,33 +231,85 @@ def run_provision(
             del serials
             assert result.registered == result_n(manifest), result
             t2 = time.perf_counter()
-            labels = pipeline.render_batch_labels(
-                registry,
-                BATCH,
-                template,
-                work / "output",
-                BASE_URL,
-                keyring=keyring,
-                on_progress=clock.progress,
-            )
+            with patched(
+                pipeline,
+                "RENDERERS",
+                {"pdf": functools.partial(render.render_label_sheets, workers=workers)},
+            ):
+                labels = pipeline.render_batch_labels(
+                    registry,
+                    BATCH,
+                    template,
+                    work / "output",
+                    BASE_URL,
+                    keyring=keyring,
+                    on_progress=clock.progress,
+                )
             t_render = time.perf_counter() - t2
             total = time.perf_counter() - t0
     finally:
         registry.close()
     s = clock.spent
     hashing = clock.span("hash")
+    processes = workers if workers is not None else render._cpu_count()
     stages = [
         ("validate (read_manifest)", t_validate),
         ("hash (serial hashes)", hashing),
         ("insert (insert_devices)", s["insert"]),
         ("sign (sign_token)", s["sign"]),
         ("register other", t_register - hashing - s["insert"] - s["sign"]),
-        ("encode (encode_qr)", s["encode"]),
-        ("draw (rest of _draw_label)", s["draw"] - s["encode"]),
-        ("write (read, PDF, fsync)", t_render - s["draw"]),
+        (f"render: read, encode, draw, write ({processes} proc.)", t_render),
         ("total", total),
     ]
     return total, stages, Path(labels.file), labels.pages
+
+
+def render_breakdown(
+    work: Path, keyring: Keyring, template: Template, n: int
+) -> list[tuple[str, float]]:
+    """CPU seconds of each render stage for the first N labels of the batch, in this process.
+
+    In the timed run these stages are spread over the worker processes (encode, draw,
+    compress) and this one (read, write); here they run one after another, so each can be
+    timed with a wrapper.
+    """
+    registry = Registry(f"sqlite:///{work / 'registry.db'}")
+    clock = Clock()
+    try:
+        batch_id = registry.batch_id(BATCH)
+        assert batch_id is not None
+        t0 = time.perf_counter()
+        labels = list(
+            itertools.islice(
+                pipeline.batch_labels(registry, batch_id, BATCH, template, BASE_URL, keyring), n
+            )
+        )
+        t_read = time.perf_counter() - t0
+        with ExitStack() as stack:
+            stack.enter_context(
+                patched(render, "encode_qr", clock.wrap("encode", render.encode_qr))
+            )
+            stack.enter_context(
+                patched(render, "_draw_label", clock.wrap("draw", render._draw_label))
+            )
+            stack.enter_context(
+                patched(render, "_compress", clock.wrap("compress", render._compress))
+            )
+            t1 = time.perf_counter()
+            with files.atomic_writer(work / "breakdown.pdf") as fh:
+                render.render_label_sheets(labels, template, fh, workers=1)
+            t_render = time.perf_counter() - t1
+    finally:
+        registry.close()
+    s = clock.spent
+    return [
+        ("read (registry rows -> labels)", t_read),
+        ("encode (encode_qr)", s["encode"]),
+        ("draw (rest of _draw_label)", s["draw"] - s["encode"]),
+        ("compress (page contents)", s["compress"]),
+        ("write (PDF objects, font, fsync)", t_render - s["draw"] - s["compress"]),
+        ("render total, one process", t_read + t_render),
+    ]
 
 
 def result_n(manifest: Path) -> int:
@@ -377,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-size", type=int, default=pipeline.DEFAULT_CHUNK_SIZE)
     ap.add_argument("--seed", type=int, default=6)
     ap.add_argument("--no-baseline", action="store_true", help="skip the original approach")
+    ap.add_argument(
+        "--workers", type=int, help="render processes (default: one per CPU, as in production)"
+    )
+    ap.add_argument("--breakdown-n", type=int, default=20_000, help="labels timed stage by stage")
     ap.add_argument("--strict", action="store_true", help="exit 1 when the goal is not met")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--dir", type=Path, help="work here instead of a temporary folder")
@@ -396,13 +509,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"setup: manifest of {n:,} devices in {time.perf_counter() - t0:.1f} s", flush=True)
 
         print("timing: provision pipeline (in process) ...", flush=True)
-        total, stages, pdf_path, pages = run_provision(
-            work, manifest, keyring, template, args.chunk_size
-        )
-        peak = peak_mb()
+        with MemorySampler() as memory:
+            total, stages, pdf_path, pages = run_provision(
+                work, manifest, keyring, template, args.chunk_size, args.workers
+            )
+        peak_main, peak_worker = peak_mb(), peak_mb(resource.RUSAGE_CHILDREN)
+        processes = args.workers if args.workers is not None else render._cpu_count()
+        peak = memory.peak_mb
         dps = n / total
         size_mb = pdf_path.stat().st_size / 2**20
         print(f"provision: {n:,} devices, {pages:,} pages, {size_mb:.1f} MB PDF in {total:.2f} s")
+        breakdown_n = min(n, args.breakdown_n)
+        print(f"timing: render stages on {breakdown_n:,} labels, one process ...", flush=True)
+        breakdown = render_breakdown(work, keyring, template, breakdown_n)
 
         base_dps: float | None = None
         base_stages: list[tuple[str, float]] = []
@@ -433,8 +552,9 @@ def main(argv: list[str] | None = None) -> int:
         ),
         ("original payload chars", str(payload_len) if payload_len else "-"),
         ("ratio", f"{ratio:.1f}x" if ratio else "-"),
-        ("peak MB (ru_maxrss, provision)", f"{peak:.0f}"),
-        ("peak MB (ru_maxrss, whole run)", f"{peak_mb():.0f}"),
+        ("peak MB (ru_maxrss, main process)", f"{peak_main:.0f}"),
+        ("peak MB (ru_maxrss, largest render worker)", f"{peak_worker:.0f}"),
+        (f"peak MB (Pss, main + {processes} workers)", f"{peak:.0f}"),
         ("1,000,000 devices at this rate", f"{1_000_000 / dps / 60:.1f} min"),
         (
             f"labels verified ({min(args.sample, n)} sampled)",
@@ -445,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             "met" if goal else "NOT met",
         ),
     ]
-    width = max(len(k) for k, _ in table + stages + base_stages)
+    width = max(len(k) for k, _ in table + stages + base_stages + breakdown)
     print()
     print(f"{'figure':<{width}}  value")
     for k, v in table:
@@ -454,6 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'provision stage':<{width}}  {'seconds':>8}  {'us/device':>9}")
     for stage, seconds in stages:
         print(f"{stage:<{width}}  {seconds:8.2f}  {seconds / n * 1e6:9.1f}")
+    print()
+    print(
+        f"{'render CPU, one process (' + format(breakdown_n, ',') + ')':<{width}}  "
+        f"{'seconds':>8}  {'us/label':>9}"
+    )
+    for stage, seconds in breakdown:
+        print(f"{stage:<{width}}  {seconds:8.2f}  {seconds / breakdown_n * 1e6:9.1f}")
     if base_stages:
         print()
         print(

@@ -9,10 +9,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from tqdm import tqdm
 
 from provision import __version__
 from provision.categories import CATEGORY_NAMES
@@ -20,6 +19,9 @@ from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS, SETTINGS
 from provision.errors import ManifestError, ProvisionError
 from provision.keys import Keyring, init_keyring, load_keyring
 from provision.payload import verify_payload
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -121,6 +123,8 @@ def progress_bar(quiet: bool) -> Callable[[str, int, int], None]:
             return
         bar = bars.get(stage)
         if bar is None:
+            from tqdm import tqdm  # here, not at the top: quick commands need not load it
+
             bar = bars[stage] = tqdm(
                 total=total, desc=stage, unit="dev", file=sys.stderr, disable=None, leave=False
             )

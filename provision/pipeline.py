@@ -391,28 +391,6 @@ def render_batch_labels(
     if template.prints_serial and keyring is None:
         raise BatchError(f"template {template.name} prints serials: a keyring is needed")
 
-    def labels() -> Iterator[LabelData]:
-        done = 0
-        on_progress("render", 0, total)
-        for chunk in registry.iter_batch_labels(batch_id):
-            for d in chunk:
-                serial = (
-                    decrypt_serial(keyring.data_key, d["device_id"], d["serial_ct"])
-                    if template.prints_serial and keyring is not None
-                    else None
-                )
-                yield LabelData(
-                    device_id=d["device_id"],
-                    url=payload_url(base_url, d["payload"]),
-                    device_type=d["device_type"],
-                    model=d["model"],
-                    manufacturer=d["manufacturer"],
-                    serial=serial,
-                    batch=batch,
-                )
-            done += len(chunk)
-            on_progress("render", done, total)
-
     out = Path(output_dir)
     json_path = out / f"{batch}.json"
 
@@ -421,7 +399,7 @@ def render_batch_labels(
     def write(fh: BinaryIO) -> None:
         nonlocal rendered
         rendered = RENDERERS[fmt](
-            labels(),
+            batch_labels(registry, batch_id, batch, template, base_url, keyring, on_progress),
             template,
             fh,
             start_at=start_at,
@@ -468,6 +446,39 @@ def render_batch_labels(
     write_atomic(json_path, (json.dumps(summary, indent=2) + "\n").encode())
     log.info("batch %s: %d labels on %d pages -> %s", batch, result.labels, result.pages, path)
     return result
+
+
+def batch_labels(
+    registry: Registry,
+    batch_id: int,
+    batch: str,
+    template: Template,
+    base_url: str,
+    keyring: Keyring | None = None,
+    on_progress: Progress = no_progress,
+) -> Iterator[LabelData]:
+    """What each label of a batch shows, in label order, read from the registry in chunks."""
+    total = registry.count_devices(batch_id)
+    done = 0
+    on_progress("render", 0, total)
+    for chunk in registry.iter_batch_labels(batch_id):
+        for d in chunk:
+            serial = (
+                decrypt_serial(keyring.data_key, d["device_id"], d["serial_ct"])
+                if template.prints_serial and keyring is not None
+                else None
+            )
+            yield LabelData(
+                device_id=d["device_id"],
+                url=payload_url(base_url, d["payload"]),
+                device_type=d["device_type"],
+                model=d["model"],
+                manufacturer=d["manufacturer"],
+                serial=serial,
+                batch=batch,
+            )
+        done += len(chunk)
+        on_progress("render", done, total)
 
 
 def _render_zpl(

@@ -210,11 +210,13 @@ class Registry:
         from provision.migrations import upgrade_to_head
 
         try:
-            return upgrade_to_head(self.engine)
+            revision = upgrade_to_head(self.engine)
         except OperationalError as exc:
             raise ConfigError(
                 f"cannot open the registry database {self.safe_url}: {exc.orig}"
             ) from None
+        log.info("registry %s: schema revision %s", self.safe_url, revision)
+        return revision
 
     @property
     def safe_url(self) -> str:

@@ -6,7 +6,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from provision.migrations import alembic_config, current_revision, head_revision
+from provision.migrations import HEAD, alembic_config, current_revision, head_revision
 from provision.registry import Base, Registry
 
 
@@ -16,6 +16,11 @@ def test_migrations_build_exactly_the_models(db_url):
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     assert current_revision(registry.engine) == head_revision()
+
+
+def test_the_fast_schema_check_knows_the_newest_revision():
+    # Registry skips Alembic when alembic_version holds HEAD: a new migration must move HEAD.
+    assert head_revision() == HEAD
 
 
 def test_first_use_migrates_and_a_second_open_changes_nothing(db_url):

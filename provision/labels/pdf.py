@@ -54,25 +54,31 @@ class FontMetrics:
             font.close()
         return cls(path, {cp: order[name] for cp, name in cmap.items()}, widths, ps_name)
 
+    def __post_init__(self) -> None:
+        # Per character, for the two calls made for every line of every label.
+        self._advance = {chr(cp): self.widths[gid] for cp, gid in self.gids.items()}
+        self._hex = {chr(cp): f"{gid:04X}" for cp, gid in self.gids.items()}
+
     def width(self, text: str, size: float) -> float:
         """The advance of `text` at `size` points (no kerning, as reportlab draws it)."""
-        gids, widths = self.gids, self.widths
-        return sum(widths[gids.get(ord(c), 0)] for c in text) * size / 1000
+        advance, missing = self._advance, self.widths[0]
+        return sum([advance.get(c, missing) for c in text]) * size / 1000
 
     def encode(self, text: str, used: dict[int, str]) -> str:
         """`text` as a PDF hex string of 2-byte glyph ids; records each glyph's character."""
         gids = self.gids
-        out = []
-        for c in text:
+        for c in set(text):
             gid = gids.get(ord(c), 0)  # 0: .notdef, as any PDF writer shows a missing glyph
-            used.setdefault(gid, c)
-            out.append(f"{gid:04X}")
-        return "<" + "".join(out) + ">"
+            if gid:  # .notdef stands for every missing character (U+FFFD in ToUnicode)
+                used.setdefault(gid, c)
+        hexes = self._hex
+        return "<" + "".join([hexes.get(c, "0000") for c in text]) + ">"
 
 
 def _open(path: str) -> TTFont:
     try:
-        font = TTFont(path, lazy=True)
+        # recalcTimestamp off: a subset saved now must not carry the time (same labels, same bytes)
+        font = TTFont(path, lazy=True, recalcTimestamp=False)
     except (OSError, TTLibError) as exc:
         raise FontError(f"cannot read {path}: {exc}") from None
     if "glyf" not in font or "loca" not in font:
@@ -208,7 +214,8 @@ class SheetWriter:
     def _write_font(self, font: _Font) -> None:
         """Type 0 font -> CIDFontType2 (glyph ids as CIDs) -> a subset of the TrueType file."""
         m = font.metrics
-        used = dict(sorted(font.used.items())) or {0: "\ufffd"}
+        # .notdef, drawn for any character the font lacks, copies out as U+FFFD
+        used = {0: "\ufffd"} | dict(sorted(font.used.items()))
         program, info = _subset(m.path, sorted(used))
         tag = _subset_tag(m.postscript_name, used)
         base = f"{tag}+{m.postscript_name}"

@@ -6,6 +6,7 @@ one PDF (provision.labels.pdf): both cores work, and memory does not grow with t
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing
 import os
@@ -13,7 +14,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,9 +25,10 @@ from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
 from provision.errors import TemplateError
+from provision.files import atomic_writer
 from provision.labels.pdf import FontError, FontMetrics, SheetWriter
 from provision.labels.templates import Template
-from provision.qr import QUIET_ZONE, encode_qr
+from provision.qr import QUIET_ZONE, QRSymbol, encode_qr
 
 # Bitstream Vera ships inside reportlab; every PDF embeds the subset of it that its labels use,
 # so a print station without the font prints exactly what we drew.
@@ -50,16 +52,22 @@ class LabelData:
     batch: str | None = None
 
     def field_text(self, field: str) -> str:
-        values = {
-            "device_id": f"ID {self.device_id}",
-            "device_type": self.device_type,
-            "model": self.model or "",
-            "type_model": " · ".join(v for v in (self.device_type, self.model) if v),
-            "manufacturer": self.manufacturer or "",
-            "serial": f"S/N {self.serial}" if self.serial else "",
-            "batch": f"Batch {self.batch}" if self.batch else "",
-        }
-        return values[field]
+        match field:
+            case "device_id":
+                return f"ID {self.device_id}"
+            case "device_type":
+                return self.device_type
+            case "model":
+                return self.model or ""
+            case "type_model":
+                return " · ".join(v for v in (self.device_type, self.model) if v)
+            case "manufacturer":
+                return self.manufacturer or ""
+            case "serial":
+                return f"S/N {self.serial}" if self.serial else ""
+            case "batch":
+                return f"Batch {self.batch}" if self.batch else ""
+        raise KeyError(field)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,8 @@ class SheetJob:
     bold: str
     regular_resource: str  # their names in the page resources
     bold_resource: str
+    # (position, QR size) -> where its code and text go; filled as pages are drawn
+    slots: dict[tuple[int, int], _Slot] = field(default_factory=dict, compare=False, repr=False)
 
 
 # (position on the page, label) for each label of one page
@@ -133,7 +143,7 @@ def render_label_sheets(
         )
     regular, bold = label_fonts(template)
     if isinstance(out, str | Path):
-        with open(out, "wb") as fh:
+        with atomic_writer(out) as fh:
             return render_label_sheets(
                 labels,
                 template,
@@ -267,8 +277,12 @@ def compose_pages(job: SheetJob, pages: list[Page]) -> list[ComposedPage]:
         used: dict[str, dict[int, str]] = {job.regular: {}, job.bold: {}}
         for position, label in page:
             _draw_label(parts, job, position, label, used)
-        out.append((zlib.compress(b"".join(parts), CONTENT_LEVEL), used))
+        out.append((_compress(b"".join(parts)), used))
     return out
+
+
+def _compress(content: bytes) -> bytes:
+    return zlib.compress(content, CONTENT_LEVEL)
 
 
 # zlib level of the page contents: 1 makes them ~1.8x as large as 6 (about 1 kB a label
@@ -345,10 +359,49 @@ def _draw_label(
     label: LabelData,
     used: dict[str, dict[int, str]],
 ) -> None:
+    symbol = encode_qr(label.url)
+    slot = job.slots.get((position, symbol.size))
+    if slot is None:
+        slot = job.slots[(position, symbol.size)] = _slot(job, position, symbol, label)
+    # The symbol in module units, y down from its top-left corner: each run of dark modules is
+    # an integer rectangle, so the operators need no float formatting; one fill for them all.
+    parts.append(slot.qr_matrix)
+    parts.append(symbol.path_operators())
+    parts.append(b"f Q\n")
+    if slot.text_width_pt is None:
+        return
+    t = job.template
+    lines = [(f, text) for f in t.fields if (text := label.field_text(f))]
+    for (name, text), y in zip(lines, slot.baselines[len(lines)], strict=True):
+        bold = name == "device_id"
+        path = job.bold if bold else job.regular
+        resource = job.bold_resource if bold else job.regular_resource
+        if name in UNIQUE_FIELDS:  # a text of its own on every label: nothing to reuse
+            op, glyphs = _text_op(path, resource, text, t.font_size, slot.text_width_pt)
+        else:
+            op, glyphs = _cached_text_op(path, resource, text, t.font_size, slot.text_width_pt)
+        parts.append(b"BT %s %s%s Tj ET\n" % (slot.text_left, y, op))
+        used[path].update(glyphs)
+
+
+# Fields that differ from label to label; the others (type, model, ...) repeat all batch long.
+UNIQUE_FIELDS = frozenset({"device_id", "serial"})
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where a label at one position, with a QR of one size, puts its code and its text."""
+
+    qr_matrix: bytes  # "q ... cm": module units, origin at the code's top-left corner
+    text_left: bytes  # the text's left edge, points
+    text_width_pt: float | None  # None: no text (a round label, or no room)
+    baselines: dict[int, list[bytes]]  # number of text lines -> each line's baseline, points
+
+
+def _slot(job: SheetJob, position: int, symbol: QRSymbol, label: LabelData) -> _Slot:
     t = job.template
     x0, y0 = t.label_origin(position)  # mm from the page's top-left
     x0, y0 = x0 + job.offset[0], y0 + job.offset[1]
-    symbol = encode_qr(label.url)
     m = t.module_size(symbol.size)
     # The template was checked for a typical URL; a longer base URL makes a bigger symbol.
     least = t.least_module
@@ -366,38 +419,39 @@ def _draw_label(
     qx = _snap(x0 + left + QUIET_ZONE * m, t.dot)
     qy = _snap(y0 + (t.label_height - total) / 2 + QUIET_ZONE * m, t.dot)
     page_h = t.page_height
-    # The symbol in module units, y down from its top-left corner: each run of dark modules is
-    # an integer rectangle, so the operators need no float formatting; one fill for them all.
     scale = m * mm
-    qx_pt, qy_pt = _num(qx * mm), _num((page_h - qy) * mm)
-    parts.append(f"q {_num(scale)} 0 0 {_num(-scale)} {qx_pt} {qy_pt} cm\n".encode())
-    parts.append(symbol.path_operators())
-    parts.append(b"f Q\n")
-
-    if t.shape == "round":
-        return
+    qr_matrix = (
+        f"q {_num(scale)} 0 0 {_num(-scale)} {_num(qx * mm)} {_num((page_h - qy) * mm)} cm\n"
+    ).encode()
     text_left = qx + (symbol.size + QUIET_ZONE) * m
     text_width = x0 + t.label_width - t.edge - 0.5 - text_left
-    lines = [(f, label.field_text(f)) for f in t.fields]
-    lines = [(f, s) for f, s in lines if s]
-    if not lines or text_width <= 2:
-        return
+    if t.shape == "round" or text_width <= 2:
+        return _Slot(qr_matrix, b"", None, {})
     size = t.font_size
-    block = len(lines) * size * LINE_SPACING / 72 * 25.4  # mm
-    y = y0 + (t.label_height - block) / 2
-    for field, text in lines:
-        if field == "device_id":
-            path, resource = job.bold, job.bold_resource
-        else:
-            path, resource = job.regular, job.regular_resource
-        font = _metrics(path)
-        fitted, fsize = _fit(text, font, size, text_width * mm)
-        y += size * LINE_SPACING / 72 * 25.4
-        parts.append(
-            f"BT /{resource} {_num(fsize)} Tf {_num(text_left * mm)} "
-            f"{_num((page_h - y + size * 0.25 / 72 * 25.4) * mm)} Td "
-            f"{font.encode(fitted, used[path])} Tj ET\n".encode()
-        )
+    line_mm = size * LINE_SPACING / 72 * 25.4
+    baselines: dict[int, list[bytes]] = {}
+    for n in range(len(t.fields) + 1):
+        y = y0 + (t.label_height - n * line_mm) / 2
+        ys = []
+        for _ in range(n):
+            y += line_mm
+            ys.append(_num((page_h - y + size * 0.25 / 72 * 25.4) * mm).encode())
+        baselines[n] = ys
+    return _Slot(qr_matrix, _num(text_left * mm).encode() + b" ", text_width * mm, baselines)
+
+
+def _text_op(
+    path: str, resource: str, text: str, size: float, width_pt: float
+) -> tuple[bytes, tuple[tuple[int, str], ...]]:
+    """ " Td /F1 7 Tf <glyph ids>": a text fitted to the width; and the glyphs it shows."""
+    font = _metrics(path)
+    fitted, fsize = _fit(text, font, size, width_pt)
+    glyphs: dict[int, str] = {}
+    shown = font.encode(fitted, glyphs)
+    return f" Td /{resource} {_num(fsize)} Tf {shown}".encode(), tuple(glyphs.items())
+
+
+_cached_text_op = functools.lru_cache(maxsize=4096)(_text_op)
 
 
 def _fit(text: str, font: FontMetrics, size: float, width_pt: float) -> tuple[str, float]:
