@@ -305,6 +305,8 @@ class Registry:
             if rows:
                 if self.is_postgresql and self.engine.dialect.driver == "psycopg":
                     _copy_rows(conn, devices, rows)
+                elif self.is_sqlite:
+                    _sqlite_insert_rows(conn, devices, rows)
                 else:
                     conn.execute(insert(devices), rows)
             if component_rows:
@@ -712,6 +714,33 @@ def _copy_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> No
         cursor.close()
 
 
+def _sqlite_insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """executemany with plain tuples: the rows converted by the columns' own bind processors
+    (datetimes to SQLite's text form, ...) in one pass, instead of SQLAlchemy's per-row
+    parameter handling, which costs as much as SQLite's insert itself (about 10 us a row).
+    """
+    names = list(rows[0])
+    for r in rows:
+        if len(r) != len(names):
+            raise ValueError("rows to insert must all have the same keys")
+    for col in table.c:
+        if col.name not in names and col.default is not None and col.server_default is None:
+            raise ValueError(f"{table.name}.{col.name}: its Python-side default needs INSERT")
+    dialect = conn.dialect
+    processors = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names]
+    if any(processors):
+        data = [
+            tuple(p(r[n]) if p else r[n] for n, p in zip(names, processors, strict=True))
+            for r in rows
+        ]
+    else:
+        data = [tuple(r[n] for n in names) for r in rows]
+    statement = (
+        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+    )
+    conn.exec_driver_sql(statement, data)  # type: ignore[arg-type]
+
+
 def _chunks(items: Sequence[str] | Iterable[str], size: int) -> Iterator[list[str]]:
     buf: list[str] = []
     for item in items:
@@ -730,4 +759,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
+    # 128 MiB of page cache (the default is 2 MiB): the unique indexes of a million devices
+    # are random-access B-trees, and registering them from the cache is ~15 % faster. Pages are
+    # only cached as they are read, so a small registry costs no more memory than before.
+    cur.execute("PRAGMA cache_size=-131072")
     cur.close()

@@ -45,3 +45,55 @@ def test_downgrade_to_base_and_upgrade_again(db_url):
     assert set(registry.table_names()) <= {"alembic_version"}
     assert registry.upgrade() == head_revision()
     assert "device_action_log" in registry.table_names()
+
+
+def test_bulk_insert_stores_what_sqlalchemy_stores(db_url):
+    # insert_devices bypasses SQLAlchemy's per-row parameters (COPY on PostgreSQL, plain
+    # executemany tuples on SQLite): each column must still be stored exactly as an ORM-style
+    # INSERT stores it, datetimes included, or reads and comparisons would go wrong.
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from provision.registry import devices
+
+    registry = Registry(db_url)
+    batch_id = registry.ensure_batch("b", "0" * 64, None)
+    when = datetime(2026, 11, 28, 2, 3, 4, 567890, tzinfo=UTC)
+
+    def row(n: int) -> dict:
+        return {
+            "device_id": f"{n:016x}",
+            "serial_hash": f"{n:064x}",
+            "serial_ct": bytes([n, 0, 255]),
+            "device_type": "sensor",
+            "manufacturer": None,
+            "model": "M-1 · ü",
+            "manufactured_at": "2026-11-27",
+            "production_line": None,
+            "batch_id": batch_id,
+            "batch_seq": n,
+            "key_id": 1,
+            "payload": "P" * 48,
+            "expires_at": when,
+            "status": "pending",
+            "created_at": when,
+        }
+
+    registry.insert_devices([row(1)], [])
+    with registry.engine.begin() as conn:
+        conn.execute(insert(devices), [row(2)])
+    same = [c for c in devices.c if c.name not in ("id", "device_id", "serial_hash", "batch_seq")]
+    with registry.engine.connect() as conn:
+        # the stored form itself, not read back through the column types
+        as_text = ", ".join(f"CAST({c.name} AS TEXT)" for c in same if c.name != "serial_ct")
+        raw = conn.exec_driver_sql(f"SELECT {as_text} FROM devices ORDER BY batch_seq").all()
+        typed = conn.execute(select(*same).order_by(devices.c.batch_seq)).all()
+    assert raw[0] == raw[1]
+    if registry.is_sqlite:  # SQLAlchemy's text form of a datetime, not sqlite3's own adapter
+        assert str(when.replace(tzinfo=None)) in raw[0]
+    first, second = (dict(r._mapping) for r in typed)
+    assert first.pop("serial_ct") == bytes([1, 0, 255])
+    assert second.pop("serial_ct") == bytes([2, 0, 255])
+    assert first == second
+    assert first["expires_at"].replace(tzinfo=UTC) == when
