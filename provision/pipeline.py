@@ -209,7 +209,7 @@ def register_manifests(
                     f"already registered in batch {other[2]!r}; skipped",
                 )
             )
-    new = good[~known]
+    new = good[~known] if known.any() else good  # a fresh batch: no copy of the whole frame
     skipped_hashes = {h for h in good.loc[known, "serial_hash"] if existing[h][1] != batch_id}
 
     comp_rows = _component_rows(registry, keyring, comps, skipped_hashes, batch_id) if comps else {}

@@ -215,7 +215,7 @@ def _compose_all(
         return
     second = next(tasks, None)
     n = workers if workers is not None else _cpu_count()
-    if second is None or n <= 1:
+    if second is None or n <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         for task in itertools.chain([first], [second] if second else [], tasks):
             yield compose_pages(job, task), sum(map(len, task))
         return
