@@ -7,14 +7,16 @@ devices (serial, device_type, manufacturer, model); the label template is avery-
 3 x 10 labels a sheet) unless --template says otherwise.
 
 Measured, in this process and in the same run:
-  * provision: read_manifest (validate), register_manifests (hash, insert, sign) into a fresh
-    SQLite registry, render_batch_labels to one published PDF, its pages drawn by --workers
-    processes (default: one per CPU, as in production). Register stages come from the
+  * provision: the nightly job's path, pipeline.register_and_render into a fresh SQLite
+    registry and one published PDF (read_manifest validates, register_batch hashes, inserts and
+    signs chunk by chunk, and each committed chunk's labels go straight to the render workers,
+    --workers processes, default one per CPU as in production). Register stages come from the
     on_progress callback and from timing wrappers the benchmark puts around library functions
-    (pipeline.sign_token, Registry.insert_devices); the library has no timing code. Peak memory
-    is sampled every 0.1 s as the proportional set size (Pss) of this process and its render
-    workers together (the figure held to the goal); ru_maxrss of this process and of the
-    largest worker, taken right after this phase (the baseline runs later), is shown beside it.
+    (pipeline.sign_token, Registry.insert_devices); the library has no timing code. With
+    --sequential, the same again as register_batch then render_batch_labels, for comparison.
+    Peak memory is sampled every 0.1 s as the proportional set size (Pss) of this process and
+    its render workers together (the figure held to the goal); ru_maxrss of this process and of
+    the largest worker, taken after this phase (the baseline runs later), is shown beside it.
   * the render stages one by one (read, encode, draw, compress, write): the first
     --breakdown-n labels (default 20,000) rendered again in this process alone, with wrappers
     around render.encode_qr, render._draw_label and render._compress. In the timed run encode,
@@ -71,7 +73,6 @@ from provision import files, pipeline
 from provision.keys import Keyring, init_keyring
 from provision.labels import render
 from provision.labels.templates import MM_PER_INCH, Template, load_template
-from provision.manifests import SERIALS, read_manifest
 from provision.payload import verify_payload
 from provision.registry import Registry
 from provision.serials import device_id
@@ -202,9 +203,16 @@ def run_provision(
     template: Template,
     chunk: int,
     workers: int | None,
+    sequential: bool = False,
 ) -> tuple[float, list[tuple[str, float]], Path, int]:
-    """The whole pipeline; (seconds, stages, PDF path, pages)."""
-    registry = Registry(f"sqlite:///{work / 'registry.db'}")  # schema creation: not timed
+    """The whole pipeline as `provision run` does it; (seconds, stages, PDF path, pages).
+
+    register_and_render: a new batch's labels are drawn by the render workers while the
+    remaining chunks register. With `sequential`, register_batch then render_batch_labels.
+    """
+    db = work / ("registry-seq.db" if sequential else "registry.db")
+    out = work / ("output-seq" if sequential else "output")
+    registry = Registry(f"sqlite:///{db}")  # schema creation: not timed
     clock = Clock()
     try:
         with ExitStack() as stack:
@@ -214,51 +222,64 @@ def run_provision(
             stack.enter_context(
                 patched(registry, "insert_devices", clock.wrap("insert", registry.insert_devices))
             )
-            t0 = time.perf_counter()
-            serials = read_manifest(manifest, SERIALS)
-            t_validate = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            result = pipeline.register_manifests(
-                registry,
-                keyring,
-                serials,
-                None,
-                batch=BATCH,
-                chunk_size=chunk,
-                on_progress=clock.progress,
+            stack.enter_context(
+                patched(
+                    pipeline,
+                    "RENDERERS",
+                    {"pdf": functools.partial(render.render_label_sheets, workers=workers)},
+                )
             )
-            t_register = time.perf_counter() - t1
-            del serials
-            assert result.registered == result_n(manifest), result
-            t2 = time.perf_counter()
-            with patched(
-                pipeline,
-                "RENDERERS",
-                {"pdf": functools.partial(render.render_label_sheets, workers=workers)},
-            ):
+            t0 = time.perf_counter()
+            if sequential:
+                result = pipeline.register_batch(
+                    registry,
+                    keyring,
+                    manifest,
+                    batch=BATCH,
+                    chunk_size=chunk,
+                    on_progress=clock.progress,
+                )
                 labels = pipeline.render_batch_labels(
                     registry,
                     BATCH,
                     template,
-                    work / "output",
+                    out,
                     BASE_URL,
                     keyring=keyring,
                     on_progress=clock.progress,
                 )
-            t_render = time.perf_counter() - t2
+            else:
+                result, labels = pipeline.register_and_render(
+                    registry,
+                    keyring,
+                    manifest,
+                    batch=BATCH,
+                    template=template,
+                    output_dir=out,
+                    base_url=BASE_URL,
+                    chunk_size=chunk,
+                    on_progress=clock.progress,
+                )
             total = time.perf_counter() - t0
+            assert result.registered == result_n(manifest), result
     finally:
         registry.close()
     s = clock.spent
     hashing = clock.span("hash")
+    t_validate = clock.first["hash"] - t0
+    t_register = clock.last["register"] - t0
     processes = workers if workers is not None else render._cpu_count()
     stages = [
         ("validate (read_manifest)", t_validate),
         ("hash (serial hashes)", hashing),
         ("insert (insert_devices)", s["insert"]),
         ("sign (sign_token)", s["sign"]),
-        ("register other", t_register - hashing - s["insert"] - s["sign"]),
-        (f"render: read, encode, draw, write ({processes} proc.)", t_render),
+        ("register other", t_register - t_validate - hashing - s["insert"] - s["sign"]),
+        ("= registered (start to last chunk)", t_register),
+        (
+            f"render, after that ({processes} proc.{'' if sequential else ', from chunk 1 on'})",
+            total - t_register,
+        ),
         ("total", total),
     ]
     return total, stages, Path(labels.file), labels.pages
@@ -490,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, help="render processes (default: one per CPU, as in production)"
     )
     ap.add_argument("--breakdown-n", type=int, default=20_000, help="labels timed stage by stage")
+    ap.add_argument(
+        "--sequential",
+        action="store_true",
+        help="also time register, then render (before they overlapped), for comparison",
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 when the goal is not met")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
     ap.add_argument("--dir", type=Path, help="work here instead of a temporary folder")
@@ -519,6 +545,12 @@ def main(argv: list[str] | None = None) -> int:
         dps = n / total
         size_mb = pdf_path.stat().st_size / 2**20
         print(f"provision: {n:,} devices, {pages:,} pages, {size_mb:.1f} MB PDF in {total:.2f} s")
+        seq_stages: list[tuple[str, float]] = []
+        if args.sequential:
+            print("timing: the same, register then render (--sequential) ...", flush=True)
+            _, seq_stages, _, _ = run_provision(
+                work, manifest, keyring, template, args.chunk_size, args.workers, True
+            )
         breakdown_n = min(n, args.breakdown_n)
         print(f"timing: render stages on {breakdown_n:,} labels, one process ...", flush=True)
         breakdown = render_breakdown(work, keyring, template, breakdown_n)
@@ -565,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             "met" if goal else "NOT met",
         ),
     ]
-    width = max(len(k) for k, _ in table + stages + base_stages + breakdown)
+    width = max(len(k) for k, _ in table + stages + seq_stages + base_stages + breakdown)
     print()
     print(f"{'figure':<{width}}  value")
     for k, v in table:
@@ -574,6 +606,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'provision stage':<{width}}  {'seconds':>8}  {'us/device':>9}")
     for stage, seconds in stages:
         print(f"{stage:<{width}}  {seconds:8.2f}  {seconds / n * 1e6:9.1f}")
+    if seq_stages:
+        print()
+        print(
+            f"{'register, then render (--sequential)':<{width}}  {'seconds':>8}  {'us/device':>9}"
+        )
+        for stage, seconds in seq_stages:
+            print(f"{stage:<{width}}  {seconds:8.2f}  {seconds / n * 1e6:9.1f}")
     print()
     print(
         f"{'render CPU, one process (' + format(breakdown_n, ',') + ')':<{width}}  "

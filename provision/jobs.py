@@ -18,8 +18,7 @@ from provision.pipeline import (
     Progress,
     RegisterResult,
     no_progress,
-    register_batch,
-    render_batch_labels,
+    register_and_render,
 )
 from provision.registry import Registry, utcnow
 
@@ -139,30 +138,24 @@ def run_job(
     stations_file: str | Path = "stations.toml",
     on_progress: Progress = no_progress,
 ) -> JobResult:
-    """Register the job's manifests, then render its labels."""
+    """Register the job's manifests and render its labels (at once for a new batch)."""
     # A bad station or template fails before anything is written.
     profile = get_station(stations_file, job.station) if job.station else Station("none")
     template = load_template(job.template or profile.template or "avery-l7160")
-    registered = register_batch(
+    registered, labels = register_and_render(
         registry,
         keyring,
         job.serials,
-        components_path=job.components,
         batch=job.batch,
+        template=template,
+        output_dir=output_dir,
+        base_url=base_url,
+        components_path=job.components,
         device_type=job.device_type,
         ttl_days=job.ttl_days,
         reject_file=job.reject_file,
-        on_progress=on_progress,
-    )
-    labels = render_batch_labels(
-        registry,
-        job.batch,
-        template,
-        output_dir,
-        base_url,
-        keyring=keyring,
-        start_at=job.start_at,
         fmt=job.format or profile.format or "pdf",
+        start_at=job.start_at,
         copies=job.copies,
         offset_x_mm=job.offset_x_mm if job.offset_x_mm is not None else profile.offset_x_mm,
         offset_y_mm=job.offset_y_mm if job.offset_y_mm is not None else profile.offset_y_mm,

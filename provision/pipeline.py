@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -50,6 +53,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 """on_progress(stage, done, total): the CLI wires tqdm to it; the library never imports tqdm."""
+
+Registered = Callable[[list[dict[str, Any]], list[str]], None]
+"""on_registered(rows, serials): a chunk of devices just committed, with their plaintext serials."""
 
 BATCH_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -128,6 +134,7 @@ def register_batch(
     reject_file: str | Path | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: Progress = no_progress,
+    on_registered: Registered | None = None,
     now: datetime | None = None,
 ) -> RegisterResult:
     """Validate the manifests, then register every new device (and its components) in chunks.
@@ -150,6 +157,7 @@ def register_batch(
         reject_file=reject_file,
         chunk_size=chunk_size,
         on_progress=on_progress,
+        on_registered=on_registered,
         now=now,
     )
 
@@ -165,6 +173,7 @@ def register_manifests(
     reject_file: str | Path | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: Progress = no_progress,
+    on_registered: Registered | None = None,
     now: datetime | None = None,
 ) -> RegisterResult:
     """Register already-read manifests (see register_batch)."""
@@ -254,6 +263,8 @@ def register_manifests(
                 "process meanwhile, or two serials share a device id; nothing of this chunk was "
                 f"written, run the batch again ({type(exc.orig).__name__})"
             ) from None
+        if on_registered is not None:
+            on_registered(rows, list(chunk["serial"]))
         done += len(rows)
         result.registered += len(rows)
         result.components += len(chunk_comps)
@@ -391,6 +402,33 @@ def render_batch_labels(
     if template.prints_serial and keyring is None:
         raise BatchError(f"template {template.name} prints serials: a keyring is needed")
 
+    labels = batch_labels(registry, batch_id, batch, template, base_url, keyring, on_progress)
+    return _publish_labels(
+        labels,
+        batch,
+        template,
+        output_dir,
+        fmt=fmt,
+        start_at=start_at,
+        copies=copies,
+        offset_x_mm=offset_x_mm,
+        offset_y_mm=offset_y_mm,
+    )
+
+
+def _publish_labels(
+    labels: Iterable[LabelData],
+    batch: str,
+    template: Template,
+    output_dir: str | Path,
+    *,
+    fmt: str,
+    start_at: int,
+    copies: int,
+    offset_x_mm: float,
+    offset_y_mm: float,
+) -> LabelsResult:
+    """Render LABELS to OUTPUT/BATCH.pdf (or .zpl, or a new revision), then OUTPUT/BATCH.json."""
     out = Path(output_dir)
     json_path = out / f"{batch}.json"
 
@@ -399,7 +437,7 @@ def render_batch_labels(
     def write(fh: BinaryIO) -> None:
         nonlocal rendered
         rendered = RENDERERS[fmt](
-            batch_labels(registry, batch_id, batch, template, base_url, keyring, on_progress),
+            labels,
             template,
             fh,
             start_at=start_at,
@@ -446,6 +484,148 @@ def render_batch_labels(
     write_atomic(json_path, (json.dumps(summary, indent=2) + "\n").encode())
     log.info("batch %s: %d labels on %d pages -> %s", batch, result.labels, result.pages, path)
     return result
+
+
+def register_and_render(
+    registry: Registry,
+    keyring: Keyring,
+    serials_path: str | Path,
+    *,
+    batch: str,
+    template: Template,
+    output_dir: str | Path,
+    base_url: str,
+    components_path: str | Path | None = None,
+    device_type: str | None = None,
+    ttl_days: int = DEFAULT_TTL_DAYS,
+    reject_file: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    fmt: str = "pdf",
+    start_at: int = 1,
+    copies: int = 1,
+    offset_x_mm: float = 0.0,
+    offset_y_mm: float = 0.0,
+    on_progress: Progress = no_progress,
+) -> tuple[RegisterResult, LabelsResult]:
+    """register_batch, then render_batch_labels; for a new batch, both at once.
+
+    A new batch's labels are exactly the devices this run registers, in manifest order, so its
+    sheets are drawn while registering goes on: each committed chunk goes straight to the render
+    workers, and the CPU that registering leaves idle draws labels. The result is the file
+    render_batch_labels would write (a later `labels` run re-renders it byte for byte). As
+    before, nothing is published unless the whole batch is registered and rendered: a bad row
+    or a failed chunk stops both, and a render that fails leaves the batch registered.
+    """
+    check_batch_name(batch)
+    if fmt not in RENDERERS:
+        raise BatchError(f"--format must be one of {', '.join(RENDERERS)}")
+    existing = registry.batch_id(batch)
+    fresh = existing is None or registry.count_devices(existing) == 0
+    register_kwargs: dict[str, Any] = {
+        "components_path": components_path,
+        "batch": batch,
+        "device_type": device_type,
+        "ttl_days": ttl_days,
+        "reject_file": reject_file,
+        "chunk_size": chunk_size,
+    }
+    render_kwargs: dict[str, Any] = {
+        "fmt": fmt,
+        "start_at": start_at,
+        "copies": copies,
+        "offset_x_mm": offset_x_mm,
+        "offset_y_mm": offset_y_mm,
+    }
+    if not fresh or fmt != "pdf":
+        registered = register_batch(
+            registry, keyring, serials_path, on_progress=on_progress, **register_kwargs
+        )
+        rendered = render_batch_labels(
+            registry,
+            batch,
+            template,
+            output_dir,
+            base_url,
+            keyring=keyring,
+            on_progress=on_progress,
+            **render_kwargs,
+        )
+        return registered, rendered
+
+    chunks: queue.Queue[list[LabelData] | BaseException | None] = queue.Queue(maxsize=4)
+    stop = threading.Event()  # the render failed: registering goes on, its labels are dropped
+    outcome: list[RegisterResult] = []
+    expected = [0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "register":
+            expected[0] = total
+        on_progress(stage, done, total)
+
+    def registered_chunk(rows: list[dict[str, Any]], serials: list[str]) -> None:
+        printed = template.prints_serial
+        labels = [
+            LabelData(
+                device_id=r["device_id"],
+                url=payload_url(base_url, r["payload"]),
+                device_type=r["device_type"],
+                model=r["model"],
+                manufacturer=r["manufacturer"],
+                serial=s if printed else None,
+                batch=batch,
+            )
+            for r, s in zip(rows, serials, strict=True)
+        ]
+        while not stop.is_set():
+            try:
+                chunks.put(labels, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def register() -> None:
+        try:
+            outcome.append(
+                register_batch(
+                    registry,
+                    keyring,
+                    serials_path,
+                    on_progress=progress,
+                    on_registered=registered_chunk,
+                    **register_kwargs,
+                )
+            )
+            chunks.put(None)
+        except BaseException as exc:  # handed to the rendering thread, raised there
+            chunks.put(exc)
+
+    def committed_labels() -> Iterator[LabelData]:
+        done = 0
+        while (item := chunks.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            if not done:
+                on_progress("render", 0, expected[0])
+            yield from item
+            done += len(item)
+            on_progress("render", done, max(done, expected[0]))
+        if not done:
+            raise BatchError(f"batch {batch!r} has no devices")
+
+    worker = threading.Thread(target=register, name="provision-register", daemon=True)
+    worker.start()
+    try:
+        result = _publish_labels(committed_labels(), batch, template, output_dir, **render_kwargs)
+    except KeyboardInterrupt:
+        raise  # the registering thread ends with the process; its open chunk is rolled back
+    except BaseException:
+        stop.set()
+        while worker.is_alive():  # let registering finish, as it would before a render
+            with contextlib.suppress(queue.Empty):
+                chunks.get(timeout=0.1)
+        raise
+    worker.join()
+    return outcome[0], result
 
 
 def batch_labels(
