@@ -258,6 +258,7 @@ def run_provision(
                     output_dir=out,
                     base_url=BASE_URL,
                     chunk_size=chunk,
+                    workers=workers,
                     on_progress=clock.progress,
                 )
             total = time.perf_counter() - t0

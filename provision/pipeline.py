@@ -23,6 +23,7 @@ from provision.files import atomic_writer, publish_revision, write_atomic
 from provision.keys import Keyring
 from provision.labels.render import (
     LabelData,
+    RenderPool,
     RenderResult,
     render_alignment_page,
     render_label_sheets,
@@ -427,6 +428,7 @@ def _publish_labels(
     copies: int,
     offset_x_mm: float,
     offset_y_mm: float,
+    pool: RenderPool | None = None,
 ) -> LabelsResult:
     """Render LABELS to OUTPUT/BATCH.pdf (or .zpl, or a new revision), then OUTPUT/BATCH.json."""
     out = Path(output_dir)
@@ -445,6 +447,7 @@ def _publish_labels(
             copies=copies,
             offset_x_mm=offset_x_mm,
             offset_y_mm=offset_y_mm,
+            **({"pool": pool} if pool is not None else {}),
         )
 
     path, revision, sha = publish_revision(out, batch, fmt, write)
@@ -505,6 +508,7 @@ def register_and_render(
     copies: int = 1,
     offset_x_mm: float = 0.0,
     offset_y_mm: float = 0.0,
+    workers: int | None = None,
     on_progress: Progress = no_progress,
 ) -> tuple[RegisterResult, LabelsResult]:
     """register_batch, then render_batch_labels; for a new batch, both at once.
@@ -515,6 +519,7 @@ def register_and_render(
     render_batch_labels would write (a later `labels` run re-renders it byte for byte). As
     before, nothing is published unless the whole batch is registered and rendered: a bad row
     or a failed chunk stops both, and a render that fails leaves the batch registered.
+    `workers`: render processes (default one per CPU).
     """
     check_batch_name(batch)
     if fmt not in RENDERERS:
@@ -612,19 +617,24 @@ def register_and_render(
         if not done:
             raise BatchError(f"batch {batch!r} has no devices")
 
-    worker = threading.Thread(target=register, name="provision-register", daemon=True)
-    worker.start()
-    try:
-        result = _publish_labels(committed_labels(), batch, template, output_dir, **render_kwargs)
-    except KeyboardInterrupt:
-        raise  # the registering thread ends with the process; its open chunk is rolled back
-    except BaseException:
-        stop.set()
-        while worker.is_alive():  # let registering finish, as it would before a render
-            with contextlib.suppress(queue.Empty):
-                chunks.get(timeout=0.1)
-        raise
-    worker.join()
+    # The render workers first, while this process is small and has no other thread: forked
+    # later, each would start as a copy of the manifest being registered.
+    with RenderPool(workers) as pool:
+        worker = threading.Thread(target=register, name="provision-register", daemon=True)
+        worker.start()
+        try:
+            result = _publish_labels(
+                committed_labels(), batch, template, output_dir, pool=pool, **render_kwargs
+            )
+        except KeyboardInterrupt:
+            raise  # the registering thread ends with the process; its open chunk rolls back
+        except BaseException:
+            stop.set()
+            while worker.is_alive():  # let registering finish, as it would before a render
+                with contextlib.suppress(queue.Empty):
+                    chunks.get(timeout=0.1)
+            raise
+        worker.join()
     return outcome[0], result
 
 

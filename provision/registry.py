@@ -302,6 +302,8 @@ class Registry:
         Component rows carry `serial_hash`; it is resolved to the device's primary key here.
         """
         with self.engine.begin() as conn:
+            if self.is_sqlite:
+                _bulk_pragmas(conn)
             if rows:
                 if self.is_postgresql and self.engine.dialect.driver == "psycopg":
                     _copy_rows(conn, devices, rows)
@@ -752,6 +754,19 @@ def _chunks(items: Sequence[str] | Iterable[str], size: int) -> Iterator[list[st
         yield buf
 
 
+def _bulk_pragmas(conn: Connection) -> None:
+    """For the connection that registers a batch (not every connection, not the web service's).
+
+    128 MiB of page cache instead of 2 MiB: the unique indexes of a million devices are
+    random-access B-trees, kept in memory. The WAL checkpointed every 20,000 pages (80 MB)
+    instead of 1,000: a big batch's index pages are copied back to the database file, and
+    fsynced, 20 times less often. Together about 20 % faster at a million devices; pages are
+    only cached as they are read, so a small batch costs no more memory than before.
+    """
+    conn.exec_driver_sql("PRAGMA cache_size=-131072")
+    conn.exec_driver_sql("PRAGMA wal_autocheckpoint=20000")
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets readers (the web service) run beside a nightly batch; foreign keys are off by
@@ -759,12 +774,4 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
-    # 128 MiB of page cache (the default is 2 MiB): the unique indexes of a million devices
-    # are random-access B-trees, and registering them from the cache is ~15 % faster. Pages are
-    # only cached as they are read, so a small registry costs no more memory than before.
-    cur.execute("PRAGMA cache_size=-131072")
-    # Checkpoint the WAL every 20,000 pages (80 MB) instead of 1,000: a big batch's index pages
-    # are copied back to the database file, and fsynced, 20 times less often (a million devices
-    # register ~10 % faster). Readers are not blocked by a checkpoint either way.
-    cur.execute("PRAGMA wal_autocheckpoint=20000")
     cur.close()

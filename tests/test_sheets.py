@@ -18,6 +18,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -587,3 +589,132 @@ def test_a_multi_task_pdf_passes_qpdf_check(
         [qpdf, "--show-npages", str(path)], capture_output=True, text=True, check=True
     )
     assert int(show.stdout) == PAGES
+
+
+# -- fonts of all kinds, and the workers' lifetime ----------------------------------------------
+
+
+def vera_variant(tmp_path: Path, name: str, change: Callable[[TTFont], None]) -> Path:
+    """A copy of Vera with its cmap changed; saved where a template can name it."""
+    font = TTFont(str(VERA / "Vera.ttf"))
+    change(font)
+    path = tmp_path / f"{name}.ttf"
+    font.save(str(path))
+    font.close()
+    return path
+
+
+def with_font(template: Template, font: Path) -> Template:
+    return dataclasses.replace(template, font=str(font))
+
+
+def test_a_glyph_shared_by_two_characters_gives_the_same_bytes_under_any_hash_seed(
+    labels: list[LabelData], template: Template, tmp_path: Path
+) -> None:
+    # A font drawing space and no-break space with one glyph (Liberation Sans does): ToUnicode
+    # can name only one; it must not depend on set order (the hash seed) or on which came first.
+    def share_space(font: TTFont) -> None:
+        for table in font["cmap"].tables:
+            if table.isUnicode():
+                table.cmap[0xA0] = table.cmap[0x20]
+
+    font = vera_variant(tmp_path, "shared", share_space)
+    script = tmp_path / "render.py"
+    script.write_text(
+        "import dataclasses, sys\n"
+        "from provision.labels.render import LabelData, render_label_sheets\n"
+        "from provision.labels.templates import load_template\n"
+        f"t = dataclasses.replace(load_template({TEMPLATE!r}), font={str(font)!r})\n"
+        "labels = [LabelData('00112233445566ff', 'HTTPS://ID.EXAMPLE.COM/A/X', kind)\n"
+        "          for kind in ('Sensor\\u00a0Pro Mk 2', 'Sensor Pro', 'x\\u00a0y z' * 3)]\n"
+        "render_label_sheets(labels, t, sys.argv[1], workers=1)\n"
+    )
+    outputs = []
+    for seed in ("1", "2", "3", "4"):
+        out = tmp_path / f"seed{seed}.pdf"
+        env = os.environ | {"PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, str(script), str(out)], check=True, env=env)
+        outputs.append(out.read_bytes())
+    assert all(o == outputs[0] for o in outputs), "the PDF depends on the hash seed"
+    pdf = pdfium.PdfDocument(io.BytesIO(outputs[0]))
+    text = decode_page(pdf, 0, dpi=72).text
+    pdf.close()
+    assert "Sensor Pro Mk 2" in text  # the shared glyph copies out as the lower, U+0020
+
+
+@pytest.mark.parametrize("kind", ["windows-symbol", "macintosh"])
+def test_a_font_without_a_unicode_cmap_still_draws_its_text(
+    labels: list[LabelData], template: Template, tmp_path: Path, kind: str
+) -> None:
+    # reportlab read such fonts through their (3,0) or (1,0) cmap; so must the sheets.
+    def only(font: TTFont) -> None:
+        cmap = font["cmap"]
+        unicode = font.getBestCmap()
+        keep = cmap.getcmap(1, 0) if kind == "macintosh" else cmap.getcmap(3, 1)
+        assert keep is not None
+        if kind == "windows-symbol":
+            keep.platEncID = 0
+            keep.cmap = {0xF000 + cp: name for cp, name in unicode.items() if cp < 0x100}
+        cmap.tables = [keep]
+
+    font = vera_variant(tmp_path, kind, only)
+    one = [labels[0]]
+    buf = io.BytesIO()
+    render_label_sheets(one, with_font(template, font), buf, workers=1)
+    pdf = pdfium.PdfDocument(io.BytesIO(buf.getvalue()))
+    page = decode_page(pdf, 0)
+    pdf.close()
+    assert printed_ids(page.text) == [one[0].device_id]
+    assert [c.text for c in page.codes] == [one[0].url]
+
+
+def test_a_font_that_maps_no_character_is_a_template_error(
+    labels: list[LabelData], template: Template, tmp_path: Path
+) -> None:
+    def empty(font: TTFont) -> None:
+        for table in font["cmap"].tables:
+            table.cmap.clear()  # (reading it decompiles the table: a plain assignment would not)
+
+    font = vera_variant(tmp_path, "empty", empty)
+    with pytest.raises(TemplateError, match="no usable cmap"):
+        render_label_sheets(labels[:1], with_font(template, font), io.BytesIO(), workers=1)
+
+
+def test_workers_end_when_the_rendering_process_is_killed(tmp_path: Path) -> None:
+    # cron's timeout, the OOM killer: SIGKILL gives the parent no chance to shut its pool down.
+    script = tmp_path / "stall.py"
+    script.write_text(
+        "import multiprocessing, sys, time\n"
+        "from provision.labels.render import TASK_PAGES, LabelData, render_label_sheets\n"
+        "from provision.labels.templates import load_template\n"
+        "t = load_template('avery-5160')\n"
+        "def labels():\n"
+        "    for i in range(10**9):\n"
+        "        if i == 3 * TASK_PAGES * t.per_page:\n"
+        "            kids = [p.pid for p in multiprocessing.active_children()]\n"
+        "            print(*kids, flush=True)\n"
+        "            time.sleep(600)\n"
+        "        yield LabelData(f'{i:016x}', 'HTTPS://ID.EXAMPLE.COM/A/X', 'sensor')\n"
+        "render_label_sheets(labels(), t, sys.argv[1], workers=2)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "out.pdf")], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    kids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(kids) == 2 and all(_alive(k) for k in kids)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(k) for k in kids), "render workers outlived their parent"
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie awaiting its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

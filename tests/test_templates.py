@@ -293,15 +293,22 @@ def test_builtin_two_page_batch_every_code_decodes_in_its_cell_and_verifies(
     assert len(pages) == 2
     page_pt = (t.page_width * PT_PER_MM, t.page_height * PT_PER_MM)
     expected_counts = [t.per_page, len(labels) - t.per_page]
-    assert [len(p.codes) for p in pages] == expected_counts
+    # zxing-cpp now and then reports one symbol of a dense sheet twice (the same text at the
+    # same place): that is one code; a second, different code in a cell would fail below.
+    cells_read = [{cell_of(t, code, dpi) for code in p.codes} for p in pages]
+    assert [len(c) for c in cells_read] == expected_counts
     decoded = []
     for page_no, page in enumerate(pages):
         assert page.size_pt == pytest.approx(page_pt, abs=0.01)
+        seen: dict[int, str] = {}
         for code in page.codes:
             assert code.format == zxingcpp.BarcodeFormat.QRCode and code.ec_level == "M"
             # Labels fill the sheet row by row: the label in cell k is the batch's next one.
             position = cell_of(t, code, dpi)
             assert code.text == labels[page_no * t.per_page + position].url
+            if position in seen:
+                continue  # the same symbol read twice (its text was checked just above)
+            seen[position] = code.text
             # Modules are whole printer dots, never below the template's least module.
             left, _, right, _ = code_box_mm(code, dpi)
             module = (right - left) / TYPICAL_QR_MODULES

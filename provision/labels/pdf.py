@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,7 +47,9 @@ class FontMetrics:
         try:
             upem = font["head"].unitsPerEm
             order = {name: gid for gid, name in enumerate(font.getGlyphOrder())}
-            cmap = font.getBestCmap() or {}
+            cmap = _cmap(font)
+            if not cmap:
+                raise FontError(f"{path} maps no Unicode character to a glyph (no usable cmap)")
             metrics = font["hmtx"].metrics
             widths = [metrics[name][0] * 1000 / upem for name in font.getGlyphOrder()]
             ps_name = _postscript_name(font)
@@ -67,12 +70,26 @@ class FontMetrics:
     def encode(self, text: str, used: dict[int, str]) -> str:
         """`text` as a PDF hex string of 2-byte glyph ids; records each glyph's character."""
         gids = self.gids
-        for c in set(text):
+        for c in dict.fromkeys(text):
             gid = gids.get(ord(c), 0)  # 0: .notdef, as any PDF writer shows a missing glyph
             if gid:  # .notdef stands for every missing character (U+FFFD in ToUnicode)
-                used.setdefault(gid, c)
+                add_glyph(used, gid, c)
         hexes = self._hex
         return "<" + "".join([hexes.get(c, "0000") for c in text]) + ">"
+
+
+def add_glyph(used: dict[int, str], gid: int, char: str) -> None:
+    """Record that glyph `gid` shows `char`. Where a font draws several characters with one glyph
+    (space and no-break space, say), the lowest code point names it in ToUnicode: the same choice
+    whichever label, page, process or hash seed met it first, so the same labels, same bytes."""
+    known = used.get(gid)
+    if known is None or char < known:
+        used[gid] = char
+
+
+def merge_glyphs(into: dict[int, str], glyphs: Iterable[tuple[int, str]]) -> None:
+    for gid, char in glyphs:
+        add_glyph(into, gid, char)
 
 
 def _open(path: str) -> TTFont:
@@ -89,6 +106,25 @@ def _open(path: str) -> TTFont:
             font.close()
             raise FontError(f"{path} lacks the {table!r} table")
     return font
+
+
+def _cmap(font: TTFont) -> dict[int, str]:
+    """Code point -> glyph name: the font's Unicode cmap; else, as reportlab reads such fonts,
+    a Windows symbol cmap (3,0: U+F020.. stand for ASCII) or a Macintosh Roman one (1,0)."""
+    best = font.getBestCmap()
+    if best:
+        return dict(best)
+    table = font["cmap"]
+    symbol = table.getcmap(3, 0)
+    if symbol is not None and symbol.cmap:
+        out: dict[int, str] = {}
+        for code, name in symbol.cmap.items():
+            out.setdefault(code - 0xF000 if 0xF020 <= code <= 0xF0FF else code, name)
+        return out
+    mac = table.getcmap(1, 0)
+    if mac is not None and mac.cmap:
+        return {ord(bytes([code]).decode("mac_roman")): name for code, name in mac.cmap.items()}
+    return {}
 
 
 def _postscript_name(font: TTFont) -> str:
@@ -155,7 +191,7 @@ class SheetWriter:
     def add_page(self, content: bytes, used: dict[str, dict[int, str]]) -> None:
         """One page: its content stream, already Flate-compressed, and the glyphs it shows."""
         for path, glyphs in used.items():
-            self._fonts[path].used.update(glyphs)
+            merge_glyphs(self._fonts[path].used, glyphs.items())
         if not self._nodes or len(self._nodes[-1][1]) == PAGES_PER_NODE:
             self._nodes.append((self._alloc(), []))
         node, kids = self._nodes[-1]
@@ -292,10 +328,18 @@ def _subset(path: str, gids: list[int]) -> tuple[bytes, _FontInfo]:
         options.notdef_outline = True
         options.layout_features = []  # no shaping: PDF text is positioned glyph by glyph
         options.name_IDs = [0, 1, 2, 3, 4, 5, 6]  # copyright, names, version (licence terms)
-        options.drop_tables += ["GSUB", "GPOS", "GDEF", "kern", "DSIG"]
+        options.drop_tables += ["GSUB", "GPOS", "GDEF", "kern", "DSIG", "FFTM"]
         subsetter = ft_subset.Subsetter(options)
         subsetter.populate(gids=gids)
-        subsetter.subset(font)
+        # fontTools warns of each table it cannot subset and drops; a nightly cron job's output
+        # is no place for that (what it keeps is what the pages need).
+        quiet = logging.getLogger("fontTools.subset")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            subsetter.subset(font)
+        finally:
+            quiet.setLevel(level)
         upem = font["head"].unitsPerEm
         head, hhea = font["head"], font["hhea"]
         os2 = font.get("OS/2")

@@ -6,14 +6,17 @@ one PDF (provision.labels.pdf): both cores work, and memory does not grow with t
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import multiprocessing
 import os
+import signal
+import sys
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -26,7 +29,7 @@ from reportlab.pdfgen.canvas import Canvas
 
 from provision.errors import TemplateError
 from provision.files import atomic_writer
-from provision.labels.pdf import FontError, FontMetrics, SheetWriter
+from provision.labels.pdf import FontError, FontMetrics, SheetWriter, merge_glyphs
 from provision.labels.templates import Template
 from provision.qr import QUIET_ZONE, QRSymbol, encode_qr
 
@@ -127,6 +130,7 @@ def render_label_sheets(
     offset_x_mm: float = 0.0,
     offset_y_mm: float = 0.0,
     workers: int | None = None,
+    pool: RenderPool | None = None,
 ) -> RenderResult:
     """Draw every label onto sheets of `template`; `start_at` skips used positions of page 1.
 
@@ -154,6 +158,7 @@ def render_label_sheets(
                 offset_x_mm=offset_x_mm,
                 offset_y_mm=offset_y_mm,
                 workers=workers,
+                pool=pool,
             )
     writer = SheetWriter(
         out,
@@ -171,7 +176,7 @@ def render_label_sheets(
     )
     count = 0
     tasks = _batched(_paginate(labels, template.per_page, start_at, copies), TASK_PAGES)
-    for composed, n in _compose_all(job, tasks, workers):
+    for composed, n in _compose_all(job, tasks, workers, pool):
         for content, used in composed:
             writer.add_page(content, used)
         count += n
@@ -204,39 +209,83 @@ def _batched(pages: Iterator[Page], n: int) -> Iterator[list[Page]]:
         yield batch
 
 
-def _compose_all(
-    job: SheetJob, tasks: Iterator[list[Page]], workers: int | None
-) -> Iterator[tuple[list[ComposedPage], int]]:
-    """(composed pages, labels on them) for each task, in order; in worker processes when
-    there is more than one task, else here (a pool's start-up would cost more than it saves).
+class RenderPool:
+    """Worker processes that draw label pages, shared by the renders made while it is open.
+
+    Start it early, while this process is small: a worker is a fork of it, and everything this
+    process holds afterwards (a manifest of a million rows, say) is not copied into the workers.
+    fork, not spawn or forkserver: a worker starts with the modules and fonts loaded, without
+    re-running the caller's main module. It only draws: it never touches a database connection
+    it inherits, and a pool worker leaves with os._exit, so nothing inherited is closed twice.
     """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.size = workers if workers is not None else _cpu_count()
+        self._pool: ProcessPoolExecutor | None = None
+        if self.size > 1 and "fork" in multiprocessing.get_all_start_methods():
+            self._pool = ProcessPoolExecutor(
+                self.size,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
+            )
+            self._pool.submit(int).result()  # with fork, every worker starts at the first task
+
+    def __enter__(self) -> RenderPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def compose(
+        self, job: SheetJob, tasks: Iterable[list[Page]]
+    ) -> Iterator[tuple[list[ComposedPage], int]]:
+        """(composed pages, labels on them) for each task, in order; here if no workers."""
+        pool = self._pool
+        if pool is None:
+            for task in tasks:
+                yield compose_pages(job, task), sum(map(len, task))
+            return
+        pending: deque[tuple[Future[list[ComposedPage]], int]] = deque()
+        try:
+            for task in tasks:
+                pending.append((pool.submit(_compose_in_worker, job, task), sum(map(len, task))))
+                if len(pending) >= 2 * self.size:  # the reader never runs far ahead of the pool
+                    future, count = pending.popleft()
+                    yield future.result(), count
+            while pending:
+                future, count = pending.popleft()
+                yield future.result(), count
+        finally:
+            for future, _ in pending:  # a failed task or a failed writer: drop the rest
+                future.cancel()
+            wait([f for f, _ in pending])
+
+
+def _compose_all(
+    job: SheetJob, tasks: Iterator[list[Page]], workers: int | None, pool: RenderPool | None
+) -> Iterator[tuple[list[ComposedPage], int]]:
+    """(composed pages, labels on them) for each task, in order: in `pool`, or in a pool of
+    `workers` processes started here when there is more than one task, else in this process
+    (for a label or two, a pool's start-up would cost more than it saves)."""
+    if pool is not None:
+        yield from pool.compose(job, tasks)
+        return
     first = next(tasks, None)
     if first is None:
         return
     second = next(tasks, None)
-    n = workers if workers is not None else _cpu_count()
-    if second is None or n <= 1 or "fork" not in multiprocessing.get_all_start_methods():
-        for task in itertools.chain([first], [second] if second else [], tasks):
-            yield compose_pages(job, task), sum(map(len, task))
+    everything = itertools.chain([first], [second] if second else [], tasks)
+    if second is None:
+        yield from RenderPool(1).compose(job, everything)
         return
-    # fork: a worker starts as a copy of this process, with the fonts and modules loaded and
-    # without re-running the caller's main module (which spawn and forkserver would do). It
-    # only draws: it never touches the database connection it inherits, and a pool worker
-    # leaves with os._exit, so nothing inherited is closed or flushed twice.
-    ctx = multiprocessing.get_context("fork")
-    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(job,))
-    pending: deque[tuple[Future[list[ComposedPage]], int]] = deque()
-    try:
-        for task in itertools.chain([first, second], tasks):
-            pending.append((pool.submit(_compose_in_worker, task), sum(map(len, task))))
-            if len(pending) >= 2 * n:  # bounded: the reader never runs far ahead of the pool
-                future, count = pending.popleft()
-                yield future.result(), count
-        while pending:
-            future, count = pending.popleft()
-            yield future.result(), count
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    with RenderPool(workers) as own:
+        yield from own.compose(job, everything)
 
 
 def _cpu_count() -> int:
@@ -249,13 +298,35 @@ def _cpu_count() -> int:
 _WORKER_JOB: SheetJob | None = None
 
 
-def _init_worker(job: SheetJob) -> None:
+def _init_worker(parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down,
+    # so a worker does not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent(parent)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: a SIGTERM when the parent dies (killed by cron's timeout, the OOM killer, ...);
+    otherwise a worker would wait for its next task forever. Elsewhere, nothing to do."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _compose_in_worker(job: SheetJob, pages: list[Page]) -> list[ComposedPage]:
     global _WORKER_JOB
-    _WORKER_JOB = job
-
-
-def _compose_in_worker(pages: list[Page]) -> list[ComposedPage]:
-    assert _WORKER_JOB is not None, "worker started without its job"
+    if job != _WORKER_JOB:  # another render: its slots are filled anew
+        _WORKER_JOB = job
     return compose_pages(_WORKER_JOB, pages)
 
 
@@ -381,7 +452,7 @@ def _draw_label(
         else:
             op, glyphs = _cached_text_op(path, resource, text, t.font_size, slot.text_width_pt)
         parts.append(b"BT %s %s%s Tj ET\n" % (slot.text_left, y, op))
-        used[path].update(glyphs)
+        merge_glyphs(used[path], glyphs)
 
 
 # Fields that differ from label to label; the others (type, model, ...) repeat all batch long.

@@ -51,9 +51,16 @@ def _stamped_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as conn:
             rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-    except DBAPIError:  # no such table: a new database
-        return None
+    except DBAPIError as exc:
+        if _no_such_table(exc):  # a new database
+            return None
+        raise  # unreachable, not a database, ...: reported once, not retried through Alembic
     return rows[0][0] if len(rows) == 1 else None
+
+
+def _no_such_table(exc: DBAPIError) -> bool:
+    # PostgreSQL: SQLSTATE 42P01 undefined_table; SQLite says so in its message.
+    return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(exc.orig)
 
 
 def upgrade_to_head(engine: Engine) -> str:
