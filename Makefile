@@ -57,8 +57,9 @@ pytest: $(STAMP) chromium glabels
 test: lint typecheck pytest
 
 # The nightly pipeline against the original approach, per stage: make bench N=100000
+# (BENCH_ARGS=--sequential also times register-then-render; --help lists the rest)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/pipeline_bench.py --n $(or $(N),10000)
+	$(BIN)/python benchmarks/pipeline_bench.py --n $(or $(N),10000) $(BENCH_ARGS)
 
 # Reconciliation at scale: 1,000,000 shipments against 1,000,000 devices (issue: <= 30 s, 2 GB).
 bench-reconcile: $(STAMP)

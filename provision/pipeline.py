@@ -619,7 +619,7 @@ def register_and_render(
 
     # The render workers first, while this process is small and has no other thread: forked
     # later, each would start as a copy of the manifest being registered.
-    with RenderPool(workers) as pool:
+    with RenderPool(workers, template) as pool:
         worker = threading.Thread(target=register, name="provision-register", daemon=True)
         worker.start()
         try:

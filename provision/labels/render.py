@@ -219,9 +219,12 @@ class RenderPool:
     it inherits, and a pool worker leaves with os._exit, so nothing inherited is closed twice.
     """
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, template: Template | None = None) -> None:
         self.size = workers if workers is not None else _cpu_count()
         self._pool: ProcessPoolExecutor | None = None
+        if template is not None:  # what every worker needs, loaded once before the fork
+            label_fonts(template)
+            encode_qr("WARM UP").path_operators()
         if self.size > 1 and "fork" in multiprocessing.get_all_start_methods():
             self._pool = ProcessPoolExecutor(
                 self.size,
@@ -284,7 +287,7 @@ def _compose_all(
     if second is None:
         yield from RenderPool(1).compose(job, everything)
         return
-    with RenderPool(workers) as own:
+    with RenderPool(workers, job.template) as own:
         yield from own.compose(job, everything)
 
 
