@@ -137,7 +137,8 @@ def render_label_sheets(
     `copies` prints each label that many times in a row; the offsets (right and down, in mm)
     are a printer's calibration and move every label by that much. Pages are drawn by
     `workers` processes (default: one per CPU) when there are more than TASK_PAGES of them,
-    and written to `out` in order as they come, so memory stays flat however long the batch.
+    or by an open `pool`, and written to `out` in order as they come, so memory stays flat
+    however long the batch.
     """
     if copies < 1:
         raise TemplateError("--copies must be at least 1")
