@@ -570,15 +570,7 @@ def register_and_render(
     def registered_chunk(rows: list[dict[str, Any]], serials: list[str]) -> None:
         printed = template.prints_serial
         labels = [
-            LabelData(
-                device_id=r["device_id"],
-                url=payload_url(base_url, r["payload"]),
-                device_type=r["device_type"],
-                model=r["model"],
-                manufacturer=r["manufacturer"],
-                serial=s if printed else None,
-                batch=batch,
-            )
+            _label(r, base_url, batch, s if printed else None)
             for r, s in zip(rows, serials, strict=True)
         ]
         while not stop.is_set():
@@ -658,17 +650,22 @@ def batch_labels(
                 if template.prints_serial and keyring is not None
                 else None
             )
-            yield LabelData(
-                device_id=d["device_id"],
-                url=payload_url(base_url, d["payload"]),
-                device_type=d["device_type"],
-                model=d["model"],
-                manufacturer=d["manufacturer"],
-                serial=serial,
-                batch=batch,
-            )
+            yield _label(d, base_url, batch, serial)
         done += len(chunk)
         on_progress("render", done, total)
+
+
+def _label(device: dict[str, Any], base_url: str, batch: str, serial: str | None) -> LabelData:
+    """What the label of a device row (as stored, or as just inserted) shows."""
+    return LabelData(
+        device_id=device["device_id"],
+        url=payload_url(base_url, device["payload"]),
+        device_type=device["device_type"],
+        model=device["model"],
+        manufacturer=device["manufacturer"],
+        serial=serial,
+        batch=batch,
+    )
 
 
 def _render_zpl(

@@ -688,6 +688,19 @@ def genesis_hash(device_id: str) -> str:
     return hashlib.sha256(f"provision/action-log/genesis/{device_id}".encode()).hexdigest()
 
 
+def _bulk_columns(table: Table, rows: list[dict[str, Any]]) -> list[str]:
+    """The columns a bulk insert of `rows` names: the same in every row, and none left out
+    that only SQLAlchemy's INSERT could fill (a Python-side default)."""
+    names = list(rows[0])
+    for r in rows:
+        if len(r) != len(names):
+            raise ValueError("rows to insert in bulk must all have the same keys")
+    for col in table.c:
+        if col.name not in names and col.default is not None and col.server_default is None:
+            raise ValueError(f"{table.name}.{col.name}: its Python-side default needs INSERT")
+    return names
+
+
 def _copy_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     """Insert rows with PostgreSQL's COPY (psycopg 3): about twice executemany's rate.
 
@@ -696,14 +709,7 @@ def _copy_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> No
     """
     import psycopg
 
-    names = list(rows[0])
-    for r in rows:
-        if len(r) != len(names):
-            raise ValueError("rows to copy must all have the same keys")
-    missing = [c for c in table.c if c.name not in names and not c.primary_key]
-    for col in missing:
-        if col.default is not None and col.server_default is None:
-            raise ValueError(f"{table.name}.{col.name}: its Python-side default needs INSERT")
+    names = _bulk_columns(table, rows)
     statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
@@ -721,13 +727,7 @@ def _sqlite_insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any
     (datetimes to SQLite's text form, ...) in one pass, instead of SQLAlchemy's per-row
     parameter handling, which costs as much as SQLite's insert itself (about 10 us a row).
     """
-    names = list(rows[0])
-    for r in rows:
-        if len(r) != len(names):
-            raise ValueError("rows to insert must all have the same keys")
-    for col in table.c:
-        if col.name not in names and col.default is not None and col.server_default is None:
-            raise ValueError(f"{table.name}.{col.name}: its Python-side default needs INSERT")
+    names = _bulk_columns(table, rows)
     dialect = conn.dialect
     processors = [table.c[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names]
     if any(processors):

@@ -175,7 +175,7 @@ class SheetWriter:
         self._title, self._creator = title, creator
         self._scaling = print_scaling_none
         w, h = page_size
-        self._media = f"[0 0 {_num(w)} {_num(h)}]".encode()
+        self._media = f"[0 0 {pdf_number(w)} {pdf_number(h)}]".encode()
         self.pages = 0
         self._write(HEADER)
         fonts_dict = " ".join(f"/{f.resource} {f.ref} 0 R" for f in self._fonts.values())
@@ -257,14 +257,14 @@ class SheetWriter:
         base = f"{tag}+{m.postscript_name}"
         cid, descriptor, file_, tounicode = (self._alloc() for _ in range(4))
         self._stream(file_, b"/Length1 %d /Filter /FlateDecode" % len(program), _deflate(program))
-        widths = " ".join(f"{gid} [{_num(m.widths[gid])}]" for gid in used)
+        widths = " ".join(f"{gid} [{pdf_number(m.widths[gid])}]" for gid in used)
         self._object(
             descriptor,
             (
                 f"<< /Type /FontDescriptor /FontName /{base} /Flags {info.flags} "
-                f"/FontBBox [{' '.join(_num(v) for v in info.bbox)}] "
-                f"/ItalicAngle {_num(info.italic_angle)} /Ascent {_num(info.ascent)} "
-                f"/Descent {_num(info.descent)} /CapHeight {_num(info.cap_height)} "
+                f"/FontBBox [{' '.join(pdf_number(v) for v in info.bbox)}] "
+                f"/ItalicAngle {pdf_number(info.italic_angle)} /Ascent {pdf_number(info.ascent)} "
+                f"/Descent {pdf_number(info.descent)} /CapHeight {pdf_number(info.cap_height)} "
                 f"/StemV {info.stem_v} /FontFile2 {file_} 0 R >>"
             ).encode(),
         )
@@ -274,7 +274,7 @@ class SheetWriter:
                 f"<< /Type /Font /Subtype /CIDFontType2 /BaseFont /{base} "
                 "/CIDSystemInfo << /Registry (Adobe) /Ordering (Identity) /Supplement 0 >> "
                 f"/FontDescriptor {descriptor} 0 R /CIDToGIDMap /Identity "
-                f"/DW {_num(m.widths[0])} /W [{widths}] >>"
+                f"/DW {pdf_number(m.widths[0])} /W [{widths}] >>"
             ).encode(),
         )
         self._stream(tounicode, b"/Filter /FlateDecode", _deflate(_to_unicode(used)))
@@ -403,7 +403,7 @@ def _text(value: str) -> bytes:
     return b"<FEFF" + value.encode("utf-16-be").hex().upper().encode() + b">"
 
 
-def _num(value: float) -> str:
+def pdf_number(value: float) -> str:
     """A PDF number: 6 decimals (a millionth of a point), no trailing zeros."""
     text = f"{value:.6f}".rstrip("0").rstrip(".")
     return "0" if text == "-0" else text

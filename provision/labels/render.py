@@ -6,6 +6,7 @@ one PDF (provision.labels.pdf): both cores work, and memory does not grow with t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -30,6 +31,7 @@ from reportlab.pdfgen.canvas import Canvas
 from provision.errors import TemplateError
 from provision.files import atomic_writer
 from provision.labels.pdf import FontError, FontMetrics, SheetWriter, merge_glyphs
+from provision.labels.pdf import pdf_number as _num
 from provision.labels.templates import Template
 from provision.qr import QUIET_ZONE, QRSymbol, encode_qr
 
@@ -147,42 +149,31 @@ def render_label_sheets(
             f"--start-at must be between 1 and {template.per_page} for {template.name}"
         )
     regular, bold = label_fonts(template)
-    if isinstance(out, str | Path):
-        with atomic_writer(out) as fh:
-            return render_label_sheets(
-                labels,
-                template,
-                fh,
-                start_at=start_at,
-                title=title,
-                copies=copies,
-                offset_x_mm=offset_x_mm,
-                offset_y_mm=offset_y_mm,
-                workers=workers,
-                pool=pool,
-            )
-    writer = SheetWriter(
-        out,
-        (template.page_width * mm, template.page_height * mm),
-        [_metrics(regular), _metrics(bold)],
-        title=title,
-    )
-    job = SheetJob(
-        template,
-        (offset_x_mm, offset_y_mm),
-        regular,
-        bold,
-        writer.resource(regular),
-        writer.resource(bold),
-    )
-    count = 0
-    tasks = _batched(_paginate(labels, template.per_page, start_at, copies), TASK_PAGES)
-    for composed, n in _compose_all(job, tasks, workers, pool):
-        for content, used in composed:
-            writer.add_page(content, used)
-        count += n
-    pages = writer.pages
-    writer.close()
+    # A path is written atomically, as a print file must be; a file object is written as is.
+    target = atomic_writer(out) if isinstance(out, str | Path) else contextlib.nullcontext(out)
+    with target as fh:
+        writer = SheetWriter(
+            fh,
+            (template.page_width * mm, template.page_height * mm),
+            [_metrics(regular), _metrics(bold)],
+            title=title,
+        )
+        job = SheetJob(
+            template,
+            (offset_x_mm, offset_y_mm),
+            regular,
+            bold,
+            writer.resource(regular),
+            writer.resource(bold),
+        )
+        count = 0
+        tasks = _batched(_paginate(labels, template.per_page, start_at, copies), TASK_PAGES)
+        for composed, n in _compose_all(job, tasks, workers, pool):
+            for content, used in composed:
+                writer.add_page(content, used)
+            count += n
+        pages = writer.pages
+        writer.close()
     return RenderResult(labels=count, pages=pages)
 
 
@@ -543,12 +534,6 @@ def _fit(text: str, font: FontMetrics, size: float, width_pt: float) -> tuple[st
     while text and font.width(text + "…", smaller) > room:
         text = text[:-1]
     return text + "…", smaller
-
-
-def _num(value: float) -> str:
-    """A PDF number: 6 decimals (a millionth of a point), no trailing zeros."""
-    text = f"{value:.6f}".rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
 
 
 def _snap(value_mm: float, dot_mm: float) -> float:
