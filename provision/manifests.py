@@ -1,32 +1,50 @@
-"""CSV manifests -> validated pandas frames; every bad row reported with its line and column.
+"""CSV manifests, validated in a streaming pass; every bad row reported with its line and column.
 
-Reading uses pandas' C parser when every record is one physical line (the common case, and ten
-times faster), else the csv module (it tracks physical line numbers across quoted line breaks,
-which pandas' parser cannot report); the checks themselves are vectorised over the frame.
+A manifest is read twice and never held whole. `read_manifest` validates it block by block
+(about 4 MB at a time) and keeps only what the checks across rows need: two 64-bit fingerprints
+and the line of every row (24 bytes a row, for duplicate serials and for matching components to
+their devices), the errors, and a digest of each block. `Manifest.chunks()` then reads the file
+again for registering and yields the good rows, normalised, a chunk at a time; a block whose
+digest differs from the first pass stops it (the file changed meanwhile), so only validated rows
+are ever registered. Memory therefore stays flat in the size of the manifest.
+
+Blocks are parsed with pandas' C parser when every record is one physical line (the common case,
+and ten times faster), else with the csv module (it tracks physical line numbers across quoted
+line breaks, which pandas' parser cannot report); the checks themselves are vectorised.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import hashlib
 import io
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
-from provision.errors import ManifestError, RowError
+from provision.errors import BatchError, ManifestError, RowError
 from provision.files import atomic_writer
 from provision.serials import GS1_AI82_RE, MAX_SERIAL_LENGTH, describe_char, serial_problem
 
 MAX_TEXT_LENGTH = 128
 LINE = "source_line"  # the physical line a row starts on (csv tracks quoted line breaks)
+BLOCK_BYTES = 4 << 20  # the fast reader's block; the csv reader's is BLOCK_ROWS records
+BLOCK_ROWS = 50_000
 _UNDECODABLE = "[\udc80-\udcff]"
 _CONTROL = "[\x00-\x1f\x7f]"
 _END = "\x01"  # appended to every line by the fast reader: marks where a record really ends
+# Two independent SipHash keys: a row's fingerprint is 128 bits, so two different serials share
+# one with a probability of about 2**-128 per pair (n**2 / 2**129 for n rows).
+_KEYS = ("provision-serial", "manifest-rowkey2")
+
+RowCheck = Callable[[pd.DataFrame], Iterable[RowError]]
+"""A check over the (not yet rejected) rows of a normalised block, run by Manifest.check."""
 
 
 @dataclass(frozen=True)
@@ -67,16 +85,43 @@ SHIPMENTS = ManifestSpec(
 
 
 @dataclass
+class _Block:
+    """Records as parsed: RAW has columns 0..width-1 in header order; ERRORS are ragged rows."""
+
+    raw: pd.DataFrame
+    lines: np.ndarray
+    digest: bytes
+    errors: list[RowError] = field(default_factory=list)
+    maybe_undecodable: bool = True
+
+
+class _Irregular(Exception):
+    """The fast reader met something only the csv module reads right."""
+
+
+class _Fatal(Exception):
+    def __init__(self, error: RowError) -> None:
+        self.error = error
+
+
+@dataclass
 class Manifest:
-    """A parsed manifest: every spec column present (empty strings where absent) plus `_line`."""
+    """A validated manifest: its header, errors and row fingerprints; rows come from chunks()."""
 
     path: Path
     spec: ManifestSpec
-    frame: pd.DataFrame
     header: list[str]
     sha256: str
     errors: list[RowError] = field(default_factory=list)
     fatal: bool = False  # a file-level problem: no row can go through
+    rows: int = 0
+    device_type_default: str | None = None
+    _fast: bool = True  # which reader the file needs (the second pass uses the same one)
+    _digests: list[bytes] = field(default_factory=list)
+    _memory: _Block | None = None  # rows that came from the command line, not a file
+    # Per block: each row's two fingerprints and its line (20 bytes a row, all that is kept).
+    _rowkeys: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    _sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def name(self) -> str:
@@ -88,60 +133,122 @@ class Manifest:
     def add_errors(self, errors: Iterable[RowError]) -> None:
         self.errors.extend(errors)
 
-    def good_rows(self) -> pd.DataFrame:
-        bad = self.bad_lines()
-        return self.frame[~self.frame[LINE].isin(bad)] if bad else self.frame
-
     def raise_if_bad(self) -> None:
         if self.errors:
             raise ManifestError(sorted(self.errors))
+
+    @property
+    def good(self) -> int:
+        """How many rows chunks() yields."""
+        return self.rows - len(self.bad_lines())
+
+    def chunks(self, size: int = BLOCK_ROWS) -> Iterator[pd.DataFrame]:
+        """The good rows, normalised (spec columns, stripped, plus LINE), at most SIZE at a time."""
+        bad = self.bad_lines()
+        pending: list[pd.DataFrame] = []
+        held = 0
+        for frame in self._frames():
+            if bad:
+                frame = frame[~frame[LINE].isin(bad)]
+            pending.append(frame)
+            held += len(frame)
+            while held >= size:
+                whole = pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
+                yield whole.iloc[:size]
+                rest = whole.iloc[size:]
+                pending, held = [rest], len(rest)
+        if held:
+            yield pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0]
+
+    def good_rows(self) -> pd.DataFrame:
+        """Every good row at once: for files small enough to analyse whole (shipments)."""
+        parts = list(self.chunks())
+        if not parts:
+            return _empty(self.spec)
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+    def check(self, test: RowCheck) -> None:
+        """Run TEST over every row not yet rejected, block by block; add what it reports."""
+        bad = self.bad_lines()
+        found: list[RowError] = []
+        for frame in self._frames():
+            found.extend(test(frame[~frame[LINE].isin(bad)] if bad else frame))
+        self.add_errors(found)
+
+    def owner_lines(self, serials: pd.Series) -> np.ndarray:
+        """The line of this manifest's row with each of SERIALS, or -1 where there is none."""
+        keys = _fingerprints(serials)
+        out = np.full(len(keys), -1, dtype=np.int64)
+        if not self._rowkeys or not len(keys):
+            return out
+        if self._sorted is None:
+            k0, k1, lines = (np.concatenate([b[j] for b in self._rowkeys]) for j in range(3))
+            order = np.lexsort((k1, k0))
+            self._sorted = (k0[order], k1[order], lines[order])
+        k0, k1, lines = self._sorted
+        lo = np.searchsorted(k0, keys[:, 0], side="left")
+        hi = np.searchsorted(k0, keys[:, 0], side="right")
+        for i in np.flatnonzero(hi > lo):  # a run: the serial, repeated rows, or a 64-bit twin
+            j = lo[i] + np.searchsorted(k1[lo[i] : hi[i]], keys[i, 1])
+            if j < hi[i] and k1[j] == keys[i, 1]:
+                out[i] = lines[j]
+        return out
+
+    def _frames(self) -> Iterator[pd.DataFrame]:
+        """Every row, normalised, a block at a time; each block is checked against pass one."""
+        names = self.header
+        if self.fatal:  # no row can go through
+            return
+        if self._memory is not None:
+            yield self._normalise(self._memory, names)
+            return
+        try:
+            fh = self.path.open("rb")
+        except OSError as exc:
+            raise BatchError(f"{self.name}: cannot read file again: {exc.strerror}") from None
+        with fh:
+            blocks = _fast_blocks(fh) if self._fast else _csv_blocks(fh, self.name)
+            n = 0
+            try:
+                with contextlib.closing(blocks):  # before the file, however this ends
+                    for block, header, _ in blocks:
+                        if (
+                            n >= len(self._digests)
+                            or block.digest != self._digests[n]
+                            or (header is not None and [h.strip().lower() for h in header] != names)
+                        ):
+                            raise _Irregular
+                        n += 1
+                        yield self._normalise(block, names)
+            except (_Irregular, _Fatal):
+                n = -1
+            if n != len(self._digests):
+                raise BatchError(
+                    f"{self.name} changed after it was validated; nothing more of it was "
+                    "registered: run the batch again"
+                )
+
+    def _normalise(self, block: _Block, names: list[str]) -> pd.DataFrame:
+        frame, _, _ = _normalise(block, names, self.spec, self.device_type_default, self.name)
+        return frame
 
 
 def read_manifest(
     path: str | Path, spec: ManifestSpec, *, device_type_default: str | None = None
 ) -> Manifest:
-    """Read and validate one manifest; problems are collected in `errors`, never raised here."""
+    """Validate one manifest in a single streaming pass; problems are collected in `errors`."""
     p = Path(path)
     name = str(p)
     try:
-        data = p.read_bytes()
+        fh = p.open("rb")
     except OSError as exc:
         raise ManifestError([RowError(name, 0, "-", f"cannot read file: {exc.strerror}")]) from None
-    sha = hashlib.sha256(data).hexdigest()
-    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in (*spec.columns, LINE)})
-
-    def fatal(line: int, column: str, reason: str) -> Manifest:
-        return Manifest(p, spec, empty, [], sha, [RowError(name, line, column, reason)], True)
-
-    fast = _read_single_line_records(data)
-    if fast is not None:
-        head, head_line, raw, at = fast
-        return _build(p, spec, head, head_line, raw, at, sha, [], device_type_default, False)
-    # surrogateescape keeps undecodable bytes as lone surrogates, so each one can be located
-    # by line and column after parsing instead of failing the whole file at the first one.
-    text = data.decode("utf-8-sig", errors="surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=False)
-    rows: list[list[str]] = []
-    lines: list[int] = []
-    header: list[str] | None = None
-    header_line = 1
-    prev = 0
-    try:
-        for row in reader:
-            start = prev + 1
-            prev = reader.line_num
-            if not row or all(not v.strip() for v in row):
-                continue
-            if header is None:
-                header, header_line = row, start
-                continue
-            rows.append(row)
-            lines.append(start)
-    except csv.Error as exc:
-        return fatal(prev + 1, "-", f"CSV syntax error: {exc}")
-    if header is None:  # no bytes, only blank lines, only a BOM or only separators
-        return fatal(1, "-", "file is empty")
-    return build_manifest(p, spec, header, header_line, rows, lines, sha, device_type_default)
+    with fh:
+        try:
+            return _validate(p, spec, fh, True, device_type_default)
+        except _Irregular:
+            fh.seek(0)
+            return _validate(p, spec, fh, False, device_type_default)
 
 
 def build_manifest(
@@ -154,99 +261,78 @@ def build_manifest(
     sha: str,
     device_type_default: str | None = None,
 ) -> Manifest:
-    """Validate parsed rows (also used for rows that come from the command line)."""
-    name = str(p)
-    width = len(header)
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    ragged = np.flatnonzero(lengths != width)
-    errors = [
-        RowError(name, lines[i], "-", f"row has {lengths[i]} fields, the header has {width}")
-        for i in ragged
-    ]
-    if len(ragged):
-        rows = [r[:width] + [""] * (width - len(r)) if len(r) != width else r for r in rows]
-    raw = pd.DataFrame(rows, columns=pd.Index(range(width)), dtype=object)
-    return _build(p, spec, header, header_line, raw, lines, sha, errors, device_type_default, True)
+    """Validate rows that come from the command line rather than a file."""
+    block = _rows_block(rows, lines, len(header), str(p), b"")
+    m = Manifest(p, spec, [], sha, device_type_default=device_type_default, _memory=block)
+    _check_blocks(m, iter([(block, header, header_line)]))
+    return m
 
 
-def _read_single_line_records(
-    data: bytes,
-) -> tuple[list[str], int, pd.DataFrame, np.ndarray] | None:
-    """(header, its line, data rows, their lines) from pandas' C parser, or None.
-
-    Only when each record is exactly one physical line, so that a record's line is its index:
-    valid UTF-8, no NUL, no lone CR, no quoted line break. pandas pads a short row with empty
-    fields, so an end marker is appended to every line first: a row whose marker is not in the
-    last column has the wrong number of fields. Anything irregular (a short or long row, a blank
-    line before the header, an empty file) returns None and the csv module path reports it.
-    """
-    body = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
-    if not body.strip() or b"\x00" in body or _END.encode() in body:
-        return None
-    if b"\r" in body:
-        if body.count(b"\r") != body.count(b"\r\n"):
-            return None
-        body = body.replace(b"\r\n", b"\n")
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    n_lines = body.count(b"\n")
-    body = body.replace(b"\n", b"," + _END.encode() + b"\n")
-    try:
-        raw = pd.read_csv(
-            io.BytesIO(body),
-            header=None,
-            dtype=object,
-            na_filter=False,
-            skip_blank_lines=False,
-            encoding="utf-8",
-            encoding_errors="strict",
-        )
-    except (ValueError, UnicodeError):  # pandas' ParserError and EmptyDataError are ValueErrors
-        return None
-    del body
-    if len(raw) != n_lines:  # a quoted line break joined lines into one record
-        return None
-    width = raw.shape[1] - 1
-    # Blank rows (only whitespace and separators) are skipped, as the csv path does; only rows
-    # whose first field is empty or starts with whitespace can be blank.
-    first = raw[0].to_numpy(dtype=object).astype("U1")
-    maybe_blank = np.flatnonzero((first == "") | (first == _END) | np.char.isspace(first))
-    blank = np.zeros(len(raw), dtype=bool)
-    if len(maybe_blank):
-        cells = raw.iloc[maybe_blank]
-        blank[maybe_blank] = cells.apply(lambda c: c.str.strip().isin(["", _END])).all(axis=1)
-    keep = np.flatnonzero(~blank)
-    if not len(keep) or not (raw[width].to_numpy()[keep] == _END).all():
-        return None
-    header = [str(v) for v in raw.iloc[keep[0], :width]]
-    rows = raw.iloc[keep[1:], :width].reset_index(drop=True)
-    return header, int(keep[0]) + 1, rows, keep[1:] + 1
-
-
-def _build(
+def _validate(
     p: Path,
     spec: ManifestSpec,
-    header: list[str],
-    header_line: int,
-    raw: pd.DataFrame,
-    lines: Sequence[int] | np.ndarray,
-    sha: str,
-    row_errors: list[RowError],
+    fh: io.BufferedReader,
+    fast: bool,
     device_type_default: str | None,
-    maybe_undecodable: bool,
 ) -> Manifest:
-    """Check the header, then the rows of RAW (columns 0..n-1 in header order)."""
-    name = str(p)
-    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in (*spec.columns, LINE)})
-    names = [h.strip().lower() for h in header]
+    sha = hashlib.sha256()
+    if not fast:
+        sha = hashlib.file_digest(fh, "sha256")
+        fh.seek(0)
+    m = Manifest(p, spec, [], "", device_type_default=device_type_default, _fast=fast)
+    blocks = _fast_blocks(fh, sha) if fast else _csv_blocks(fh, m.name)
+    try:
+        with contextlib.closing(blocks):  # a fatal header leaves it unfinished
+            _check_blocks(m, blocks)
+    except _Fatal as exc:
+        m.errors, m.fatal = [exc.error], True
+    if fast:  # the fast reader hashes as it reads; a fatal header stops it early
+        while chunk := fh.read(BLOCK_BYTES):
+            sha.update(chunk)
+    m.sha256 = sha.hexdigest()
+    return m
+
+
+def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, int]]) -> None:
+    """The first pass: header checks, row checks per block, then the checks across rows."""
+    name, spec = m.name, m.spec
+    excluded: list[np.ndarray] = []  # row indexes the duplicate check leaves out (few)
+    header_line = 1
+    for block, header, at in blocks:
+        if header is not None:
+            m.header, header_line = [h.strip().lower() for h in header], at
+            if problems := _header_problems(m, header_line):
+                m.errors, m.fatal = problems, True
+                return
+        m.errors.extend(block.errors)
+        frame, checked, errors = _normalise(block, m.header, spec, m.device_type_default, name)
+        m.errors.extend(errors)
+        m.errors.extend(_row_problems(frame, checked, spec, name))
+        k = _fingerprints(frame["serial"])
+        m._rowkeys.append((k[:, 0].copy(), k[:, 1].copy(), frame[LINE].to_numpy(dtype=np.int32)))
+        excluded.append(np.flatnonzero(~checked | (frame["serial"] == "").to_numpy()) + m.rows)
+        m._digests.append(block.digest)
+        m.rows += len(frame)
+    if not m.header:  # no bytes, only blank lines, only a BOM or only separators
+        raise _Fatal(RowError(name, 1, "-", "file is empty"))
+    if not m.rows:
+        m.errors = [RowError(name, header_line, "-", "no data rows (the file has only a header)")]
+        m.fatal = True
+        return
+    if spec.unique_serial:
+        m.errors.extend(_duplicates(m, np.concatenate(excluded)))
+
+
+def _header_problems(m: Manifest, header_line: int) -> list[RowError]:
+    name, spec, names = m.name, m.spec, m.header
     errors: list[RowError] = []
     for i, h in enumerate(names):
         if h and names.index(h) != i:
             errors.append(RowError(name, header_line, h, "column appears twice in the header"))
-    missing = [c for c in spec.required if c not in names]
-    for c in missing:
-        errors.append(RowError(name, header_line, c, "required column missing from the header"))
-    if spec is SERIALS and "device_type" not in names and not device_type_default:
+    for c in spec.required:
+        if c not in names:
+            errors.append(RowError(name, header_line, c, "required column missing from the header"))
+    if spec is SERIALS and "device_type" not in names and not m.device_type_default:
         errors.append(
             RowError(
                 name,
@@ -255,19 +341,263 @@ def _build(
                 "column missing and no --device-type default given",
             )
         )
-    if errors:
-        return Manifest(p, spec, empty, names, sha, errors, True)
-    if not len(raw):
-        errors = [RowError(name, header_line, "-", "no data rows (the file has only a header)")]
-        return Manifest(p, spec, empty, names, sha, errors, True)
+    return errors
 
+
+def _duplicates(m: Manifest, excluded: np.ndarray) -> list[RowError]:
+    """Rows whose serial appeared before: each group named by its first line.
+
+    The first fingerprints, sorted in place, give the few values that occur twice (8 bytes a
+    row while it runs); only rows with one of them are compared on both fingerprints. EXCLUDED
+    rows (empty or undecodable serials, already reported) take no part.
+    """
+    k0 = np.concatenate([b[0] for b in m._rowkeys])
+    k0.sort()
+    twice = np.unique(k0[1:][k0[1:] == k0[:-1]])
+    del k0
+    if not len(twice):
+        return []
+    found: list[tuple[int, int, int, int]] = []  # (k0, k1, line, row index)
+    start = 0
+    for b0, b1, blines in m._rowkeys:
+        for i in np.flatnonzero(np.isin(b0, twice)):
+            found.append((int(b0[i]), int(b1[i]), int(blines[i]), start + int(i)))
+        start += len(b0)
+    skip = set(excluded.tolist())
+    groups: dict[tuple[int, int], list[int]] = {}
+    for a, b, line, row in found:
+        if row not in skip:
+            groups.setdefault((a, b), []).append(line)
+    errors: list[RowError] = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        first, *later = sorted(group)
+        others = ", ".join(str(x) for x in later)
+        errors.append(RowError(m.name, first, "serial", f"same serial again on line {others}"))
+        errors.extend(RowError(m.name, x, "serial", f"same serial as line {first}") for x in later)
+    return errors
+
+
+def _fingerprints(values: pd.Series) -> np.ndarray:
+    """Two 64-bit SipHash fingerprints of each value, as an (n, 2) uint64 array."""
+    arr = values.to_numpy(dtype=object)
+    return np.stack(
+        [pd.util.hash_array(arr, hash_key=k, categorize=False) for k in _KEYS], axis=1
+    ).astype(np.uint64, copy=False)
+
+
+def _empty(spec: ManifestSpec) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in (*spec.columns, LINE)})
+
+
+# -- readers: (block, header or None, header line) ------------------------------------------------
+
+
+def _fast_blocks(
+    fh: BinaryIO, sha: hashlib._Hash | None = None
+) -> Generator[tuple[_Block, list[str] | None, int]]:
+    """Blocks of whole lines through pandas' C parser; raises _Irregular where it cannot."""
+    carry = b""
+    first = True
+    line0 = 0
+    width = -1
+    while True:
+        data = fh.read(BLOCK_BYTES)
+        if sha is not None:
+            sha.update(data)
+        eof = not data
+        data = carry + data
+        if eof:
+            if not data:
+                break
+            body, carry = data if data.endswith(b"\n") else data + b"\n", b""
+        else:
+            cut = data.rfind(b"\n") + 1
+            if not cut:
+                carry = data
+                continue
+            body, carry = data[:cut], data[cut:]
+        if first and body.startswith(codecs.BOM_UTF8):
+            body = body[len(codecs.BOM_UTF8) :]
+        first = False
+        raw, keep = _parse_lines(body)
+        header: list[str] | None = None
+        at = 0
+        if width < 0 and len(keep):
+            width = raw.shape[1]
+            header, at = [str(v) for v in raw.iloc[0]], int(keep[0]) + 1 + line0
+            raw, keep = raw.iloc[1:].reset_index(drop=True), keep[1:]
+        elif len(keep) and raw.shape[1] != width:
+            raise _Irregular
+        if header is not None or len(keep):  # blank lines alone make no block
+            digest = hashlib.blake2b(body, digest_size=16).digest()
+            block = _Block(raw, keep + 1 + line0, digest, maybe_undecodable=False)
+            yield block, header, at
+        line0 += body.count(b"\n")
+        if eof:
+            break
+    if width < 0:
+        raise _Irregular  # no record at all: the csv reader names the problem
+
+
+def _parse_lines(body: bytes) -> tuple[pd.DataFrame, np.ndarray]:
+    """The non-blank records of BODY (whole lines) and their 0-based line indexes.
+
+    Only when each record is exactly one physical line, so that a record's line is its index:
+    valid UTF-8, no NUL, no lone CR, no quoted line break. pandas pads a short row with empty
+    fields, so an end marker is appended to every line first: a row whose marker is not in the
+    last column has the wrong number of fields. Anything irregular raises _Irregular.
+    """
+    if not body.strip():
+        return pd.DataFrame(), np.empty(0, dtype=np.int64)
+    if b"\x00" in body or _END.encode() in body:
+        raise _Irregular
+    if b"\r" in body:
+        if body.count(b"\r") != body.count(b"\r\n"):
+            raise _Irregular
+        body = body.replace(b"\r\n", b"\n")
+    n_lines = body.count(b"\n")
+    marked = body.replace(b"\n", b"," + _END.encode() + b"\n")
+    try:
+        raw = pd.read_csv(
+            io.BytesIO(marked),
+            header=None,
+            dtype=object,
+            na_filter=False,
+            skip_blank_lines=False,
+            encoding="utf-8",
+            encoding_errors="strict",
+        )
+    except (ValueError, UnicodeError):  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise _Irregular from None
+    del marked
+    if len(raw) != n_lines:  # a quoted line break joined lines into one record
+        raise _Irregular
+    width = raw.shape[1] - 1
+    # Blank rows (only whitespace and separators) are skipped, as the csv reader does; only rows
+    # whose first field is empty or starts with whitespace can be blank.
+    first = raw[0].to_numpy(dtype=object).astype("U1")
+    maybe_blank = np.flatnonzero((first == "") | (first == _END) | np.char.isspace(first))
+    blank = np.zeros(len(raw), dtype=bool)
+    if len(maybe_blank):
+        cells = raw.iloc[maybe_blank]
+        blank[maybe_blank] = cells.apply(lambda c: c.str.strip().isin(["", _END])).all(axis=1)
+    keep = np.flatnonzero(~blank)
+    if len(keep) and not (raw[width].to_numpy()[keep] == _END).all():
+        raise _Irregular
+    rows = raw.iloc[keep, :width].reset_index(drop=True)
+    rows.columns = pd.RangeIndex(width)
+    return rows, keep
+
+
+def _csv_blocks(fh: BinaryIO, name: str) -> Generator[tuple[_Block, list[str] | None, int]]:
+    """Blocks of BLOCK_ROWS records through the csv module; a syntax error raises _Fatal."""
+    # surrogateescape keeps undecodable bytes as lone surrogates, so each one can be located
+    # by line and column after parsing instead of failing the whole file at the first one.
+    text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    digest = hashlib.blake2b(digest_size=16)
+
+    def lines() -> Iterator[str]:
+        for line in text:
+            digest.update(line.encode("utf-8", "surrogateescape"))
+            yield line
+
+    reader = csv.reader(lines(), strict=False)
+    header: list[str] | None = None
+    given = False
+    header_line = 1
+    rows: list[list[str]] = []
+    at: list[int] = []
+    prev = 0
+    try:
+        for row in reader:
+            start = prev + 1
+            prev = reader.line_num
+            if not row or all(not v.strip() for v in row):
+                continue
+            if header is None:
+                header, header_line = row, start
+                continue
+            rows.append(row)
+            at.append(start)
+            if len(rows) == BLOCK_ROWS:
+                yield (
+                    _rows_block(rows, at, len(header), name, digest.digest()),
+                    None if given else header,
+                    header_line,
+                )
+                given, rows, at = True, [], []
+                digest = hashlib.blake2b(digest_size=16)
+    except csv.Error as exc:
+        raise _Fatal(RowError(name, prev + 1, "-", f"CSV syntax error: {exc}")) from None
+    finally:
+        text.detach()
+    if header is not None and (rows or not given):
+        yield (
+            _rows_block(rows, at, len(header), name, digest.digest()),
+            None if given else header,
+            header_line,
+        )
+
+
+def _rows_block(
+    rows: list[list[str]], lines: list[int], width: int, name: str, digest: bytes
+) -> _Block:
+    """Parsed rows as a block; a row with the wrong number of fields is padded or cut, and named."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    ragged = np.flatnonzero(lengths != width)
+    errors = [
+        RowError(name, lines[i], "-", f"row has {lengths[i]} fields, the header has {width}")
+        for i in ragged
+    ]
+    if len(ragged):
+        rows = [r[:width] + [""] * (width - len(r)) if len(r) != width else r for r in rows]
+    raw = pd.DataFrame(rows, columns=pd.RangeIndex(width), dtype=object)
+    return _Block(raw, np.asarray(lines, dtype=np.int64), digest, errors)
+
+
+# -- normalising and checking a block -------------------------------------------------------------
+
+
+def _normalise(
+    block: _Block,
+    names: list[str],
+    spec: ManifestSpec,
+    device_type_default: str | None,
+    name: str,
+) -> tuple[pd.DataFrame, np.ndarray, list[RowError]]:
+    """(frame of spec columns + LINE, rows whose bytes decode, undecodable-byte errors)."""
+    raw = block.raw
     frame = pd.DataFrame(index=raw.index)
     for c in spec.columns:
         frame[c] = raw[names.index(c)].str.strip() if c in names else ""
-    frame[LINE] = lines
-    manifest = Manifest(p, spec, frame, names, sha, row_errors)
-    manifest.add_errors(_check_rows(manifest, raw, names, device_type_default, maybe_undecodable))
-    return manifest
+    frame[LINE] = block.lines
+    errors: list[RowError] = []
+    undecodable = np.zeros(len(frame), dtype=bool)
+    for i, col in enumerate(names if block.maybe_undecodable and len(raw) else []):
+        hit = raw[i].str.contains(_UNDECODABLE, regex=True).to_numpy(dtype=bool)
+        if not hit.any():
+            continue
+        # An undecodable cell is reported for its encoding, not its content.
+        for idx in np.flatnonzero(hit):
+            bad = next(c for c in raw.iat[idx, i] if "\udc80" <= c <= "\udcff")
+            column = col or f"column {i + 1}"
+            errors.append(
+                RowError(
+                    name, int(block.lines[idx]), column, f"not valid UTF-8 ({describe_char(bad)})"
+                )
+            )
+        undecodable |= hit
+        if col in spec.columns:
+            # Reported above; from here on the frame must encode (serial hash, database,
+            # reject file), so each undecodable byte becomes U+FFFD.
+            frame.loc[hit, col] = frame.loc[hit, col].str.replace(
+                _UNDECODABLE, "\ufffd", regex=True
+            )
+    if spec is SERIALS and device_type_default:
+        frame.loc[frame["device_type"] == "", "device_type"] = device_type_default
+    return frame, ~undecodable, errors
 
 
 def _per_value(values: pd.Series, test: Callable[[pd.Series], pd.Series]) -> np.ndarray:
@@ -276,82 +606,37 @@ def _per_value(values: pd.Series, test: Callable[[pd.Series], pd.Series]) -> np.
     return test(pd.Series(uniques, dtype=object)).to_numpy(dtype=bool)[codes]
 
 
-def _check_rows(
-    m: Manifest,
-    raw: pd.DataFrame,
-    names: list[str],
-    device_type_default: str | None,
-    maybe_undecodable: bool = True,
+def _row_problems(
+    f: pd.DataFrame, checked: np.ndarray, spec: ManifestSpec, name: str
 ) -> list[RowError]:
-    f, name = m.frame, m.name
+    """Every check of a row on its own (duplicates across rows are _duplicates')."""
     errors: list[RowError] = []
+    lines = f[LINE].to_numpy()
 
-    def flag(mask: pd.Series, column: str, reason: str) -> None:
-        errors.extend(RowError(name, int(line), column, reason) for line in f.loc[mask, LINE])
-
-    # Undecodable bytes first: such a cell is reported for its encoding, not its content.
-    undecodable = pd.Series(False, index=f.index)
-    for i, col in enumerate(names if maybe_undecodable else []):
-        hit = raw[i].str.contains(_UNDECODABLE, regex=True)
-        if hit.any():
-            for idx in f.index[hit]:
-                bad = next(c for c in raw.at[idx, i] if "\udc80" <= c <= "\udcff")
-                errors.append(
-                    RowError(
-                        name,
-                        int(f.at[idx, LINE]),
-                        col or f"column {i + 1}",
-                        f"not valid UTF-8 ({describe_char(bad)})",
-                    )
-                )
-            undecodable |= hit
-            if col in m.spec.columns:
-                # Reported above; from here on the frame must encode (serial hash, database,
-                # reject file), so each undecodable byte becomes U+FFFD.
-                f.loc[hit, col] = f.loc[hit, col].str.replace(_UNDECODABLE, "\ufffd", regex=True)
+    def flag(mask: np.ndarray, column: str, reason: str) -> None:
+        errors.extend(RowError(name, int(line), column, reason) for line in lines[mask])
 
     serial = f["serial"]
-    checked = ~undecodable
     ok = serial.str.fullmatch(GS1_AI82_RE.pattern) & (serial.str.len() <= MAX_SERIAL_LENGTH)
-    for idx in f.index[checked & ~ok]:
-        errors.append(
-            RowError(name, int(f.at[idx, LINE]), "serial", str(serial_problem(serial.at[idx])))
-        )
-
-    if m.spec.unique_serial:
-        dup = serial.duplicated(keep=False) & (serial != "") & checked
-        if dup.any():
-            groups = f.loc[dup].groupby("serial", sort=False)[LINE].apply(list)
-            for group in groups:
-                first = group[0]
-                others = ", ".join(str(x) for x in group[1:])
-                errors.append(
-                    RowError(name, first, "serial", f"same serial again on line {others}")
-                )
-                errors.extend(
-                    RowError(name, line, "serial", f"same serial as line {first}")
-                    for line in group[1:]
-                )
-    if m.spec is SERIALS:
-        if device_type_default:
-            f.loc[f["device_type"] == "", "device_type"] = device_type_default
+    for i in np.flatnonzero(checked & ~ok.to_numpy(dtype=bool)):
+        errors.append(RowError(name, int(lines[i]), "serial", str(serial_problem(serial.iat[i]))))
+    if spec is SERIALS:
         flag(
-            checked & (f["device_type"] == ""),
+            checked & (f["device_type"] == "").to_numpy(),
             "device_type",
             "device type missing and no --device-type default given",
         )
-    for col in m.spec.required:
+    for col in spec.required:
         if col != "serial":
-            flag(checked & (f[col] == ""), col, "required value is empty")
-    for col in m.spec.dates:
+            flag(checked & (f[col] == "").to_numpy(), col, "required value is empty")
+    for col in spec.dates:
         stamp = f[col]
-        given = checked & (stamp != "")
+        given = checked & (stamp != "").to_numpy()
         if given.any():
             parsed = pd.to_datetime(stamp.where(given), format="ISO8601", errors="coerce", utc=True)
-            flag(given & parsed.isna(), col, "not an ISO 8601 date or date-time")
-
-    for col in m.spec.columns:
-        if col == "serial" or col in m.spec.dates:
+            flag(given & parsed.isna().to_numpy(), col, "not an ISO 8601 date or date-time")
+    for col in spec.columns:
+        if col == "serial" or col in spec.dates:
             continue
         values = f[col]
         flag(
@@ -373,6 +658,7 @@ def write_rejects(path: str | Path, manifests: Sequence[Manifest]) -> int:
     Serial and component manifests have different columns, so the reject file holds the file and
     line of each bad row (`source_file`, `source_line`), every manifest column, and `reason` (all
     reasons of that row, joined). Undecodable bytes appear as U+FFFD; the reason names each byte.
+    The rows' values are read from the files again, block by block.
     """
     columns: list[str] = []
     for m in manifests:
@@ -382,13 +668,16 @@ def write_rejects(path: str | Path, manifests: Sequence[Manifest]) -> int:
         reasons: dict[int, list[str]] = {}
         for e in sorted(m.errors):
             reasons.setdefault(e.line, []).append(f"{e.column}: {e.reason}")
-        by_line = m.frame.set_index(LINE) if len(m.frame) else None
+        values: dict[int, dict[str, str]] = {}
+        if reasons and not m.fatal:
+            for frame in m._frames():
+                hit = frame[frame[LINE].isin(reasons.keys())]
+                for rec in hit.to_dict("records"):
+                    values[int(rec[LINE])] = rec
         for line, why in sorted(reasons.items()):
-            values = by_line.loc[line] if by_line is not None and line in by_line.index else None
+            row = values.get(line, {})
             out_rows.append(
-                [m.name, str(line)]
-                + [str(values[c]) if values is not None and c in values else "" for c in columns]
-                + ["; ".join(why)]
+                [m.name, str(line)] + [str(row.get(c, "")) for c in columns] + ["; ".join(why)]
             )
     with atomic_writer(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")

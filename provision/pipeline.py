@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pandas as pd
 from sqlalchemy.exc import IntegrityError
 
 from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS
@@ -177,7 +178,13 @@ def register_manifests(
     on_registered: Registered | None = None,
     now: datetime | None = None,
 ) -> RegisterResult:
-    """Register already-read manifests (see register_batch)."""
+    """Register already-validated manifests (see register_batch).
+
+    The manifests are read again chunk by chunk (Manifest.chunks), so memory stays flat in the
+    batch size: each chunk is hashed, looked up, signed and inserted in one transaction. The
+    components follow the devices, a chunk per transaction; a run stopped in between leaves them
+    to the next run, which finds the devices registered and inserts only what is missing.
+    """
     signing_key = keyring.active
     manifests = [m for m in (serials, comps) if m is not None]
     fatal = [e for m in manifests if m.fatal for e in m.errors]
@@ -186,10 +193,6 @@ def register_manifests(
     name = check_batch_name(batch) if batch else default_batch_name(serials)
 
     pepper = keyring.pepper
-    on_progress("hash", 0, len(serials.frame))
-    frame = serials.frame
-    frame["serial_hash"] = [serial_hash(pepper, s) for s in frame["serial"]]
-    on_progress("hash", len(frame), len(frame))
     if comps is not None:
         _check_component_owners(registry, pepper, serials, comps)
 
@@ -201,39 +204,37 @@ def register_manifests(
         write_rejects(reject_file, manifests)
         result.reject_file = str(reject_file)
 
-    good = serials.good_rows()
     batch_id = registry.ensure_batch(name, serials.sha256, comps.sha256 if comps else None)
-    existing = registry.existing_by_hash(list(good["serial_hash"]))
-    known = good["serial_hash"].map(lambda h: h in existing)
-    for line, h in zip(good.loc[known, LINE], good.loc[known, "serial_hash"], strict=True):
-        other = existing[h]
-        if other[1] == batch_id:
-            result.already_registered += 1
-        else:
-            result.other_batch += 1
-            result.skipped.append(
-                RowError(
-                    serials.name,
-                    int(line),
-                    "serial",
-                    f"already registered in batch {other[2]!r}; skipped",
-                )
-            )
-    new = good[~known] if known.any() else good  # a fresh batch: no copy of the whole frame
-    skipped_hashes = {h for h in good.loc[known, "serial_hash"] if existing[h][1] != batch_id}
-
-    comp_rows = _component_rows(registry, keyring, comps, skipped_hashes, batch_id) if comps else {}
     expires = int(((now or utcnow()) + timedelta(days=ttl_days)).timestamp())
     expires_at = datetime.fromtimestamp(expires, UTC)
-    total = len(new)
+    skipped: set[str] = set()  # serial hashes registered in another batch: components skipped
+    total = serials.good
     on_progress("register", 0, total)
     done = 0
-    for start in range(0, total, chunk_size):
-        chunk = new.iloc[start : start + chunk_size]
+    for chunk in serials.chunks(chunk_size):
+        hashes = [serial_hash(pepper, s) for s in chunk["serial"]]
+        existing = registry.existing_by_hash(hashes)
         created = now or utcnow()
         rows = []
-        for rec in chunk.itertuples(index=False):
-            serial, h = rec.serial, rec.serial_hash
+        printed: list[str] = []
+        for rec, h in zip(chunk.itertuples(index=False), hashes, strict=True):
+            serial, line = rec.serial, int(getattr(rec, LINE))
+            other = existing.get(h)
+            if other is not None:
+                if other[1] == batch_id:
+                    result.already_registered += 1
+                    continue
+                result.other_batch += 1
+                skipped.add(h)
+                result.skipped.append(
+                    RowError(
+                        serials.name,
+                        line,
+                        "serial",
+                        f"already registered in batch {other[2]!r}; skipped",
+                    )
+                )
+                continue
             did = device_id(pepper, serial)
             rows.append(
                 {
@@ -246,7 +247,7 @@ def register_manifests(
                     "manufactured_at": rec.manufactured_at or None,
                     "production_line": rec.line or None,
                     "batch_id": batch_id,
-                    "batch_seq": int(getattr(rec, LINE)),
+                    "batch_seq": line,
                     "key_id": signing_key.id,
                     "payload": sign_token(signing_key.id, signing_key.secret or b"", did, expires),
                     "expires_at": expires_at,
@@ -254,27 +255,28 @@ def register_manifests(
                     "created_at": created,
                 }
             )
-        chunk_comps = [c for h in chunk["serial_hash"] for c in comp_rows.pop(h, [])]
-        try:
-            registry.insert_devices(rows, chunk_comps)
-        except IntegrityError as exc:
-            raise BatchError(
-                f"batch {name}: a device in rows {int(chunk[LINE].iloc[0])}-"
-                f"{int(chunk[LINE].iloc[-1])} of {serials.name} was registered by another "
-                "process meanwhile, or two serials share a device id; nothing of this chunk was "
-                f"written, run the batch again ({type(exc.orig).__name__})"
-            ) from None
-        if on_registered is not None:
-            on_registered(rows, list(chunk["serial"]))
-        done += len(rows)
+            printed.append(serial)
+        if rows:
+            try:
+                registry.insert_devices(rows, [])
+            except IntegrityError as exc:
+                raise BatchError(
+                    f"batch {name}: a device in rows {int(chunk[LINE].iloc[0])}-"
+                    f"{int(chunk[LINE].iloc[-1])} of {serials.name} was registered by another "
+                    "process meanwhile, or two serials share a device id; nothing of this chunk "
+                    f"was written, run the batch again ({type(exc.orig).__name__})"
+                ) from None
+            if on_registered is not None:
+                on_registered(rows, printed)
+        done += len(chunk)
         result.registered += len(rows)
-        result.components += len(chunk_comps)
         on_progress("register", done, total)
-    # Components of devices registered before this run (in this or an earlier batch).
-    leftover = [c for rows_ in comp_rows.values() for c in rows_]
-    if leftover:
-        registry.insert_devices([], leftover)
-        result.components += len(leftover)
+    if comps is not None:
+        for chunk in comps.chunks(chunk_size):
+            comp_rows = _component_rows(registry, keyring, chunk, skipped, batch_id)
+            if comp_rows:
+                registry.insert_devices([], comp_rows)
+                result.components += len(comp_rows)
     log.info(
         "batch %s: %d registered, %d already registered, %d in other batches, %d rejected",
         name,
@@ -290,65 +292,64 @@ def _check_component_owners(
     registry: Registry, pepper: bytes, serials: Manifest, comps: Manifest
 ) -> None:
     """A component row must name a serial of this manifest (not rejected) or a registered one."""
-    frame = comps.frame
-    frame["serial_hash"] = [serial_hash(pepper, s) for s in frame["serial"]]
-    in_manifest = dict(zip(serials.frame["serial_hash"], serials.frame[LINE], strict=True))
     bad_serial_lines = serials.bad_lines()
-    outside = [h for h in frame["serial_hash"] if h not in in_manifest]
-    registered = set(registry.existing_by_hash(outside)) if outside else set()
-    bad_comp_lines = comps.bad_lines()
-    errors = []
-    for line, h in zip(frame[LINE], frame["serial_hash"], strict=True):
-        if line in bad_comp_lines:
-            continue
-        owner = in_manifest.get(h)
-        if owner is None and h not in registered:
-            errors.append(
-                RowError(
-                    comps.name,
-                    int(line),
-                    "serial",
-                    f"serial is neither in {serials.name} nor registered",
+
+    def owners(frame: pd.DataFrame) -> list[RowError]:
+        owner = serials.owner_lines(frame["serial"])
+        outside = frame["serial"].to_numpy(dtype=object)[owner < 0]
+        hashes = [serial_hash(pepper, s) for s in outside]
+        registered = registry.existing_by_hash(hashes) if hashes else {}
+        known = iter([h in registered for h in hashes])
+        errors = []
+        for line, at in zip(frame[LINE], owner, strict=True):
+            if at < 0:
+                if not next(known):
+                    errors.append(
+                        RowError(
+                            comps.name,
+                            int(line),
+                            "serial",
+                            f"serial is neither in {serials.name} nor registered",
+                        )
+                    )
+            elif at in bad_serial_lines:
+                errors.append(
+                    RowError(
+                        comps.name,
+                        int(line),
+                        "serial",
+                        f"its device row ({serials.name} line {at}) is rejected",
+                    )
                 )
-            )
-        elif owner is not None and owner in bad_serial_lines:
-            errors.append(
-                RowError(
-                    comps.name,
-                    int(line),
-                    "serial",
-                    f"its device row ({serials.name} line {owner}) is rejected",
-                )
-            )
-    comps.add_errors(errors)
+        return errors
+
+    comps.check(owners)
 
 
 def _component_rows(
-    registry: Registry, keyring: Keyring, comps: Manifest, skipped: set[str], batch_id: int
-) -> dict[str, list[dict[str, Any]]]:
-    """New component rows by device serial hash (rows already stored are left out)."""
-    good = comps.good_rows()
-    good = good[~good["serial_hash"].isin(skipped)]
+    registry: Registry, keyring: Keyring, chunk: pd.DataFrame, skipped: set[str], batch_id: int
+) -> list[dict[str, Any]]:
+    """New component rows of a chunk of good component rows (rows already stored are left out)."""
+    owners = [serial_hash(keyring.pepper, s) for s in chunk["serial"]]
     hashes = [
         component_row_hash(keyring.pepper, h, t, s, cs)
         for h, t, s, cs in zip(
-            good["serial_hash"],
-            good["component_type"],
-            good["component_spec"],
-            good["component_serial"],
+            owners,
+            chunk["component_type"],
+            chunk["component_spec"],
+            chunk["component_serial"],
             strict=True,
         )
     ]
     stored = registry.existing_component_hashes(hashes)
     created = utcnow()
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for rec, rh in zip(good.itertuples(index=False), hashes, strict=True):
-        if rh in stored or rh in seen:
+    for rec, owner, rh in zip(chunk.itertuples(index=False), owners, hashes, strict=True):
+        if owner in skipped or rh in stored or rh in seen:
             continue
         seen.add(rh)
-        owner = rec.serial_hash
-        out.setdefault(owner, []).append(
+        out.append(
             {
                 "serial_hash": owner,
                 "component_type": rec.component_type,

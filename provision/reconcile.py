@@ -69,7 +69,7 @@ def read_shipments(path: str | Path) -> pd.DataFrame:
     """Validated shipments with `shipped_at` parsed (UTC; a date alone is its midnight)."""
     manifest = read_manifest(path, SHIPMENTS)
     manifest.raise_if_bad()
-    frame = manifest.frame.copy()
+    frame = manifest.good_rows()
     stamps = frame["shipped_at"]
     frame["shipped_at"] = pd.to_datetime(stamps, format="ISO8601", utc=True)
     return frame
