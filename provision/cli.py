@@ -119,10 +119,12 @@ def progress_bar(quiet: bool) -> Callable[[str, int, int], None]:
     bars: dict[str, tqdm[Any]] = {}
 
     def update(stage: str, done: int, total: int) -> None:
-        if quiet or total < 2000:
+        if quiet:
             return
         bar = bars.get(stage)
         if bar is None:
+            if total < 2000:
+                return
             from tqdm import tqdm  # here, not at the top: quick commands need not load it
 
             bar = bars[stage] = tqdm(

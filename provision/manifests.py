@@ -20,6 +20,12 @@ import contextlib
 import csv
 import hashlib
 import io
+import os
+import shutil
+import stat
+import tempfile
+import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +125,7 @@ class Manifest:
     _fast: bool = True  # which reader the file needs (the second pass uses the same one)
     _digests: list[bytes] = field(default_factory=list)
     _memory: _Block | None = None  # rows that came from the command line, not a file
+    _source: Path | None = None  # the copy read again, when the file was a pipe
     # Per block: each row's two fingerprints and its line (20 bytes a row, all that is kept).
     _rowkeys: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     _sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -144,6 +151,8 @@ class Manifest:
 
     def chunks(self, size: int = BLOCK_ROWS) -> Iterator[pd.DataFrame]:
         """The good rows, normalised (spec columns, stripped, plus LINE), at most SIZE at a time."""
+        if size < 1:
+            raise ValueError(f"chunk size must be at least 1, not {size}")
         bad = self.bad_lines()
         pending: list[pd.DataFrame] = []
         held = 0
@@ -203,7 +212,7 @@ class Manifest:
             yield self._normalise(self._memory, names)
             return
         try:
-            fh = self.path.open("rb")
+            fh = (self._source or self.path).open("rb")
         except OSError as exc:
             raise BatchError(f"{self.name}: cannot read file again: {exc.strerror}") from None
         with fh:
@@ -224,8 +233,8 @@ class Manifest:
                 n = -1
             if n != len(self._digests):
                 raise BatchError(
-                    f"{self.name} changed after it was validated; nothing more of it was "
-                    "registered: run the batch again"
+                    f"{self.name} changed after it was validated; stopped before using any row "
+                    "that was not validated: run again"
                 )
 
     def _normalise(self, block: _Block, names: list[str]) -> pd.DataFrame:
@@ -239,16 +248,30 @@ def read_manifest(
     """Validate one manifest in a single streaming pass; problems are collected in `errors`."""
     p = Path(path)
     name = str(p)
+    spool: Path | None = None
     try:
         fh = p.open("rb")
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            # A pipe (`<(zcat serials.csv.gz)`) can be read only once: keep a copy to read again.
+            fd, tmp = tempfile.mkstemp(prefix="provision-", suffix=".csv")
+            spool = Path(tmp)
+            with fh, open(fd, "wb") as copy:
+                shutil.copyfileobj(fh, copy, BLOCK_BYTES)
+            fh = spool.open("rb")
     except OSError as exc:
+        if spool is not None:
+            spool.unlink(missing_ok=True)
         raise ManifestError([RowError(name, 0, "-", f"cannot read file: {exc.strerror}")]) from None
     with fh:
         try:
-            return _validate(p, spec, fh, True, device_type_default)
+            m = _validate(p, spec, fh, True, device_type_default)
         except _Irregular:
             fh.seek(0)
-            return _validate(p, spec, fh, False, device_type_default)
+            m = _validate(p, spec, fh, False, device_type_default)
+    if spool is not None:
+        m._source = spool
+        weakref.finalize(m, spool.unlink, missing_ok=True)
+    return m
 
 
 def build_manifest(
@@ -421,7 +444,7 @@ def _fast_blocks(
         if first and body.startswith(codecs.BOM_UTF8):
             body = body[len(codecs.BOM_UTF8) :]
         first = False
-        raw, keep = _parse_lines(body)
+        raw, keep = _parse_lines(body, None if width < 0 else width)
         header: list[str] | None = None
         at = 0
         if width < 0 and len(keep):
@@ -431,7 +454,8 @@ def _fast_blocks(
         elif len(keep) and raw.shape[1] != width:
             raise _Irregular
         if header is not None or len(keep):  # blank lines alone make no block
-            digest = hashlib.blake2b(body, digest_size=16).digest()
+            # The first line's number too: blank lines added before a block shift its rows.
+            digest = hashlib.blake2b(body + line0.to_bytes(8, "little"), digest_size=16).digest()
             block = _Block(raw, keep + 1 + line0, digest, maybe_undecodable=False)
             yield block, header, at
         line0 += body.count(b"\n")
@@ -441,9 +465,11 @@ def _fast_blocks(
         raise _Irregular  # no record at all: the csv reader names the problem
 
 
-def _parse_lines(body: bytes) -> tuple[pd.DataFrame, np.ndarray]:
+def _parse_lines(body: bytes, width: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """The non-blank records of BODY (whole lines) and their 0-based line indexes.
 
+    WIDTH, once the header gave it, is every record's number of fields: a blank line that
+    happens to open a block then does not set the width the parser expects.
     Only when each record is exactly one physical line, so that a record's line is its index:
     valid UTF-8, no NUL, no lone CR, no quoted line break. pandas pads a short row with empty
     fields, so an end marker is appended to every line first: a row whose marker is not in the
@@ -460,16 +486,22 @@ def _parse_lines(body: bytes) -> tuple[pd.DataFrame, np.ndarray]:
     n_lines = body.count(b"\n")
     marked = body.replace(b"\n", b"," + _END.encode() + b"\n")
     try:
-        raw = pd.read_csv(
-            io.BytesIO(marked),
-            header=None,
-            dtype=object,
-            na_filter=False,
-            skip_blank_lines=False,
-            encoding="utf-8",
-            encoding_errors="strict",
-        )
-    except (ValueError, UnicodeError):  # pandas' ParserError and EmptyDataError are ValueErrors
+        with warnings.catch_warnings():
+            # With names given, a first row longer than them is cut and warned about.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            raw = pd.read_csv(
+                io.BytesIO(marked),
+                header=None,
+                names=None if width is None else range(width + 1),
+                index_col=False,
+                dtype=object,
+                na_filter=False,
+                skip_blank_lines=False,
+                encoding="utf-8",
+                encoding_errors="strict",
+            )
+    # pandas' ParserError and EmptyDataError are ValueErrors
+    except (ValueError, UnicodeError, pd.errors.ParserWarning):
         raise _Irregular from None
     del marked
     if len(raw) != n_lines:  # a quoted line break joined lines into one record

@@ -274,9 +274,18 @@ def register_manifests(
     if comps is not None:
         for chunk in comps.chunks(chunk_size):
             comp_rows = _component_rows(registry, keyring, chunk, skipped, batch_id)
-            if comp_rows:
+            if not comp_rows:
+                continue
+            try:
                 registry.insert_devices([], comp_rows)
-                result.components += len(comp_rows)
+            except IntegrityError as exc:
+                raise BatchError(
+                    f"batch {name}: a component in rows {int(chunk[LINE].iloc[0])}-"
+                    f"{int(chunk[LINE].iloc[-1])} of {comps.name} was stored by another process "
+                    "meanwhile; nothing of this chunk was written, run the batch again "
+                    f"({type(exc.orig).__name__})"
+                ) from None
+            result.components += len(comp_rows)
     log.info(
         "batch %s: %d registered, %d already registered, %d in other batches, %d rejected",
         name,
@@ -609,6 +618,8 @@ def register_and_render(
             on_progress("render", done, max(done, expected[0]))
         if not done:
             raise BatchError(f"batch {batch!r} has no devices")
+        # The register total counted rows found registered too: the last bar ends at what was drawn.
+        on_progress("render", done, done)
 
     # The render workers first, while this process is small and has no other thread: forked
     # later, each would start as a copy of the manifest being registered.

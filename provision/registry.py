@@ -757,13 +757,14 @@ def _chunks(items: Sequence[str] | Iterable[str], size: int) -> Iterator[list[st
 def _bulk_pragmas(conn: Connection) -> None:
     """For the connection that registers a batch (not every connection, not the web service's).
 
-    128 MiB of page cache instead of 2 MiB: the unique indexes of a million devices are
-    random-access B-trees, kept in memory. The WAL checkpointed every 20,000 pages (80 MB)
-    instead of 1,000: a big batch's index pages are copied back to the database file, and
-    fsynced, 20 times less often. Together about 20 % faster at a million devices; pages are
-    only cached as they are read, so a small batch costs no more memory than before.
+    32 MiB of page cache instead of 2 MiB (the default): the unique indexes of a million devices are
+    random-access B-trees, and their upper levels stay cached. The WAL checkpointed every 20,000
+    pages (80 MB) instead of 1,000: a big batch's index pages are copied back to the database
+    file, and fsynced, 20 times less often. Registering 1,000,000 devices alone (this machine):
+    8 MiB 62.0 s, 246 MB peak; 32 MiB 57.0 s, 274 MB; 128 MiB 54.8 s, 376 MB. 32 MiB keeps most
+    of the gain and the memory of a big batch close to a small one's.
     """
-    conn.exec_driver_sql("PRAGMA cache_size=-131072")
+    conn.exec_driver_sql("PRAGMA cache_size=-32768")
     conn.exec_driver_sql("PRAGMA wal_autocheckpoint=20000")
 
 

@@ -145,3 +145,25 @@ def test_a_batch_of_only_devices_registered_elsewhere_has_no_labels(
     with pytest.raises(BatchError, match="'second' has no devices"):
         run(registry, keyring, manifest, out, batch="second")
     assert sorted(p.name for p in out.iterdir()) == ["first.json", "first.pdf"]
+
+
+def test_the_render_progress_ends_at_the_labels_drawn_when_some_rows_were_registered_before(
+    keyring: Keyring, tmp_path: Path, sqlite_url: str
+) -> None:
+    """The register total counts rows found in another batch; the render bar still completes."""
+    registry = Registry(sqlite_url)
+    out = tmp_path / "out"
+    run(registry, keyring, serials_csv(tmp_path / "a.csv", 30), out, batch="first")
+    calls: list[tuple[str, int, int]] = []
+    res, labels = run(
+        registry,
+        keyring,
+        serials_csv(tmp_path / "b.csv", 100),  # SN000000..29 belong to "first"
+        out,
+        batch="second",
+        on_progress=lambda *c: calls.append(c),
+    )
+    registry.close()
+    assert (res.registered, res.other_batch, labels.labels) == (70, 30, 70)
+    assert calls[-1] == ("render", 70, 70)
+    assert [c for c in calls if c[0] == "register"][-1] == ("register", 100, 100)

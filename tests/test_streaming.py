@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import gc
+import os
+import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -192,6 +194,72 @@ def test_a_file_changed_after_validation_stops_before_its_unvalidated_rows(
         assert registry.count_devices() == n
     finally:
         registry.close()
+
+
+def test_blank_lines_added_before_a_block_count_as_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same bytes in every block with rows, but their lines shifted: not the validated file."""
+    monkeypatch.setattr(manifests, "BLOCK_BYTES", 32)
+    path = tmp_path / "s.csv"
+    head = b"serial,device_type\nSN1,sensor_x\n"  # 32 bytes: one block each
+    blank = b" " * 31 + b"\n"
+    assert len(head) == len(blank) == 32
+    tail = b"SN2,sensor\nSN 3,sensor\nSN4,sensor\n"
+    path.write_bytes(head + blank + tail)
+    m = read_manifest(path, SERIALS)
+    assert m._fast and m.bad_lines() == {5}
+    path.write_bytes(head + b"\n" * 32 + tail)  # the blank block: as long, 32 lines now
+    with pytest.raises(BatchError, match="changed after it was validated"):
+        list(m.chunks(10))
+
+
+def test_a_blank_line_opening_a_later_block_keeps_the_fast_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = "serial,device_type,model\n"
+    path = tmp_path / "s.csv"
+    path.write_text(header + ",\nSN1,sensor,a\nSN2,sensor,b\n")
+    monkeypatch.setattr(manifests, "BLOCK_BYTES", len(header) + 1)  # block two opens with ","
+    m = read_manifest(path, SERIALS)
+    assert m._fast and not m.errors
+    assert [tuple(r) for r in pd.concat(list(m.chunks(5)))[["serial", LINE]].to_numpy()] == [
+        ("SN1", 3),
+        ("SN2", 4),
+    ]
+    with pytest.raises(ValueError, match="at least 1"):
+        next(m.chunks(0))
+
+
+@pytest.mark.parametrize("multiline", [False, True], ids=["fast-reader", "csv-reader"])
+def test_a_manifest_from_a_pipe_is_read_twice_from_a_copy(
+    tmp_path: Path, keyring: Keyring, sqlite_url: str, multiline: bool
+) -> None:
+    """`provision register <(zcat serials.csv.gz)`: a pipe cannot be read again, its copy can."""
+    rows = [[f"SN{i:04d}", "sensor", "m"] for i in range(50)]
+    text = write_csv(tmp_path / "s.csv", ["serial", "device_type", "model"], rows).read_bytes()
+    if multiline:
+        text = b",\n" + text
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(text,))
+    writer.start()
+    m = read_manifest(fifo, SERIALS)
+    writer.join()
+    assert m._fast is not multiline and m.good == 50 and m.name == str(fifo)
+    copy = m._source
+    assert copy is not None and copy.exists()
+    registry = Registry(sqlite_url)
+    try:
+        from provision.pipeline import register_manifests
+
+        res = register_manifests(registry, keyring, m, None, batch="b")
+        assert res.registered == 50 == registry.count_devices()
+    finally:
+        registry.close()
+    del m
+    gc.collect()
+    assert not copy.exists()
 
 
 def _peak_reading(path: Path) -> int:
