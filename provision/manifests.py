@@ -101,6 +101,38 @@ class _Block:
     maybe_undecodable: bool = True
 
 
+class _RowKeys:
+    """Each row's two fingerprints and its line, in row order: 20 bytes a row.
+
+    Three arrays that double when full, so that the duplicate check and the component lookup
+    work on whole arrays without concatenating a piece a block; the untouched tail of a
+    doubled array takes no memory.
+    """
+
+    def __init__(self, capacity: int = 1 << 16) -> None:
+        self.k0 = np.empty(capacity, dtype=np.uint64)
+        self.k1 = np.empty(capacity, dtype=np.uint64)
+        self.lines = np.empty(capacity, dtype=np.int32)
+        self.n = 0
+
+    def append(self, keys: np.ndarray, lines: np.ndarray) -> None:
+        end = self.n + len(lines)
+        if end > len(self.lines):
+            size = max(end, 2 * len(self.lines))
+            for name in ("k0", "k1", "lines"):
+                old = getattr(self, name)
+                new = np.empty(size, dtype=old.dtype)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        self.k0[self.n : end] = keys[:, 0]
+        self.k1[self.n : end] = keys[:, 1]
+        self.lines[self.n : end] = lines
+        self.n = end
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.k0[: self.n], self.k1[: self.n], self.lines[: self.n]
+
+
 class _Irregular(Exception):
     """The fast reader met something only the csv module reads right."""
 
@@ -126,8 +158,7 @@ class Manifest:
     _digests: list[bytes] = field(default_factory=list)
     _memory: _Block | None = None  # rows that came from the command line, not a file
     _source: Path | None = None  # the copy read again, when the file was a pipe
-    # Per block: each row's two fingerprints and its line (20 bytes a row, all that is kept).
-    _rowkeys: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    _rowkeys: _RowKeys = field(default_factory=_RowKeys)  # all that is kept of each row
     _sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
@@ -188,10 +219,10 @@ class Manifest:
         """The line of this manifest's row with each of SERIALS, or -1 where there is none."""
         keys = _fingerprints(serials)
         out = np.full(len(keys), -1, dtype=np.int64)
-        if not self._rowkeys or not len(keys):
+        if not self._rowkeys.n or not len(keys):
             return out
         if self._sorted is None:
-            k0, k1, lines = (np.concatenate([b[j] for b in self._rowkeys]) for j in range(3))
+            k0, k1, lines = self._rowkeys.arrays()
             order = np.lexsort((k1, k0))
             self._sorted = (k0[order], k1[order], lines[order])
         k0, k1, lines = self._sorted
@@ -332,7 +363,7 @@ def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, 
         m.errors.extend(errors)
         m.errors.extend(_row_problems(frame, checked, spec, name))
         k = _fingerprints(frame["serial"])
-        m._rowkeys.append((k[:, 0].copy(), k[:, 1].copy(), frame[LINE].to_numpy(dtype=np.int32)))
+        m._rowkeys.append(k, frame[LINE].to_numpy())
         excluded.append(np.flatnonzero(~checked | (frame["serial"] == "").to_numpy()) + m.rows)
         m._digests.append(block.digest)
         m.rows += len(frame)
@@ -370,22 +401,19 @@ def _header_problems(m: Manifest, header_line: int) -> list[RowError]:
 def _duplicates(m: Manifest, excluded: np.ndarray) -> list[RowError]:
     """Rows whose serial appeared before: each group named by its first line.
 
-    The first fingerprints, sorted in place, give the few values that occur twice (8 bytes a
+    A sorted copy of the first fingerprints gives the few values that occur twice (8 bytes a
     row while it runs); only rows with one of them are compared on both fingerprints. EXCLUDED
     rows (empty or undecodable serials, already reported) take no part.
     """
-    k0 = np.concatenate([b[0] for b in m._rowkeys])
-    k0.sort()
+    all0, all1, all_lines = m._rowkeys.arrays()
+    k0 = np.sort(all0)
     twice = np.unique(k0[1:][k0[1:] == k0[:-1]])
     del k0
     if not len(twice):
         return []
     found: list[tuple[int, int, int, int]] = []  # (k0, k1, line, row index)
-    start = 0
-    for b0, b1, blines in m._rowkeys:
-        for i in np.flatnonzero(np.isin(b0, twice)):
-            found.append((int(b0[i]), int(b1[i]), int(blines[i]), start + int(i)))
-        start += len(b0)
+    for i in np.flatnonzero(np.isin(all0, twice)):
+        found.append((int(all0[i]), int(all1[i]), int(all_lines[i]), int(i)))
     skip = set(excluded.tolist())
     groups: dict[tuple[int, int], list[int]] = {}
     for a, b, line, row in found:
