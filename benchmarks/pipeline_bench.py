@@ -86,7 +86,7 @@ GOAL_DPS = 3300.0  # 1,000,000 devices in 5 minutes
 GOAL_RATIO = 60.0
 GOAL_MB = 1024.0
 DECODE_DPI = 300
-QR_ONLY = zxingcpp.barcode_formats_from_str("QRCode")
+QR_ONLY = zxingcpp.barcode_formats_from_str("QRCodeModel2")  # not the QR family: no Micro QR
 PNG_SCALE = 4  # pixels a module: ~0.2 mm on a 25 mm label, about 130 dpi
 SERIAL_RE = re.compile(r"[!-~]{1,64}")
 

@@ -8,6 +8,10 @@ from pathlib import Path
 import pypdfium2 as pdfium
 import zxingcpp
 
+# Standard QR only. Since zxing-cpp 3, BarcodeFormat.QRCode names the whole QR family, Micro QR
+# included: on a dense sheet it now and then "finds" a Micro QR in a corner of a real symbol.
+QR_MODEL2 = zxingcpp.BarcodeFormat.QRCodeModel2
+
 # The HTTP status of each activation reason code, as the issue specifies them.
 REASON_STATUS = {
     "malformed": 400,
@@ -43,7 +47,7 @@ def decode_pdf(path: Path, dpi: int = 300) -> list[list[str]]:
         for page in pdf:
             bitmap = page.render(scale=dpi / 72, grayscale=True)
             image = bitmap.to_numpy()
-            results = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+            results = zxingcpp.read_barcodes(image, formats=QR_MODEL2)
             pages.append([r.text for r in results])
             page.close()
     finally:

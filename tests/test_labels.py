@@ -34,7 +34,7 @@ from provision.qr import QUIET_ZONE
 from provision.registry import Registry
 from provision.serials import device_id
 from tests.conftest import RunCLI
-from tests.helpers import decode_pdf, serials_csv
+from tests.helpers import QR_MODEL2, decode_pdf, serials_csv
 from tests.pgcluster import PostgresCluster
 
 BASE_URL = "http://localhost:5001"  # what the run_cli fixture sets
@@ -119,7 +119,7 @@ def decode_pages(path: Path, dpi: int = DECODE_DPI) -> list[DecodedPage]:
     try:
         for page in pdf:
             image = page.render(scale=dpi / 72, grayscale=True).to_numpy()
-            codes = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+            codes = zxingcpp.read_barcodes(image, formats=QR_MODEL2)
             textpage = page.get_textpage()
             out.append(DecodedPage(image, list(codes), textpage.get_text_range()))
             textpage.close()
@@ -603,7 +603,7 @@ def _decode_png(path: Path) -> list[zxingcpp.Barcode]:
     """Decode a PNG; also check it is square and blank around the symbol's quiet zone."""
     with Image.open(path) as im:
         image = np.asarray(im.convert("L"))
-    codes = list(zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode))
+    codes = list(zxingcpp.read_barcodes(image, formats=QR_MODEL2))
     for code in codes:
         modules = 17 + 4 * int(code.extra["Version"])
         left, top, right, bottom = code_box(code)

@@ -7,13 +7,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from provision.migrations import HEAD, alembic_config, current_revision, head_revision
-from provision.registry import Base, Registry
+from provision.registry import Registry, metadata
 
 
 def test_migrations_build_exactly_the_models(db_url):
     registry = Registry(db_url)
     with registry.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
     assert current_revision(registry.engine) == head_revision()
 

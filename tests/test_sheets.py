@@ -45,6 +45,7 @@ from provision.labels.render import (
 )
 from provision.labels.templates import Template, load_template
 from provision.payload import payload_url, sign_token, verify_payload
+from tests.helpers import QR_MODEL2
 from tests.test_templates import cell_of, make_labels
 
 TEMPLATE = "avery-5160"  # US Letter, 3 x 10 labels
@@ -153,7 +154,7 @@ def decode_page(pdf: pdfium.PdfDocument, index: int, dpi: int = DPI) -> DecodedP
     page = pdf[index]
     try:
         image = page.render(scale=dpi / 72, grayscale=True).to_numpy()
-        codes = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+        codes = zxingcpp.read_barcodes(image, formats=QR_MODEL2)
         textpage = page.get_textpage()
         text = textpage.get_text_range()
         textpage.close()

@@ -55,6 +55,7 @@ from provision.labels.templates import (
 )
 from provision.payload import payload_url, sign_token, verify_payload
 from provision.qr import QUIET_ZONE, encode_qr
+from tests.helpers import QR_MODEL2
 
 DATA = Path(__file__).parent / "data"
 UNITS_XML = DATA / "glabels_units.xml"
@@ -146,7 +147,7 @@ def decode(pdf: bytes, dpi: int) -> list[Page]:
     try:
         for page in doc:
             image = page.render(scale=dpi / 72, grayscale=True).to_numpy()
-            codes = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+            codes = zxingcpp.read_barcodes(image, formats=QR_MODEL2)
             textpage = page.get_textpage()
             size = page.get_size()
             pages.append(Page((size[0], size[1]), list(codes), textpage.get_text_range()))

@@ -29,11 +29,12 @@ from provision.labels.zpl import render_zpl
 from provision.payload import payload_url, sign_token, verify_payload
 from provision.qr import QUIET_ZONE
 from provision.serials import device_id
+from tests.helpers import QR_MODEL2
 
 BASE_URL = "http://localhost:5001"
 MM_PER_INCH = 25.4
 QR_ALPHANUMERIC = re.compile(r"[0-9A-Z $%*+\-./:]+")
-QR_ONLY = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
+QR_ONLY = zxingcpp.BarcodeFormats(QR_MODEL2)
 BY_HEIGHT_POWER_UP = 10  # ^BY h at power-up: what ^BQ adds above the symbol when ^BY is absent
 
 

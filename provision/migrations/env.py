@@ -2,12 +2,12 @@
 
 from alembic import context
 
-from provision.registry import Base
+from provision.registry import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
     connection=connection,
-    target_metadata=Base.metadata,
+    target_metadata=metadata,
     render_as_batch=connection.dialect.name == "sqlite",
 )
 with context.begin_transaction():
