@@ -97,3 +97,37 @@ def test_bulk_insert_stores_what_sqlalchemy_stores(db_url):
     assert second.pop("serial_ct") == bytes([2, 0, 255])
     assert first == second
     assert first["expires_at"].replace(tzinfo=UTC) == when
+
+
+def test_key_lookups_probe_the_index_before_postgresql_has_statistics(pg_cluster, tmp_path):
+    """A registry's first big batch: the devices table grows faster than autovacuum analyzes
+    it, and PostgreSQL would scan the whole table for each chunk's `= ANY(keys)` lookup."""
+    from sqlalchemy import select
+
+    from provision.keys import init_keyring, load_keyring
+    from provision.pipeline import register_batch
+    from provision.registry import devices
+    from tests.helpers import serials_csv
+
+    url = pg_cluster.create_database(f"lookup_plan_{tmp_path.name[-8:]}")
+    init_keyring(tmp_path / "k.json")
+    registry = Registry(url)
+    try:
+        register_batch(
+            registry, load_keyring(tmp_path / "k.json"), serials_csv(tmp_path / "s.csv", 20_000)
+        )
+        keys = [f"{i:064x}" for i in range(5000)]
+        q = select(devices.c.id).where(registry._among(devices.c.serial_hash, keys))
+        sql = str(q.compile(registry.engine, compile_kwargs={"literal_binds": False}))
+
+        def plan(indexed: bool) -> str:
+            with registry.engine.connect() as conn:
+                if indexed:
+                    registry._by_index(conn)
+                rows = conn.exec_driver_sql("EXPLAIN " + sql, {"param_1": keys})
+                return "\n".join(r[0] for r in rows)
+
+        assert "Seq Scan" in plan(indexed=False)  # the trap, as PostgreSQL plans it
+        assert "Index" in plan(indexed=True) and "Seq Scan" not in plan(indexed=True)
+    finally:
+        registry.close()
