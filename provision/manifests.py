@@ -228,7 +228,10 @@ class Manifest:
         k0, k1, lines = self._sorted
         lo = np.searchsorted(k0, keys[:, 0], side="left")
         hi = np.searchsorted(k0, keys[:, 0], side="right")
-        for i in np.flatnonzero(hi > lo):  # a run: the serial, repeated rows, or a 64-bit twin
+        one = np.flatnonzero(hi - lo == 1)  # the usual case: one row has the first fingerprint
+        hit = one[k1[lo[one]] == keys[one, 1]]
+        out[hit] = lines[lo[hit]]
+        for i in np.flatnonzero(hi - lo > 1):  # repeated rows (rejected), or a 64-bit twin
             j = lo[i] + np.searchsorted(k1[lo[i] : hi[i]], keys[i, 1])
             if j < hi[i] and k1[j] == keys[i, 1]:
                 out[i] = lines[j]
@@ -255,7 +258,7 @@ class Manifest:
                         if (
                             n >= len(self._digests)
                             or block.digest != self._digests[n]
-                            or (header is not None and [h.strip().lower() for h in header] != names)
+                            or (header is not None and _column_names(header) != names)
                         ):
                             raise _Irregular
                         n += 1
@@ -354,7 +357,7 @@ def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, 
     header_line = 1
     for block, header, at in blocks:
         if header is not None:
-            m.header, header_line = [h.strip().lower() for h in header], at
+            m.header, header_line = _column_names(header), at
             if problems := _header_problems(m, header_line):
                 m.errors, m.fatal = problems, True
                 return
@@ -375,6 +378,11 @@ def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, 
         return
     if spec.unique_serial:
         m.errors.extend(_duplicates(m, np.concatenate(excluded)))
+
+
+def _column_names(header: list[str]) -> list[str]:
+    """Header cells as column names: case and surrounding spaces do not matter."""
+    return [h.strip().lower() for h in header]
 
 
 def _header_problems(m: Manifest, header_line: int) -> list[RowError]:
