@@ -184,12 +184,9 @@ class Manifest:
         """The good rows, normalised (spec columns, stripped, plus LINE), at most SIZE at a time."""
         if size < 1:
             raise ValueError(f"chunk size must be at least 1, not {size}")
-        bad = self.bad_lines()
         pending: list[pd.DataFrame] = []
         held = 0
-        for frame in self._frames():
-            if bad:
-                frame = frame[~frame[LINE].isin(bad)]
+        for frame in self._good_frames():
             pending.append(frame)
             held += len(frame)
             while held >= size:
@@ -202,17 +199,16 @@ class Manifest:
 
     def good_rows(self) -> pd.DataFrame:
         """Every good row at once: for files small enough to analyse whole (shipments)."""
-        parts = list(self.chunks())
+        parts = list(self._good_frames())
         if not parts:
             return _empty(self.spec)
         return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
     def check(self, test: RowCheck) -> None:
         """Run TEST over every row not yet rejected, block by block; add what it reports."""
-        bad = self.bad_lines()
         found: list[RowError] = []
-        for frame in self._frames():
-            found.extend(test(frame[~frame[LINE].isin(bad)] if bad else frame))
+        for frame in self._good_frames():
+            found.extend(test(frame))
         self.add_errors(found)
 
     def owner_lines(self, serials: pd.Series) -> np.ndarray:
@@ -236,6 +232,12 @@ class Manifest:
             if j < hi[i] and k1[j] == keys[i, 1]:
                 out[i] = lines[j]
         return out
+
+    def _good_frames(self) -> Iterator[pd.DataFrame]:
+        """The rows not rejected (so far), normalised, a block at a time."""
+        bad = self.bad_lines()
+        for frame in self._frames():
+            yield frame[~frame[LINE].isin(bad)] if bad else frame
 
     def _frames(self) -> Iterator[pd.DataFrame]:
         """Every row, normalised, a block at a time; each block is checked against pass one."""
@@ -490,9 +492,10 @@ def _fast_blocks(
         elif len(keep) and raw.shape[1] != width:
             raise _Irregular
         if header is not None or len(keep):  # blank lines alone make no block
+            digest = hashlib.blake2b(body, digest_size=16)
             # The first line's number too: blank lines added before a block shift its rows.
-            digest = hashlib.blake2b(body + line0.to_bytes(8, "little"), digest_size=16).digest()
-            block = _Block(raw, keep + 1 + line0, digest, maybe_undecodable=False)
+            digest.update(line0.to_bytes(8, "little"))
+            block = _Block(raw, keep + 1 + line0, digest.digest(), maybe_undecodable=False)
             yield block, header, at
         line0 += body.count(b"\n")
         if eof:
