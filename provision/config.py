@@ -60,3 +60,6 @@ SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 # killed batch loses little work and memory stays flat.
 DEFAULT_CHUNK_SIZE = 5000
 DEFAULT_TTL_DAYS = 730
+# A payload's expiry is 4 bytes of unix seconds (it ends in 2106); no label needs more than
+# about ten years.
+MAX_TTL_DAYS = 3660
