@@ -5,8 +5,9 @@
 Set-up (not part of the figures, its time is printed): a temporary keyring, a registry with one
 device registered through `register_batch`, then a chain of N actions bulk-inserted with
 SQLAlchemy Core executemany. Each entry is sealed exactly as `Registry._append_action` does
-(`provision.audit.make_seal`, `provision.registry.genesis_hash`, the sealed chain head in
-`devices.action_head`), and `provision audit verify DEVICE` must accept the chain.
+(`provision.chain.Sealer`, `provision.chain.genesis_hash`, the sealed chain head in
+`devices.action_head`, and the device's seal over its new state), and
+`provision audit verify DEVICE` must accept the chain.
 
 Measured, on SQLite and on a throwaway PostgreSQL server (tests.pgcluster.PostgresCluster):
   * `provision history DEVICE_ID --json` end to end as a subprocess (process start, imports and
@@ -37,17 +38,11 @@ from typing import Any
 
 from sqlalchemy import insert, select, text, update
 
-from provision.audit import device_history, make_seal, verify_chains
+from provision.audit import device_history, make_sealer, verify_chains
+from provision.chain import SEALED_COLUMNS, canonical_json, genesis_hash
 from provision.keys import init_keyring
 from provision.pipeline import register_batch
-from provision.registry import (
-    CHAIN_HEAD,
-    Registry,
-    action_log,
-    canonical_json,
-    devices,
-    genesis_hash,
-)
+from provision.registry import Registry, action_log, devices
 
 GOAL_MS = 100.0
 CHUNK = 10_000
@@ -58,7 +53,7 @@ ACTIONS = ("firmware.update", "config.change", "diagnostics", "relocated", "supp
 
 def build_chain(registry: Registry, keyring: Any, device: dict[str, Any], n: int) -> None:
     """Append N sealed actions to the device's chain in bulk, as _append_action would."""
-    seal = make_seal(keyring)
+    sealer = make_sealer(keyring)
     did, pk = device["device_id"], device["id"]
     prev = genesis_hash(did)
     start = datetime(2026, 1, 1, tzinfo=UTC)
@@ -72,7 +67,7 @@ def build_chain(registry: Registry, keyring: Any, device: dict[str, Any], n: int
                 meta = canonical_json({"step": seq, "note": f"bench action {seq}"})
                 ip = f"10.0.{seq % 250}.{seq % 200}" if seq % 3 else None
                 actor = "support@example.com" if seq % 2 else None
-                entry = seal(did, seq, occurred, action, meta, ip, actor, prev)
+                entry = sealer.action(did, seq, occurred, action, meta, ip, actor, prev)
                 rows.append(
                     {
                         "device_pk": pk,
@@ -88,9 +83,15 @@ def build_chain(registry: Registry, keyring: Any, device: dict[str, Any], n: int
                 )
                 prev = entry
             conn.execute(insert(action_log), rows)
-        head = seal(did, n, occurred, CHAIN_HEAD, "", None, None, prev)
+        head = sealer.action_head(did, n, occurred, prev)
         conn.execute(
             update(devices).where(devices.c.id == pk).values(action_count=n, action_head=head)
+        )
+        state = conn.execute(
+            select(*(devices.c[c] for c in SEALED_COLUMNS)).where(devices.c.id == pk)
+        ).one()
+        conn.execute(
+            update(devices).where(devices.c.id == pk).values(seal=sealer.device_values(*state))
         )
     if registry.engine.dialect.name == "postgresql":
         with registry.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -12,7 +12,7 @@ Measured, in this process and in the same run:
     signs chunk by chunk, and each committed chunk's labels go straight to the render workers,
     --workers processes, default one per CPU as in production). Register stages come from the
     on_progress callback and from timing wrappers the benchmark puts around library functions
-    (pipeline.read_manifest, pipeline.serial_hash, pipeline.sign_token, Registry.insert_devices;
+    (pipeline.read_manifest, pipeline.serial_hash, pipeline.device_token, Registry.insert_devices;
     the wrappers add about 0.3 us a call); the library has no timing code. read_manifest is the
     first, validating pass; the second pass reads the file again chunk by chunk while
     registering, and is part of "register other". With
@@ -220,7 +220,7 @@ def run_provision(
     try:
         with ExitStack() as stack:
             stack.enter_context(
-                patched(pipeline, "sign_token", clock.wrap("sign", pipeline.sign_token))
+                patched(pipeline, "device_token", clock.wrap("sign", pipeline.device_token))
             )
             stack.enter_context(
                 patched(pipeline, "read_manifest", clock.wrap("validate", pipeline.read_manifest))
@@ -283,7 +283,7 @@ def run_provision(
         ("validate (read_manifest, pass 1)", t_validate),
         ("hash (serial hashes)", hashing),
         ("insert (insert_devices)", s["insert"]),
-        ("sign (sign_token)", s["sign"]),
+        ("sign (device_token)", s["sign"]),
         ("register other", t_register - t_validate - hashing - s["insert"] - s["sign"]),
         ("= registered (start to last chunk)", t_register),
         (

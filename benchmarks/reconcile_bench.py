@@ -152,7 +152,6 @@ def build_registry(db_url: str, pepper: bytes, n: int, rng: np.random.Generator)
                         "batch_id": i // BATCH_SIZE + 1,
                         "batch_seq": i % BATCH_SIZE,
                         "key_id": 1,
-                        "payload": f"BENCHPAYLOAD{did}",
                         "expires_at": expires,
                         "status": st,
                         "created_at": cre_c[k],
@@ -164,6 +163,9 @@ def build_registry(db_url: str, pepper: bytes, n: int, rng: np.random.Generator)
                         "revoked_reason": "reported stolen" if st == "revoked" else None,
                         "action_count": 0,
                         "action_head": None,
+                        "pairing_count": 0,
+                        "pairing_head": None,
+                        "seal": "0" * 64,  # reconcile reads no seal; audit is not benchmarked here
                     }
                 )
             conn.execute(insert(devices), rows)

@@ -14,7 +14,7 @@ calls (benchmark-only timing; the library is unchanged):
   * hash: the keyed serial hashes (`serial_hash`, about 0.3 us of each call is the wrapper);
   * lookup: batch row and the already-registered check (`existing_by_hash`);
   * rows: the rest of registering: the second, chunked read of the manifest and each chunk's
-    rows (device id, serial encryption, signed payload);
+    rows (device id, serial encryption, the device's seal);
   * insert: `Registry.insert_devices` (the database's share).
 A rerun of the same manifest is timed as well (every serial already registered: lookup only).
 Exit status: 0 when PostgreSQL registers N devices within the goal, 1 otherwise.

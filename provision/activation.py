@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from provision.audit import make_seal
+from provision.audit import make_sealer
 from provision.errors import ProvisionError
 from provision.keys import Keyring
-from provision.payload import extract_token, verify_payload
+from provision.payload import verify_payload
 from provision.registry import REVOKED, Registry, utcnow
+from provision.text import BIDI_RE
 
 Reason = Literal[
     "malformed",
@@ -79,7 +80,8 @@ def token_hash(token: str) -> str:
 
 def check_user(user: str) -> str:
     user = user.strip()
-    if not USER_RE.fullmatch(user):
+    if not USER_RE.fullmatch(user) or BIDI_RE.search(user):
+        # Bidi overrides count as control characters here: they make a name display as another.
         raise ProvisionError("user: give 1-256 characters, no control characters")
     return user
 
@@ -109,6 +111,7 @@ def activate(
         "user_id": user,
     }
     check = verify_payload(payload, keyring, now=now)
+    sealer = make_sealer(keyring)
 
     def reject(reason: str, device: dict[str, Any] | None = None) -> ActivationRejected:
         registry.record_pairing_event(
@@ -118,7 +121,8 @@ def activate(
                 "claimed_device_id": check.device_id,
                 "result": "rejected",
                 "reason": reason,
-            }
+            },
+            sealer,
         )
         return ActivationRejected(reason)
 
@@ -131,8 +135,11 @@ def activate(
     if device is None:
         raise reject("unknown_device")
     # The label must carry the payload we issued: a valid signature over a superseded payload
-    # (say, signed again after a rotation) is not the device's current label.
-    if not hmac.compare_digest(device["payload"], extract_token(payload)):
+    # (say, signed again after a rotation) is not the device's current label. The payload is
+    # not stored; its key id and expiry are, and with a valid tag they fix every byte of it.
+    assert check.expires_at is not None
+    expiry = int(device["expires_at"].timestamp())  # whole seconds, as the payload holds it
+    if check.key_id != device["key_id"] or int(check.expires_at.timestamp()) != expiry:
         raise reject("forged", device)
     if device["status"] == REVOKED:
         raise reject("revoked_device", device)
@@ -144,7 +151,7 @@ def activate(
         token_hash(token),
         now,
         event | {"device_pk": device["id"], "claimed_device_id": device["device_id"]},
-        make_seal(keyring),
+        sealer,
     )
     if lost is not None:
         raise ActivationRejected("revoked_device" if lost == REVOKED else "already_activated")

@@ -1,64 +1,45 @@
-"""Lifetime tracking: the tamper-evident action log, its verification and device history.
+"""Lifetime tracking: the tamper-evident logs, their verification and device history.
 
-Each entry's hash is an HMAC (under a key derived from the keyring pepper) over the entry and
-the previous entry's hash. A direct UPDATE changes the content under a hash that no longer
-matches; a DELETE breaks the chain or leaves the device's recorded head pointing past the end.
-Without the keyring, nobody can forge a consistent replacement chain.
+The rules of the chains and seals are provision.chain's; this module applies them. Each action
+entry and each pairing event is an HMAC over its content and the previous one's hash, and the
+device row's state is sealed: a direct UPDATE changes content under a hash that no longer
+matches, a DELETE breaks a chain or leaves the recorded head pointing past its end, and without
+the keyring nobody can forge a consistent replacement. Restoring an older, consistent copy of a
+row (a rollback) is caught by signed checkpoints (provision.checkpoint).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
+import multiprocessing
+import os
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
+from provision.chain import UNATTACHED, Sealer, canonical_json, genesis_hash, pairing_genesis
 from provision.errors import DeviceError, ProvisionError
 from provision.keys import Keyring
-from provision.registry import (
-    CHAIN_HEAD,
-    PENDING,
-    Registry,
-    Seal,
-    canonical_json,
-    genesis_hash,
-    utcnow,
-)
+from provision.registry import PENDING, AuditSnapshot, Registry, utcnow
 from provision.serials import serial_hash
+from provision.text import text_problem
 
-_AUDIT_DOMAIN = b"provision/action-log/v1\x00"
+if TYPE_CHECKING:
+    from provision.checkpoint import Checkpoint
+
 ACTION_TYPE_RE = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 MAX_METADATA_BYTES = 8192
+MAX_REASON_LENGTH = 1000
+# Below this many devices one process checks them all; above, one process per CPU takes a share.
+PARALLEL_FROM = 20_000
 
 
-def audit_key(keyring: Keyring) -> bytes:
-    return hmac.new(keyring.pepper, _AUDIT_DOMAIN, hashlib.sha256).digest()
-
-
-def make_seal(keyring: Keyring) -> Seal:
-    key = audit_key(keyring)
-
-    def seal(
-        device_id: str,
-        seq: int,
-        occurred_at: datetime,
-        action_type: str,
-        metadata_json: str,
-        ip: str | None,
-        actor: str | None,
-        prev_hash: str,
-    ) -> str:
-        stamp = occurred_at.astimezone(UTC).isoformat(timespec="microseconds")
-        body = json.dumps(
-            [device_id, seq, stamp, action_type, metadata_json, ip, actor, prev_hash],
-            separators=(",", ":"),
-        )
-        return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
-
-    return seal
+def make_sealer(keyring: Keyring) -> Sealer:
+    """The keyed hashes of the logs and seals, under keys derived from the keyring's pepper."""
+    return Sealer(keyring.pepper)
 
 
 def find_device(
@@ -109,7 +90,7 @@ def log_action(
         ip,
         actor,
         now or utcnow(),
-        make_seal(keyring),
+        make_sealer(keyring),
     )
 
 
@@ -121,141 +102,540 @@ def revoke(
     by: str,
     now: datetime | None = None,
 ) -> None:
-    if not reason.strip():
+    reason = reason.strip()
+    if not reason:
         raise ProvisionError("--reason must say why the device is revoked")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ProvisionError(f"--reason is longer than {MAX_REASON_LENGTH} characters")
+    if problem := text_problem(reason):
+        raise ProvisionError(f"--reason {problem}")
     if not registry.revoke_device(
-        device["id"], device["device_id"], by, reason.strip(), now or utcnow(), make_seal(keyring)
+        device["id"], device["device_id"], by, reason, now or utcnow(), make_sealer(keyring)
     ):
         raise DeviceError(f"device {device['device_id']} is already revoked")
 
 
 @dataclass(frozen=True)
 class ChainProblem:
-    """The first broken entry of one device's chain."""
+    """The first broken entry of one of a device's chains, or its broken seal.
+
+    `chain` is "actions", "pairing" (the device's activation attempts, or, with device_id
+    "#unattached", the attempts that named no registered device), "seal" or "checkpoint".
+    """
 
     device_id: str
     seq: int | None
     entry_id: int | None
     problem: str
+    chain: str = "actions"
 
     def __str__(self) -> str:
-        where = f" entry #{self.seq}" if self.seq is not None else ""
+        noun = "pairing event" if self.chain == "pairing" else "entry"
+        where = f" {noun} #{self.seq}" if self.seq is not None else ""
         ident = f" (row id {self.entry_id})" if self.entry_id is not None else ""
-        return f"device {self.device_id}{where}{ident}: {self.problem}"
+        who = "unattached attempts" if self.device_id == UNATTACHED else f"device {self.device_id}"
+        return f"{who}{where}{ident}: {self.problem}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "chain": self.chain,
+            "seq": self.seq,
+            "entry_id": self.entry_id,
+            "problem": self.problem,
+        }
 
 
 @dataclass
 class AuditReport:
-    devices: int
-    entries: int
-    problems: list[ChainProblem]
+    devices: int = 0
+    entries: int = 0
+    events: int = 0
+    problems: list[ChainProblem] = field(default_factory=list)
+    checkpoint: str | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add(self, other: AuditReport) -> None:
+        self.devices += other.devices
+        self.entries += other.entries
+        self.events += other.events
+        self.problems += other.problems
 
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "devices_checked": self.devices,
             "entries_checked": self.entries,
-            "problems": [
-                {
-                    "device_id": p.device_id,
-                    "seq": p.seq,
-                    "entry_id": p.entry_id,
-                    "problem": p.problem,
-                }
-                for p in self.problems
-            ],
+            "pairing_events_checked": self.events,
+            "checkpoint": self.checkpoint,
+            "problems": [p.to_json() for p in self.problems],
         }
+
+    def summary(self) -> str:
+        return (
+            f"{self.devices} devices, {self.entries} entries, {self.events} pairing events "
+            "checked"
+            + (f" against checkpoint {self.checkpoint}" if self.checkpoint else "")
+            + ": "
+            + ("all chains and seals intact" if self.ok else f"{len(self.problems)} broken")
+        )
 
 
 def verify_chains(
-    registry: Registry, keyring: Keyring, device_id: str | None = None
+    registry: Registry,
+    keyring: Keyring,
+    device_id: str | None = None,
+    *,
+    checkpoint: Checkpoint | None = None,
+    workers: int | None = None,
 ) -> AuditReport:
-    """Recompute every chain; name the first broken entry of each device."""
-    seal = make_seal(keyring)
-    report = AuditReport(0, 0, [])
-    found_any = False
-    # Device ids are lower-case hex; accept them as typed, like `history` does.
-    wanted = device_id.strip().lower() if device_id is not None else None
-    for head, entries in registry.iter_chains(wanted):
-        found_any = True
-        report.devices += 1
-        report.entries += len(entries)
-        problem = _check_chain(head, entries, seal)
-        if problem:
-            report.problems.append(problem)
-    if device_id is not None and not found_any:
-        raise DeviceError(f"no device with id {device_id!r}")
+    """Recompute every chain and seal (or one device's); name the first break of each.
+
+    With CHECKPOINT, also report every device whose chains are shorter than the checkpoint
+    recorded or do not extend what it recorded (a rollback), and every device it names that is
+    gone. A registry of many devices is split between WORKERS processes (default: one a CPU).
+    """
+    sealer = make_sealer(keyring)
+    if device_id is not None:
+        # Device ids are lower-case hex; accept them as typed, like `history` does.
+        wanted = device_id.strip().lower()
+        pk = registry.device_pk(wanted)
+        if pk is None:
+            raise DeviceError(f"no device with id {device_id!r}")
+        with registry.audit_snapshot() as snap:
+            one = _verify_range(snap, sealer, pk, pk, checkpoint)
+        one.checkpoint = checkpoint.name if checkpoint else None
+        return one
+
+    with registry.audit_snapshot() as snap:
+        bounds = snap.bounds()
+    report = AuditReport(checkpoint=checkpoint.name if checkpoint else None)
+    found: set[str] = set()
+    if bounds is not None:
+        lo, hi = bounds
+        n = workers or (os.cpu_count() or 1)
+        ranges = _split(lo, hi, n if hi - lo + 1 >= PARALLEL_FROM else 1)
+        parts: list[_RangeReport]
+        if len(ranges) == 1:
+            with registry.audit_snapshot() as snap:
+                parts = [_verify_range(snap, sealer, lo, hi, checkpoint)]
+        else:
+            ctx = multiprocessing.get_context("fork")
+            global _WORKER_ARGS
+            _WORKER_ARGS = (registry.url, sealer, checkpoint)
+            try:
+                with ctx.Pool(len(ranges)) as pool:
+                    parts = pool.map(_verify_worker, ranges)
+            finally:
+                _WORKER_ARGS = None
+        for part in parts:
+            report.add(part)
+            found |= part.found
+    with registry.audit_snapshot() as snap:
+        unattached = _verify_unattached(snap, sealer, checkpoint)
+    report.add(unattached)
+    if checkpoint is not None:
+        report.problems += [
+            ChainProblem(
+                did,
+                None,
+                None,
+                "the checkpoint records it; the registry has no such device",
+                "checkpoint",
+            )
+            for did in checkpoint.missing(found)
+        ]
     return report
 
 
-def _check_chain(
-    head: dict[str, Any], entries: list[dict[str, Any]], seal: Seal
-) -> ChainProblem | None:
-    did = head["device_id"]
-    prev = genesis_hash(did)
-    for expected_seq, e in enumerate(entries, start=1):
-        if e["seq"] != expected_seq:
-            return ChainProblem(
-                did, expected_seq, None, f"entry missing (deleted?): the log jumps to #{e['seq']}"
-            )
-        if e["prev_hash"] != prev:
-            return ChainProblem(
-                did,
-                e["seq"],
-                e["id"],
-                "link to the previous entry is broken (entry deleted or replaced)",
-            )
-        recomputed = seal(
-            did,
-            e["seq"],
-            e["occurred_at"],
-            e["action_type"],
-            e["metadata_json"],
-            e["ip"],
-            e["actor"],
-            e["prev_hash"],
+_WORKER_ARGS: tuple[str, Sealer, Checkpoint | None] | None = None
+
+
+def _verify_worker(bounds: tuple[int, int]) -> _RangeReport:
+    """One process's share of verify_chains (forked: it inherits the sealer and checkpoint)."""
+    assert _WORKER_ARGS is not None
+    url, sealer, checkpoint = _WORKER_ARGS
+    registry = Registry(url, migrate=False)
+    try:
+        with registry.audit_snapshot() as snap:
+            return _verify_range(snap, sealer, bounds[0], bounds[1], checkpoint)
+    finally:
+        registry.close()
+
+
+def _split(lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+    step = max(1, -(-(hi - lo + 1) // parts))
+    return [(a, min(hi, a + step - 1)) for a in range(lo, hi + 1, step)]
+
+
+@dataclass
+class _RangeReport(AuditReport):
+    found: set[str] = field(default_factory=set)
+
+
+def _verify_range(
+    snap: AuditSnapshot, sealer: Sealer, lo: int, hi: int, checkpoint: Checkpoint | None
+) -> _RangeReport:
+    """Check devices LO..HI: their seals, action chains and pairing chains, in one merge pass."""
+    report = _RangeReport()
+    problems = report.problems
+    actions = snap.actions(lo, hi)
+    pairings = snap.pairings(lo, hi)
+    a = next(actions, None)
+    p = next(pairings, None)
+    compare = hmac.compare_digest
+    for dev in snap.devices(lo, hi):
+        pk, seal, did = dev[0], dev[1], dev[2]
+        status, action_count, action_head, pairing_count, pairing_head = (
+            dev[6],
+            dev[13],
+            dev[14],
+            dev[15],
+            dev[16],
         )
-        if not hmac.compare_digest(recomputed, e["entry_hash"]):
-            return ChainProblem(did, e["seq"], e["id"], "content changed after it was written")
-        prev = e["entry_hash"]
-    if head["action_count"] != len(entries):
-        return ChainProblem(
-            did,
-            len(entries) + 1 if head["action_count"] > len(entries) else None,
-            None,
-            f"the device records {head['action_count']} entries, the log holds {len(entries)} "
-            "(newest entries deleted or head altered)",
-        )
-    if not entries:
-        if head["status"] != PENDING:
-            return ChainProblem(
-                did, 1, None, f"the device is {head['status']} but its action log is empty"
+        report.devices += 1
+        while a is not None and a[0] < pk:  # entries of a device row that is gone
+            problems.append(ChainProblem(f"row {a[0]}", a[1], a[2], "entry of a deleted device"))
+            a = _skip(actions, a[0])
+        while p is not None and p[0] < pk:
+            problems.append(
+                ChainProblem(f"row {p[0]}", p[1], p[2], "event of a deleted device", "pairing")
             )
-        return None
-    last = entries[-1]
-    expected = seal(did, last["seq"], last["occurred_at"], CHAIN_HEAD, "", None, None, prev)
-    if not hmac.compare_digest(expected, head["action_head"] or ""):
-        return ChainProblem(
-            did,
-            last["seq"] + 1,
-            None,
-            "the device's sealed chain head does not match the newest entry "
-            "(newest entries deleted and the head rewound)",
+            p = _skip(pairings, p[0])
+        if not compare(sealer.device_values(*dev[2:]), seal or ""):
+            problems.append(
+                ChainProblem(
+                    did,
+                    None,
+                    None,
+                    "the device row's seal does not match its state (status, user, activation, "
+                    "revocation or chain heads changed directly in the database)",
+                    "seal",
+                )
+            )
+        expect = checkpoint.expect(did) if checkpoint is not None else None
+        if expect is not None:
+            report.found.add(did)
+
+        # -- its actions
+        prev = genesis_hash(did)
+        n = 0
+        last: tuple[Any, ...] | None = None
+        broken = False
+        cp_seq = expect[0] if expect else 0
+        cp_ok = cp_seq == 0
+        while a is not None and a[0] == pk:
+            n += 1
+            if not broken:
+                _, seq, eid, at, action_type, meta, ip, actor, prev_hash, entry = a
+                problem = None
+                if seq != n:
+                    problems.append(
+                        ChainProblem(
+                            did, n, None, f"entry missing (deleted?): the log jumps to #{seq}"
+                        )
+                    )
+                    broken = True
+                elif prev_hash != prev:
+                    problem = "link to the previous entry is broken (entry deleted or replaced)"
+                elif not compare(
+                    sealer.action(did, seq, at, action_type, meta, ip, actor, prev_hash), entry
+                ):
+                    problem = "content changed after it was written"
+                if problem is not None:
+                    problems.append(ChainProblem(did, seq, eid, problem))
+                    broken = True
+                elif not broken:
+                    prev = entry
+                    last = a
+                    if seq == cp_seq and expect is not None:
+                        cp_ok = sealer.action_head(did, seq, at, entry)[:16] == expect[1]
+            a = next(actions, None)
+        report.entries += n
+        if not broken:
+            if action_count != n:
+                problems.append(
+                    ChainProblem(
+                        did,
+                        n + 1 if action_count > n else None,
+                        None,
+                        f"the device records {action_count} entries, the log holds {n} "
+                        "(newest entries deleted or head altered)",
+                    )
+                )
+            elif n == 0:
+                if status != PENDING:
+                    problems.append(
+                        ChainProblem(
+                            did, 1, None, f"the device is {status} but its action log is empty"
+                        )
+                    )
+            else:
+                assert last is not None
+                head = sealer.action_head(did, last[1], last[3], prev)
+                if not compare(head, action_head or ""):
+                    problems.append(
+                        ChainProblem(
+                            did,
+                            last[1] + 1,
+                            None,
+                            "the device's sealed chain head does not match the newest entry "
+                            "(newest entries deleted and the head rewound)",
+                        )
+                    )
+
+        # -- its activation attempts
+        prev = pairing_genesis(did)
+        m = 0
+        broken_p = False
+        last_p: tuple[Any, ...] | None = None
+        cp_pseq = expect[2] if expect else 0
+        cp_pok = cp_pseq == 0
+        while p is not None and p[0] == pk:
+            m += 1
+            if not broken_p:
+                if _pairing_problem(sealer, did, m, p, prev, problems):
+                    broken_p = True
+                else:
+                    prev = p[12]
+                    last_p = p
+                    if p[1] == cp_pseq and expect is not None:
+                        cp_pok = sealer.pairing_head(did, p[1], prev)[:16] == expect[3]
+            p = next(pairings, None)
+        report.events += m
+        if not broken_p:
+            _pairing_end(sealer, did, m, pairing_count, pairing_head, last_p, prev, problems)
+
+        # -- against the checkpoint
+        if expect is not None:
+            _against_checkpoint(did, expect, n, m, cp_ok, cp_pok, problems)
+    while a is not None:
+        problems.append(ChainProblem(f"row {a[0]}", a[1], a[2], "entry of a deleted device"))
+        a = _skip(actions, a[0])
+    while p is not None:
+        problems.append(
+            ChainProblem(f"row {p[0]}", p[1], p[2], "event of a deleted device", "pairing")
         )
+        p = _skip(pairings, p[0])
+    return report
+
+
+def _skip(rows: Iterator[tuple[Any, ...]], pk: int) -> tuple[Any, ...] | None:
+    """The first row after those of device row PK."""
+    for row in rows:
+        if row[0] != pk:
+            return row
     return None
+
+
+def _pairing_problem(
+    sealer: Sealer,
+    chain: str,
+    expected: int,
+    e: tuple[Any, ...],
+    prev: str,
+    problems: list[ChainProblem],
+) -> bool:
+    """Check one pairing event (AUDIT_PAIRING_COLUMNS order); True when it is broken."""
+    _, seq, eid, at, claimed, ip, ua, fp, user, result, reason, prev_hash, entry = e
+    if seq != expected:
+        problems.append(
+            ChainProblem(
+                chain,
+                expected,
+                None,
+                f"event missing (deleted?): the log jumps to #{seq}",
+                "pairing",
+            )
+        )
+        return True
+    problem = None
+    if prev_hash != prev:
+        problem = "link to the previous event is broken (event deleted or replaced)"
+    elif not hmac.compare_digest(
+        sealer.pairing(chain, seq, at, claimed, ip, ua, fp, user, result, reason, prev_hash),
+        entry,
+    ):
+        problem = "content changed after it was written"
+    if problem is not None:
+        problems.append(ChainProblem(chain, seq, eid, problem, "pairing"))
+        return True
+    return False
+
+
+def _pairing_end(
+    sealer: Sealer,
+    chain: str,
+    n: int,
+    count: int,
+    head: str | None,
+    last: tuple[Any, ...] | None,
+    prev: str,
+    problems: list[ChainProblem],
+) -> None:
+    """The recorded count and sealed head of a pairing chain against its events."""
+    if count != n:
+        problems.append(
+            ChainProblem(
+                chain,
+                n + 1 if count > n else None,
+                None,
+                f"{count} pairing events recorded, the log holds {n} "
+                "(newest events deleted or head altered)",
+                "pairing",
+            )
+        )
+    elif last is not None and not hmac.compare_digest(
+        sealer.pairing_head(chain, last[1], prev), head or ""
+    ):
+        problems.append(
+            ChainProblem(
+                chain,
+                last[1] + 1,
+                None,
+                "the sealed head does not match the newest event "
+                "(newest events deleted and the head rewound)",
+                "pairing",
+            )
+        )
+
+
+def _against_checkpoint(
+    did: str,
+    expect: tuple[int, str, int, str],
+    actions: int,
+    events: int,
+    actions_extend: bool,
+    events_extend: bool,
+    problems: list[ChainProblem],
+) -> None:
+    for what, now, then, extends in (
+        ("action log", actions, expect[0], actions_extend),
+        ("pairing log", events, expect[2], events_extend),
+    ):
+        if now < then:
+            problems.append(
+                ChainProblem(
+                    did,
+                    now + 1,
+                    None,
+                    f"the {what} holds {now} entries, the checkpoint recorded {then} "
+                    "(rolled back?)",
+                    "checkpoint",
+                )
+            )
+        elif not extends:
+            problems.append(
+                ChainProblem(
+                    did,
+                    then,
+                    None,
+                    f"the {what} does not extend what the checkpoint recorded "
+                    f"(entry #{then} differs)",
+                    "checkpoint",
+                )
+            )
+
+
+def _verify_unattached(
+    snap: AuditSnapshot, sealer: Sealer, checkpoint: Checkpoint | None
+) -> AuditReport:
+    """The chain of attempts that named no registered device."""
+    report = AuditReport()
+    head = snap.chain(UNATTACHED)
+    if head is None:
+        report.problems.append(
+            ChainProblem(UNATTACHED, None, None, "the chain's head row is missing", "pairing")
+        )
+        return report
+    count, recorded = head
+    prev = pairing_genesis(UNATTACHED)
+    n = 0
+    broken = False
+    last: tuple[Any, ...] | None = None
+    cp = checkpoint.unattached if checkpoint is not None else None
+    cp_ok = cp is None or cp[0] == 0
+    for e in snap.unattached():
+        n += 1
+        if broken:
+            continue
+        if _pairing_problem(sealer, UNATTACHED, n, e, prev, report.problems):
+            broken = True
+            continue
+        prev = e[12]
+        last = e
+        if cp is not None and e[1] == cp[0]:
+            cp_ok = sealer.pairing_head(UNATTACHED, e[1], prev)[:16] == cp[1]
+    report.events = n
+    if not broken:
+        _pairing_end(sealer, UNATTACHED, n, count, recorded, last, prev, report.problems)
+    if cp is not None:
+        if n < cp[0]:
+            report.problems.append(
+                ChainProblem(
+                    UNATTACHED,
+                    n + 1,
+                    None,
+                    f"the log holds {n} events, the checkpoint recorded {cp[0]} (rolled back?)",
+                    "checkpoint",
+                )
+            )
+        elif not cp_ok:
+            report.problems.append(
+                ChainProblem(
+                    UNATTACHED,
+                    cp[0],
+                    None,
+                    "the log does not extend what the checkpoint recorded",
+                    "checkpoint",
+                )
+            )
+    return report
 
 
 def device_history(
     registry: Registry, device: dict[str, Any], limit: int | None = None
 ) -> dict[str, Any]:
-    """Everything known about a device, oldest first: factory, components, pairing, actions."""
+    """Everything known about a device, oldest first: factory, components, pairing, actions.
+
+    The operator's view: every activation attempt, with who made it and from where.
+    """
+    pk = device["id"]
+    events = registry.pairing_events_of(pk, limit)
+    return _history(registry, device, events, limit)
+
+
+def owner_history(
+    registry: Registry, device: dict[str, Any], limit: int | None = None
+) -> dict[str, Any]:
+    """The device's history as its owner (its activation token) may read it.
+
+    The device's own actions and its own successful activation; everybody else's attempts only
+    as counts by reason, never with a user, address, user agent or fingerprint: whoever won the
+    activation with a photographed label must not learn the real customer's e-mail.
+    """
+    pk = device["id"]
+    own = registry.accepted_pairing_of(pk)
+    history = _history(registry, device, [own] if own else [], limit)
+    others = registry.rejected_pairing_counts(pk)
+    history["other_attempts"] = {
+        "total": sum(others.values()),
+        "by_reason": dict(sorted(others.items())),
+    }
+    return history
+
+
+def _history(
+    registry: Registry,
+    device: dict[str, Any],
+    events: list[dict[str, Any]],
+    limit: int | None,
+) -> dict[str, Any]:
     pk = device["id"]
     comps = registry.device_components(pk)
-    events = registry.pairing_events_of(pk, limit)
     actions = registry.actions_of(pk, limit)
     return {
         "device": {
@@ -276,6 +656,7 @@ def device_history(
             "revoked_by": device["revoked_by"],
             "revoked_reason": device["revoked_reason"],
             "actions_total": device["action_count"],
+            "pairing_events_total": device["pairing_count"],
         },
         "components": [
             {

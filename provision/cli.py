@@ -15,10 +15,11 @@ import click
 
 from provision import __version__
 from provision.categories import CATEGORY_NAMES
-from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS, SETTINGS
+from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS, MAX_TTL_DAYS, SETTINGS
 from provision.errors import ManifestError, ProvisionError
 from provision.keys import Keyring, init_keyring, load_keyring
 from provision.payload import verify_payload
+from provision.text import escape_control
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -40,9 +41,18 @@ class Settings:
 
     def registry(self) -> Any:
         if self._registry is None:
+            from provision.audit import make_sealer
             from provision.registry import Registry
 
-            self._registry = Registry(self.db)
+            # With the keyring at hand, an upgrade can seal the rows already there (0003).
+            keyring = self._keyring
+            if keyring is None and self.keyring_path:
+                try:
+                    keyring = self.keyring()
+                except ProvisionError:
+                    keyring = None  # the command says so itself if it needs the keyring
+            sealer = make_sealer(keyring) if keyring is not None else None
+            self._registry = Registry(self.db, sealer=sealer)
         return self._registry
 
     def registry_with_keyring(self) -> tuple[Any, Keyring]:
@@ -77,7 +87,8 @@ class ProvisionGroup(click.Group):
 def _fail(ctx: click.Context, exc: Exception, kind: str, **extra: Any) -> None:
     if _wants_json(ctx):
         click.echo(json.dumps({"error": {"type": kind, "message": str(exc), **extra}}))
-    click.echo(f"Error: {exc}", err=True)
+    # A message may quote what was typed or stored: no control character reaches the terminal.
+    click.echo(f"Error: {escape_control(str(exc))}", err=True)
     ctx.exit(1)
 
 
@@ -344,10 +355,10 @@ def db_upgrade(settings: Settings, as_json: bool) -> None:
 @click.option("--device-type", help="Device type for rows that leave it empty.")
 @click.option(
     "--ttl-days",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_TTL_DAYS),
     default=DEFAULT_TTL_DAYS,
     show_default=True,
-    help="Days the QR payload stays valid.",
+    help=f"Days the QR payload stays valid (at most {MAX_TTL_DAYS}).",
 )
 @click.option(
     "--reject-file",
@@ -356,7 +367,7 @@ def db_upgrade(settings: Settings, as_json: bool) -> None:
 )
 @click.option(
     "--chunk-size",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, 1_000_000),
     default=DEFAULT_CHUNK_SIZE,
     show_default=True,
     help="Devices per transaction; a killed run loses at most one chunk of work.",
@@ -519,7 +530,7 @@ def labels(
             f"Alignment page ({tpl.name}): {path}",
         )
         return
-    keyring = settings.keyring() if tpl.prints_serial else None
+    keyring = settings.keyring()  # each payload is signed again: none is stored
     result = render_batch_labels(
         settings.registry(),
         batch,
@@ -785,7 +796,13 @@ def verify(settings: Settings, payload: str, as_json: bool) -> None:
     show_default=True,
     help="Template of the one-label PDF.",
 )
-@click.option("--ttl-days", type=click.IntRange(min=1), default=DEFAULT_TTL_DAYS, show_default=True)
+@click.option(
+    "--ttl-days",
+    type=click.IntRange(1, MAX_TTL_DAYS),
+    default=DEFAULT_TTL_DAYS,
+    show_default=True,
+    help=f"Days the QR payload stays valid (at most {MAX_TTL_DAYS}).",
+)
 @json_option
 @pass_settings
 def generate(
@@ -997,35 +1014,41 @@ def history(
 
 
 def _history_text(h: dict[str, Any]) -> str:
+    """The history as text; every stored value is escaped, so none can forge a line."""
+
+    def t(value: Any) -> str:
+        return escape_control(str(value))
+
     d = h["device"]
     out = [
-        f"Device {d['device_id']}  {d['device_type']}"
-        + (f" {d['model']}" if d["model"] else "")
-        + (f" by {d['manufacturer']}" if d["manufacturer"] else ""),
-        f"  status {d['status']}; batch {d['batch']}; registered {d['registered_at']}; "
+        f"Device {d['device_id']}  {t(d['device_type'])}"
+        + (f" {t(d['model'])}" if d["model"] else "")
+        + (f" by {t(d['manufacturer'])}" if d["manufacturer"] else ""),
+        f"  status {d['status']}; batch {t(d['batch'])}; registered {d['registered_at']}; "
         f"QR expires {d['expires_at']}",
     ]
     if d["manufactured_at"] or d["line"]:
-        out.append(f"  manufactured {d['manufactured_at'] or '?'} on line {d['line'] or '?'}")
+        out.append(f"  manufactured {t(d['manufactured_at'] or '?')} on line {t(d['line'] or '?')}")
     if d["activated_at"]:
-        out.append(f"  activated {d['activated_at']} by {d['user']}")
+        out.append(f"  activated {d['activated_at']} by {t(d['user'])}")
     if d["revoked_at"]:
-        out.append(f"  revoked {d['revoked_at']} by {d['revoked_by']}: {d['revoked_reason']}")
+        out.append(f"  revoked {d['revoked_at']} by {t(d['revoked_by'])}: {t(d['revoked_reason'])}")
     out.append(f"Components ({len(h['components'])}):")
     for c in h["components"]:
-        extra = ", ".join(x for x in (c["supplier"], c["lot"] and f"lot {c['lot']}") if x)
+        extra = ", ".join(t(x) for x in (c["supplier"], c["lot"] and f"lot {c['lot']}") if x)
         out.append(
-            f"  {c['component_type']}: {c['component_spec']}" + (f" ({extra})" if extra else "")
+            f"  {t(c['component_type'])}: {t(c['component_spec'])}"
+            + (f" ({extra})" if extra else "")
         )
-    out.append(f"Pairing events ({len(h['pairing_events'])}):")
+    out.append(f"Pairing events ({len(h['pairing_events'])} of {d['pairing_events_total']}):")
     for e in h["pairing_events"]:
         why = f" {e['reason']}" if e["reason"] else ""
         out.append(
-            f"  {e['occurred_at']}  {e['result']}{why}  user={e['user']} ip={e['ip'] or '-'}"
+            f"  {e['occurred_at']}  {e['result']}{why}  user={t(e['user'])} ip={t(e['ip'] or '-')}"
         )
     out.append(f"Actions ({len(h['actions'])} of {d['actions_total']}):")
     for a in h["actions"]:
-        meta = " ".join(f"{k}={v}" for k, v in a["metadata"].items())
+        meta = " ".join(f"{t(k)}={t(v)}" for k, v in a["metadata"].items())
         out.append(f"  #{a['seq']} {a['occurred_at']}  {a['action_type']}  {meta}".rstrip())
     return "\n".join(out)
 
@@ -1068,31 +1091,80 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.argument("device_id", required=False)
+@click.option(
+    "--checkpoint",
+    "checkpoint_file",
+    type=click.Path(dir_okay=False),
+    help="Also check that no chain is shorter than, or departs from, this signed checkpoint.",
+)
 @json_option
 @pass_settings
-def audit_verify(settings: Settings, device_id: str | None, as_json: bool) -> None:
-    """Recompute every action chain (or one device's) and name the first broken entry.
+def audit_verify(
+    settings: Settings, device_id: str | None, checkpoint_file: str | None, as_json: bool
+) -> None:
+    """Recompute every chain and seal (or one device's) and name the first break of each.
 
-    Exit code 1 when any chain is broken.
+    Exit code 1 when anything is broken, or when a chain is shorter than the checkpoint
+    recorded (a rollback) or does not extend it.
 
     \b
     Example:
       provision audit verify 3f9a0c1d2e4b5a69
+      provision audit verify --checkpoint /mnt/audit/checkpoint-20261201T0300Z.txt
     """
     from provision.audit import verify_chains
+    from provision.checkpoint import load_checkpoint
 
-    report = verify_chains(*settings.registry_with_keyring(), device_id)
+    registry, keyring = settings.registry_with_keyring()
+    checkpoint = load_checkpoint(checkpoint_file, keyring) if checkpoint_file else None
+    report = verify_chains(registry, keyring, device_id, checkpoint=checkpoint)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         for p in report.problems:
-            click.echo(f"BROKEN {p}")
-        click.echo(
-            f"{report.devices} devices, {report.entries} entries checked: "
-            + ("all chains intact" if report.ok else f"{len(report.problems)} broken")
-        )
+            click.echo(f"BROKEN {escape_control(str(p))}")
+        click.echo(report.summary())
     if not report.ok:
         sys.exit(1)
+
+
+@audit.command("checkpoint")
+@click.option(
+    "--output",
+    "output_file",
+    type=click.Path(dir_okay=False),
+    help="File to write [default: OUTPUT/checkpoints/checkpoint-TIME.txt].",
+)
+@json_option
+@pass_settings
+def audit_checkpoint(settings: Settings, output_file: str | None, as_json: bool) -> None:
+    """Write a signed checkpoint of every chain, to keep outside the database.
+
+    `audit verify --checkpoint FILE` later reports any device whose chains were rolled back
+    to before it. Run it after the nightly batch and copy the file to another machine.
+
+    \b
+    Example (cron, after the nightly batch):
+      0 4 * * *  provision audit checkpoint --output /srv/audit/cp-$(date +\\%Y\\%m\\%d).txt
+    """
+    from datetime import UTC, datetime
+
+    from provision.checkpoint import write_checkpoint
+
+    registry, keyring = settings.registry_with_keyring()
+    now = datetime.now(UTC)
+    path = (
+        Path(output_file)
+        if output_file
+        else Path(settings.output) / "checkpoints" / f"checkpoint-{now:%Y%m%dT%H%M%SZ}.txt"
+    )
+    info = write_checkpoint(registry, keyring, path, now=now)
+    emit(
+        as_json,
+        info.to_json(),
+        f"Checkpoint {info.path}: {info.devices} devices, {info.actions} actions, "
+        f"{info.pairing_events} pairing events (sha256 {info.digest[:16]}...)",
+    )
 
 
 def _csv_choice(known: tuple[str, ...], option: str) -> Callable[..., tuple[str, ...]]:

@@ -41,6 +41,10 @@ class DeviceError(ProvisionError):
     """A device cannot be found or is in the wrong state for the request."""
 
 
+class CheckpointError(ProvisionError):
+    """A checkpoint file is missing, malformed, or not signed with this keyring."""
+
+
 class JobError(ProvisionError):
     """A job file is missing, malformed or names something that does not exist."""
 

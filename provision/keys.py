@@ -11,6 +11,8 @@ import json
 import os
 import secrets
 import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,6 +190,57 @@ def load_keyring(path: str | Path | None) -> Keyring:
     if len(keyring.pepper) < 16 or len(keyring.data_key) != 32:
         raise KeyringError(f"{p}: pepper or data key has the wrong length")
     return keyring
+
+
+class KeyringWatcher:
+    """The keyring as the file holds it now, for long-running processes (the web service).
+
+    A running server must honour `keys revoke` and `keys rotate` without a restart: the file's
+    identity (inode, size, modification and change times) is checked at most every INTERVAL
+    seconds, and a changed file is loaded again. `keys` commands replace the file atomically,
+    so a reader never sees half of one. A file that no longer loads (removed, made readable by
+    others) raises KeyringError rather than leaving the old keys in use.
+    """
+
+    def __init__(
+        self, path: str | Path, interval: float = 0.5, *, initial: Keyring | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._identity: tuple[int, int, int, int] | None = None
+        self._keyring = initial
+        self._identity = self._stat()
+        if initial is None:
+            self._keyring = load_keyring(self.path)
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def current(self) -> Keyring:
+        """The keyring, loaded again if the file changed since it was last looked at."""
+        now = time.monotonic()
+        if now - self._checked >= self.interval:
+            with self._lock:
+                if now - self._checked >= self.interval:
+                    identity = self._stat()
+                    if identity != self._identity or self._keyring is None:
+                        try:
+                            fresh = load_keyring(self.path)
+                        except KeyringError:
+                            self._keyring = None  # fail closed until the file loads again
+                            raise
+                        self._keyring, self._identity = fresh, identity
+                    self._checked = now
+        keyring = self._keyring
+        if keyring is None:
+            raise KeyringError(f"{self.path}: the keyring could not be loaded again")
+        return keyring
 
 
 def _now() -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from provision.errors import KeyringError
 from provision.keys import Keyring
 
 VERSION = 1
@@ -64,6 +65,21 @@ def sign_token(key_id: int, secret: bytes, device_id: str, expires_at: int) -> s
     header = _HEADER.pack(VERSION, key_id, bytes.fromhex(device_id), expires_at)
     tag = hmac.new(secret, PURPOSE + header, hashlib.sha256).digest()[:TAG_BYTES]
     return base64.b32encode(header + tag).decode("ascii")
+
+
+def device_token(keyring: Keyring, key_id: int, device_id: str, expires_at: datetime) -> str:
+    """Sign a device's payload again from its stored key id and expiry (it is never stored).
+
+    HMAC is deterministic: the same bytes as when the device was registered.
+    """
+    key = keyring.get(key_id)
+    if key is None or key.secret is None:
+        state = "not in the keyring" if key is None else "revoked"
+        raise KeyringError(
+            f"device {device_id}: its payload is signed with key {key_id}, which is {state}; "
+            "it cannot be signed again"
+        )
+    return sign_token(key.id, key.secret, device_id, int(expires_at.timestamp()))
 
 
 def payload_url(base_url: str, token: str) -> str:

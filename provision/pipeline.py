@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pandas as pd
-from sqlalchemy.exc import IntegrityError
 
-from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS
-from provision.errors import BatchError, ManifestError, ProvisionError, RowError
+from provision.audit import make_sealer
+from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS, MAX_TTL_DAYS
+from provision.errors import BatchError, KeyringError, ManifestError, ProvisionError, RowError
 from provision.files import atomic_writer, publish_revision, write_atomic
 from provision.keys import Keyring
 from provision.labels.render import (
@@ -39,9 +39,9 @@ from provision.manifests import (
     read_manifest,
     write_rejects,
 )
-from provision.payload import payload_url, sign_token
+from provision.payload import device_token, payload_url
 from provision.qr import save_png
-from provision.registry import PENDING, Registry, utcnow
+from provision.registry import PENDING, ConflictError, NewBatch, Registry, utcnow
 from provision.serials import (
     component_row_hash,
     decrypt_serial,
@@ -109,6 +109,18 @@ class LabelsResult:
         return asdict(self)
 
 
+# A new device's sealed state between its status and its chains: no user, activation, token or
+# revocation yet.
+_NEW = (None, None, None, None, None, None)
+
+
+def check_ttl(ttl_days: int) -> int:
+    """A payload's lifetime in days: its expiry must fit the payload's 4 bytes, and sense."""
+    if not 1 <= ttl_days <= MAX_TTL_DAYS:
+        raise ProvisionError(f"--ttl-days must be 1 to {MAX_TTL_DAYS}, not {ttl_days}")
+    return ttl_days
+
+
 def check_batch_name(name: str) -> str:
     if not BATCH_NAME_RE.fullmatch(name):
         raise BatchError(
@@ -144,8 +156,7 @@ def register_batch(
     Without `reject_file` any bad row aborts before anything is written. Each chunk is one
     transaction, so a batch killed at any point is finished by simply running it again.
     """
-    if ttl_days < 1:
-        raise ProvisionError("--ttl-days must be at least 1")
+    check_ttl(ttl_days)
     _ = keyring.active  # fail before reading anything if no key can sign
     serials = read_manifest(serials_path, SERIALS, device_type_default=device_type)
     comps = read_manifest(components_path, COMPONENTS) if components_path else None
@@ -185,6 +196,7 @@ def register_manifests(
     components follow the devices, a chunk per transaction; a run stopped in between leaves them
     to the next run, which finds the devices registered and inserts only what is missing.
     """
+    check_ttl(ttl_days)
     signing_key = keyring.active
     manifests = [m for m in (serials, comps) if m is not None]
     fatal = [e for m in manifests if m.fatal for e in m.errors]
@@ -204,9 +216,18 @@ def register_manifests(
         write_rejects(reject_file, manifests)
         result.reject_file = str(reject_file)
 
-    batch_id = registry.ensure_batch(name, serials.sha256, comps.sha256 if comps else None)
+    # The batch row is created by the transaction of the first chunk that stores anything, so
+    # a run that fails or registers nothing leaves none behind.
+    found = registry.batch_id(name)
+    target: int | NewBatch = (
+        found
+        if found is not None
+        else NewBatch(name, serials.sha256, comps.sha256 if comps else None)
+    )
+    batch_id = found
     expires = int(((now or utcnow()) + timedelta(days=ttl_days)).timestamp())
     expires_at = datetime.fromtimestamp(expires, UTC)
+    seal = make_sealer(keyring).device_values
     skipped: set[str] = set()  # serial hashes registered in another batch: components skipped
     total = serials.good
     on_progress("register", 0, total)
@@ -246,25 +267,26 @@ def register_manifests(
                     "model": rec.model or None,
                     "manufactured_at": rec.manufactured_at or None,
                     "production_line": rec.line or None,
-                    "batch_id": batch_id,
                     "batch_seq": line,
                     "key_id": signing_key.id,
-                    "payload": sign_token(signing_key.id, signing_key.secret or b"", did, expires),
                     "expires_at": expires_at,
                     "status": PENDING,
                     "created_at": created,
+                    "seal": seal(
+                        did, h, signing_key.id, expires_at, PENDING, *_NEW, 0, None, 0, None
+                    ),
                 }
             )
             printed.append(serial)
         if rows:
             try:
-                registry.insert_devices(rows, [])
-            except IntegrityError as exc:
+                target = batch_id = registry.insert_devices(rows, [], target)
+            except ConflictError as exc:
                 raise BatchError(
                     f"batch {name}: a device in rows {int(chunk[LINE].iloc[0])}-"
                     f"{int(chunk[LINE].iloc[-1])} of {serials.name} was registered by another "
                     "process meanwhile, or two serials share a device id; nothing of this chunk "
-                    f"was written, run the batch again ({type(exc.orig).__name__})"
+                    f"was written, run the batch again ({exc})"
                 ) from None
             if on_registered is not None:
                 on_registered(rows, printed)
@@ -273,17 +295,16 @@ def register_manifests(
         on_progress("register", done, total)
     if comps is not None:
         for chunk in comps.chunks(chunk_size):
-            comp_rows = _component_rows(registry, keyring, chunk, skipped, batch_id)
+            comp_rows = _component_rows(registry, keyring, chunk, skipped)
             if not comp_rows:
                 continue
             try:
-                registry.insert_devices([], comp_rows)
-            except IntegrityError as exc:
+                target = batch_id = registry.insert_devices([], comp_rows, target)
+            except ConflictError as exc:
                 raise BatchError(
                     f"batch {name}: a component in rows {int(chunk[LINE].iloc[0])}-"
                     f"{int(chunk[LINE].iloc[-1])} of {comps.name} was stored by another process "
-                    "meanwhile; nothing of this chunk was written, run the batch again "
-                    f"({type(exc.orig).__name__})"
+                    f"meanwhile; nothing of this chunk was written, run the batch again ({exc})"
                 ) from None
             result.components += len(comp_rows)
     log.info(
@@ -336,7 +357,7 @@ def _check_component_owners(
 
 
 def _component_rows(
-    registry: Registry, keyring: Keyring, chunk: pd.DataFrame, skipped: set[str], batch_id: int
+    registry: Registry, keyring: Keyring, chunk: pd.DataFrame, skipped: set[str]
 ) -> list[dict[str, Any]]:
     """New component rows of a chunk of good component rows (rows already stored are left out)."""
     owners = [serial_hash(keyring.pepper, s) for s in chunk["serial"]]
@@ -372,7 +393,6 @@ def _component_rows(
                 "supplier": rec.supplier or None,
                 "lot": rec.lot or None,
                 "row_hash": rh,
-                "batch_id": batch_id,
                 "created_at": created,
             }
         )
@@ -386,7 +406,7 @@ def render_batch_labels(
     output_dir: str | Path,
     base_url: str,
     *,
-    keyring: Keyring | None = None,
+    keyring: Keyring,
     start_at: int = 1,
     fmt: str = "pdf",
     copies: int = 1,
@@ -395,6 +415,8 @@ def render_batch_labels(
     on_progress: Progress = no_progress,
 ) -> LabelsResult:
     """Render OUTPUT/BATCH.pdf (or .zpl), then OUTPUT/BATCH.json, the print station's signal.
+
+    Each payload is signed again from the device's key id and expiry (it is never stored).
 
     The print file is published under a new name, never over an existing one: a re-render
     with other content becomes BATCH.r2.pdf, BATCH.r3.pdf, ... and the summary names it.
@@ -410,8 +432,16 @@ def render_batch_labels(
     total = registry.count_devices(batch_id)
     if total == 0:
         raise BatchError(f"batch {batch!r} has no devices")
-    if template.prints_serial and keyring is None:
-        raise BatchError(f"template {template.name} prints serials: a keyring is needed")
+    unusable = sorted(
+        k
+        for k in registry.batch_key_ids(batch_id)
+        if (key := keyring.get(k)) is None or not key.secret
+    )
+    if unusable:
+        raise KeyringError(
+            f"batch {batch!r} has payloads signed with key {', '.join(map(str, unusable))}, "
+            "which the keyring can no longer sign with (revoked or missing)"
+        )
 
     labels = batch_labels(registry, batch_id, batch, template, base_url, keyring, on_progress)
     return _publish_labels(
@@ -580,7 +610,7 @@ def register_and_render(
     def registered_chunk(rows: list[dict[str, Any]], serials: list[str]) -> None:
         printed = template.prints_serial
         labels = [
-            _label(r, base_url, batch, s if printed else None)
+            _label(r, keyring, base_url, batch, s if printed else None)
             for r, s in zip(rows, serials, strict=True)
         ]
         while not stop.is_set():
@@ -648,7 +678,7 @@ def batch_labels(
     batch: str,
     template: Template,
     base_url: str,
-    keyring: Keyring | None = None,
+    keyring: Keyring,
     on_progress: Progress = no_progress,
 ) -> Iterator[LabelData]:
     """What each label of a batch shows, in label order, read from the registry in chunks."""
@@ -659,19 +689,22 @@ def batch_labels(
         for d in chunk:
             serial = (
                 decrypt_serial(keyring.data_key, d["device_id"], d["serial_ct"])
-                if template.prints_serial and keyring is not None
+                if template.prints_serial
                 else None
             )
-            yield _label(d, base_url, batch, serial)
+            yield _label(d, keyring, base_url, batch, serial)
         done += len(chunk)
         on_progress("render", done, total)
 
 
-def _label(device: dict[str, Any], base_url: str, batch: str, serial: str | None) -> LabelData:
+def _label(
+    device: dict[str, Any], keyring: Keyring, base_url: str, batch: str, serial: str | None
+) -> LabelData:
     """What the label of a device row (as stored, or as just inserted) shows."""
+    token = device_token(keyring, device["key_id"], device["device_id"], device["expires_at"])
     return LabelData(
         device_id=device["device_id"],
-        url=payload_url(base_url, device["payload"]),
+        url=payload_url(base_url, token),
         device_type=device["device_type"],
         model=device["model"],
         manufacturer=device["manufacturer"],
@@ -777,7 +810,7 @@ def generate_device(
     did = device_id(keyring.pepper, serial)
     dev = registry.device(did)
     assert dev is not None
-    url = payload_url(base_url, dev["payload"])
+    url = payload_url(base_url, device_token(keyring, dev["key_id"], did, dev["expires_at"]))
     out = Path(output_dir)
     png, pdf = out / f"{did}.png", out / f"{did}.pdf"
     with atomic_writer(png) as fh:

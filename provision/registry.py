@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,14 +38,19 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 
-from provision.errors import ConfigError, DeviceError
+from provision.chain import (
+    SEALED_COLUMNS,
+    UNATTACHED,
+    Sealer,
+    canonical_json,
+    genesis_hash,
+    pairing_genesis,
+)
+from provision.errors import BatchError, ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
 
 PENDING, ACTIVATED, REVOKED = "pending", "activated", "revoked"
-
-Seal = Callable[[str, int, datetime, str, str, str | None, str | None, str], str]
-"""seal(device_id, seq, occurred_at, action_type, metadata_json, ip, actor, prev_hash) -> hash"""
 
 
 metadata = MetaData()
@@ -80,8 +87,9 @@ devices = Table(
     Column("production_line", String(128)),
     Column("batch_id", Integer, ForeignKey("batches.id"), nullable=False),
     Column("batch_seq", Integer, nullable=False),
+    # The payload is never stored (it activates the device): it is signed again from its key id
+    # and expiry whenever a label is drawn, and HMAC gives the same bytes every time.
     Column("key_id", Integer, nullable=False),
-    Column("payload", String(64), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("status", String(16), default=PENDING, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -94,6 +102,11 @@ devices = Table(
     # Head of the device's action chain: deleting the newest entries is detected too.
     Column("action_count", Integer, default=0, server_default="0", nullable=False),
     Column("action_head", String(64)),
+    # Head of the device's pairing-event chain, likewise.
+    Column("pairing_count", Integer, default=0, server_default="0", nullable=False),
+    Column("pairing_head", String(64)),
+    # Keyed seal over the row's state (provision.chain.SEALED_COLUMNS), written with each change.
+    Column("seal", String(64), nullable=False),
     Index("ix_devices_batch_seq", "batch_id", "batch_seq"),
     Index("ix_devices_status", "status"),
 )
@@ -121,12 +134,14 @@ components = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
-# One activation attempt, accepted or rejected.
+# One activation attempt, accepted or rejected; chained per device (entry_hash over the event
+# and prev_hash), and the attempts that name no registered device in one chain of their own.
 pairing_events = Table(
     "device_pairing_events",
     metadata,
     Column("id", ROW_ID, primary_key=True),
     Column("device_pk", ROW_ID, ForeignKey("devices.id")),
+    Column("seq", Integer, nullable=False),
     Column("claimed_device_id", String(16)),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("ip", String(64)),
@@ -135,7 +150,19 @@ pairing_events = Table(
     Column("user_id", String(256)),
     Column("result", String(16), nullable=False),
     Column("reason", String(32)),
-    Index("ix_device_pairing_events_device_pk", "device_pk", "id"),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    UniqueConstraint("device_pk", "seq", name="uq_device_pairing_events_device_seq"),
+)
+
+# Chains that belong to no device row: their count and sealed head (today the pairing chain of
+# attempts that name no registered device, chain.UNATTACHED).
+audit_chains = Table(
+    "audit_chains",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("head", String(64)),
 )
 
 # One device action; entry_hash chains it to the device's previous entry.
@@ -161,6 +188,19 @@ action_log = Table(
 )
 
 
+@dataclass(frozen=True)
+class NewBatch:
+    """A batch whose row is created by the transaction of its first chunk (insert_devices)."""
+
+    name: str
+    manifest_sha256: str
+    components_sha256: str | None
+
+
+class ConflictError(BatchError):
+    """A row of the chunk was stored by another process meanwhile (a unique key clashed)."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -175,7 +215,7 @@ def _aware(value: datetime | None) -> datetime | None:
 class Registry:
     """A connection to the registry database; migrated to the latest schema on first use."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, sealer: Sealer | None = None) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -186,8 +226,9 @@ class Registry:
         # PostgreSQL takes a whole chunk of keys as one array parameter; SQLite binds each one
         # (at most 32,766 variables a statement, 999 before SQLite 3.32).
         self._lookup_chunk = 50_000 if self.is_postgresql else 900
+        self._sealer = sealer
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(parsed.database))
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 60}
@@ -202,7 +243,7 @@ class Registry:
         from provision.migrations import upgrade_to_head
 
         try:
-            revision = upgrade_to_head(self.engine)
+            revision = upgrade_to_head(self.engine, self._sealer)
         except OperationalError as exc:
             raise ConfigError(
                 f"cannot open the registry database {self.safe_url}: {exc.orig}"
@@ -222,34 +263,39 @@ class Registry:
 
     # -- batches ---------------------------------------------------------------------------
 
-    def ensure_batch(self, name: str, manifest_sha256: str, components_sha256: str | None) -> int:
-        """The id of the named batch, created on first use."""
+    def _batch_in(self, conn: Connection, batch: int | NewBatch) -> int:
+        """The batch's id, its row created (or its manifest digests updated) in this transaction.
+
+        Creating it with the first chunk, not before, means a run that fails or registers
+        nothing leaves no batch row behind.
+        """
+        if isinstance(batch, int):
+            return batch
         now = utcnow()
-        with self.engine.begin() as conn:
-            row = conn.execute(select(batches.c.id).where(batches.c.name == name)).first()
-            if row is not None:
-                conn.execute(
-                    update(batches)
-                    .where(batches.c.id == row.id)
-                    .values(
-                        manifest_sha256=manifest_sha256,
-                        components_sha256=components_sha256,
-                        updated_at=now,
-                    )
-                )
-                return int(row.id)
-            result = conn.execute(
-                insert(batches).values(
-                    name=name,
-                    manifest_sha256=manifest_sha256,
-                    components_sha256=components_sha256,
-                    created_at=now,
+        row = conn.execute(select(batches.c.id).where(batches.c.name == batch.name)).first()
+        if row is not None:
+            conn.execute(
+                update(batches)
+                .where(batches.c.id == row.id)
+                .values(
+                    manifest_sha256=batch.manifest_sha256,
+                    components_sha256=batch.components_sha256,
                     updated_at=now,
                 )
             )
-            pk = result.inserted_primary_key
-            assert pk is not None
-            return int(pk[0])
+            return int(row.id)
+        result = conn.execute(
+            insert(batches).values(
+                name=batch.name,
+                manifest_sha256=batch.manifest_sha256,
+                components_sha256=batch.components_sha256,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        pk = result.inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
 
     def batch_id(self, name: str) -> int | None:
         with self.engine.connect() as conn:
@@ -302,41 +348,54 @@ class Registry:
         return found
 
     def insert_devices(
-        self, rows: list[dict[str, Any]], component_rows: list[dict[str, Any]]
-    ) -> None:
+        self,
+        rows: list[dict[str, Any]],
+        component_rows: list[dict[str, Any]],
+        batch: int | NewBatch,
+    ) -> int:
         """Insert one chunk of devices and their components in a single transaction.
 
-        Component rows carry `serial_hash`; it is resolved to the device's primary key here.
+        BATCH is the batch's id, or a NewBatch whose row this transaction creates; every row
+        gets its id. Component rows carry `serial_hash`; it is resolved to the device's primary
+        key here. Returns the batch id. A row that another process stored meanwhile (or a
+        device id two serials share) raises ConflictError and nothing of the chunk is written.
         """
-        with self.engine.begin() as conn:
-            if self.is_sqlite:
-                _bulk_pragmas(conn)
-            if rows:
-                if self.is_postgresql and self.engine.dialect.driver == "psycopg":
-                    _copy_rows(conn, devices, rows)
-                elif self.is_sqlite:
-                    _sqlite_insert_rows(conn, devices, rows)
-                else:
-                    conn.execute(insert(devices), rows)
-            if component_rows:
-                self._by_index(conn)
-                owners = list({r["serial_hash"] for r in component_rows})
-                pks = {
-                    h: pk
-                    for h, pk in conn.execute(
-                        select(devices.c.serial_hash, devices.c.id).where(
-                            self._among(devices.c.serial_hash, owners)
+        try:
+            with self.engine.begin() as conn:
+                if self.is_sqlite:
+                    _bulk_pragmas(conn)
+                batch_id = self._batch_in(conn, batch)
+                if rows:
+                    for r in rows:
+                        r["batch_id"] = batch_id
+                    if self.is_postgresql and self.engine.dialect.driver == "psycopg":
+                        _copy_rows(conn, devices, rows)
+                    elif self.is_sqlite:
+                        _sqlite_insert_rows(conn, devices, rows)
+                    else:
+                        conn.execute(insert(devices), rows)
+                if component_rows:
+                    self._by_index(conn)
+                    owners = list({r["serial_hash"] for r in component_rows})
+                    pks = {
+                        h: pk
+                        for h, pk in conn.execute(
+                            select(devices.c.serial_hash, devices.c.id).where(
+                                self._among(devices.c.serial_hash, owners)
+                            )
                         )
+                    }
+                    conn.execute(
+                        insert(components),
+                        [
+                            {k: v for k, v in r.items() if k != "serial_hash"}
+                            | {"device_pk": pks[r["serial_hash"]], "batch_id": batch_id}
+                            for r in component_rows
+                        ],
                     )
-                }
-                conn.execute(
-                    insert(components),
-                    [
-                        {k: v for k, v in r.items() if k != "serial_hash"}
-                        | {"device_pk": pks[r["serial_hash"]]}
-                        for r in component_rows
-                    ],
-                )
+        except IntegrityError as exc:
+            raise ConflictError(type(exc.orig).__name__) from None
+        return batch_id
 
     def existing_component_hashes(self, hashes: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -370,7 +429,8 @@ class Registry:
             devices.c.device_type,
             devices.c.manufacturer,
             devices.c.model,
-            devices.c.payload,
+            devices.c.key_id,
+            devices.c.expires_at,
             devices.c.serial_ct,
         )
         last = (-1, -1)
@@ -389,6 +449,8 @@ class Registry:
                 rows = [dict(r._mapping) for r in conn.execute(q)]
                 if not rows:
                     return
+                for r in rows:
+                    r["expires_at"] = _aware(r["expires_at"])
                 yield rows
                 last = (rows[-1]["batch_seq"], rows[-1]["id"])
 
@@ -411,6 +473,12 @@ class Registry:
             )
             return [dict(r._mapping) for r in conn.execute(q)]
 
+    def batch_key_ids(self, batch_id: int) -> set[int]:
+        """The signing keys of the batch's payloads."""
+        q = select(devices.c.key_id).where(devices.c.batch_id == batch_id).distinct()
+        with self.engine.connect() as conn:
+            return {int(k) for k in conn.execute(q).scalars()}
+
     def max_batch_seq(self, batch_id: int) -> int:
         with self.engine.connect() as conn:
             q = select(func.max(devices.c.batch_seq)).where(devices.c.batch_id == batch_id)
@@ -425,22 +493,32 @@ class Registry:
             ).first()
         return self.device(row.device_id) if row else None
 
-    def record_pairing_event(self, event: dict[str, Any]) -> None:
+    def record_pairing_event(self, event: dict[str, Any], sealer: Sealer) -> None:
+        """Store a rejected attempt: on its device's pairing chain, else on the unattached one."""
         with self.engine.begin() as conn:
-            conn.execute(insert(pairing_events).values(**event))
+            pk = event.get("device_pk")
+            device_id = None
+            if pk is not None:
+                device_id = conn.execute(
+                    select(devices.c.device_id).where(devices.c.id == pk)
+                ).scalar_one()
+            self._append_pairing(conn, pk, device_id, event, sealer)
+            if pk is not None:
+                self._reseal(conn, pk, sealer)
 
     def try_activate(
         self,
         device_pk: int,
         device_id: str,
-        user: str,
+        user: str | None,
         token_hash: str,
         now: datetime,
         event: dict[str, Any],
-        seal: Seal,
+        sealer: Sealer,
     ) -> str | None:
         """Pending -> activated with one conditional UPDATE; None if this call won, else the
-        status that made it lose. The pairing event is stored in the same transaction."""
+        status that made it lose. The pairing event, the `activated` action and the device's
+        new seal are written in the same transaction."""
         with self.engine.begin() as conn:
             won = (
                 conn.execute(
@@ -460,22 +538,35 @@ class Registry:
                 status = conn.execute(
                     select(devices.c.status).where(devices.c.id == device_pk)
                 ).scalar_one()
-            conn.execute(
-                insert(pairing_events).values(
-                    **event,
-                    result="accepted" if won else "rejected",
-                    reason=None if won else _LOST_REASON.get(status or "", "already_activated"),
-                )
+            self._append_pairing(
+                conn,
+                device_pk,
+                device_id,
+                event
+                | {
+                    "result": "accepted" if won else "rejected",
+                    "reason": None if won else _LOST_REASON.get(status or "", "already_activated"),
+                },
+                sealer,
             )
             if won:
                 meta = canonical_json({"user": user})
                 self._append_action(
-                    conn, device_pk, device_id, "activated", meta, event.get("ip"), user, now, seal
+                    conn,
+                    device_pk,
+                    device_id,
+                    "activated",
+                    meta,
+                    event.get("ip"),
+                    user,
+                    now,
+                    sealer,
                 )
+            self._reseal(conn, device_pk, sealer)
         return status
 
     def revoke_device(
-        self, device_pk: int, device_id: str, by: str, reason: str, now: datetime, seal: Seal
+        self, device_pk: int, device_id: str, by: str, reason: str, now: datetime, sealer: Sealer
     ) -> bool:
         """Mark a device revoked (from any other state); False if it already was."""
         with self.engine.begin() as conn:
@@ -487,8 +578,9 @@ class Registry:
             if changed:
                 meta = canonical_json({"reason": reason})
                 self._append_action(
-                    conn, device_pk, device_id, "revoked", meta, None, by, now, seal
+                    conn, device_pk, device_id, "revoked", meta, None, by, now, sealer
                 )
+                self._reseal(conn, device_pk, sealer)
         return bool(changed)
 
     def append_action(
@@ -500,12 +592,14 @@ class Registry:
         ip: str | None,
         actor: str | None,
         now: datetime,
-        seal: Seal,
+        sealer: Sealer,
     ) -> dict[str, Any]:
         with self.engine.begin() as conn:
-            return self._append_action(
-                conn, device_pk, device_id, action_type, metadata_json, ip, actor, now, seal
+            entry = self._append_action(
+                conn, device_pk, device_id, action_type, metadata_json, ip, actor, now, sealer
             )
+            self._reseal(conn, device_pk, sealer)
+            return entry
 
     def _append_action(
         self,
@@ -517,17 +611,15 @@ class Registry:
         ip: str | None,
         actor: str | None,
         now: datetime,
-        seal: Seal,
+        sealer: Sealer,
     ) -> dict[str, Any]:
         # Bumping the counter first takes the device row's write lock (PostgreSQL) or the
         # database write lock (SQLite): concurrent appends to one device queue up here.
-        conn.execute(
+        seq = conn.execute(
             update(devices)
             .where(devices.c.id == device_pk)
             .values(action_count=devices.c.action_count + 1)
-        )
-        seq = conn.execute(
-            select(devices.c.action_count).where(devices.c.id == device_pk)
+            .returning(devices.c.action_count)
         ).scalar_one()
         prev: str | None = genesis_hash(device_id)
         if seq > 1:
@@ -542,7 +634,8 @@ class Registry:
                     "nothing appended (run `provision audit verify`)"
                 )
         assert prev is not None
-        entry_hash = seal(device_id, seq, now, action_type, metadata_json, ip, actor, prev)
+        now = now.astimezone(UTC)
+        entry_hash = sealer.action(device_id, seq, now, action_type, metadata_json, ip, actor, prev)
         row = {
             "device_pk": device_pk,
             "seq": seq,
@@ -557,14 +650,115 @@ class Registry:
         pk = conn.execute(insert(action_log).values(**row)).inserted_primary_key
         # The head is keyed too: deleting the newest entries and rewinding the head by hand
         # needs the keyring, not just database access.
-        head = seal(device_id, seq, now, CHAIN_HEAD, "", None, None, entry_hash)
+        head = sealer.action_head(device_id, seq, now, entry_hash)
         conn.execute(update(devices).where(devices.c.id == device_pk).values(action_head=head))
         assert pk is not None
         return row | {"id": int(pk[0])}
 
+    def _append_pairing(
+        self,
+        conn: Connection,
+        device_pk: int | None,
+        device_id: str | None,
+        event: dict[str, Any],
+        sealer: Sealer,
+    ) -> None:
+        """Append EVENT to its device's pairing chain (or the unattached one), head updated."""
+        # Bumping the chain's counter first takes its row's write lock: appends queue up here.
+        if device_pk is not None:
+            assert device_id is not None
+            chain, counter, head_of = device_id, devices.c.pairing_count, devices.c.pairing_head
+            owner = devices.c.id == device_pk
+            same_chain = pairing_events.c.device_pk == device_pk
+        else:
+            chain, counter, head_of = UNATTACHED, audit_chains.c.count, audit_chains.c.head
+            owner = audit_chains.c.name == UNATTACHED
+            same_chain = pairing_events.c.device_pk.is_(None)
+        table = counter.table
+        seq = conn.execute(
+            update(table).where(owner).values({counter: counter + 1}).returning(counter)
+        ).scalar_one()
+        prev: str | None = pairing_genesis(chain)
+        if seq > 1:
+            prev = conn.execute(
+                select(pairing_events.c.entry_hash).where(
+                    same_chain, pairing_events.c.seq == seq - 1
+                )
+            ).scalar()
+            if prev is None:
+                raise DeviceError(
+                    f"the pairing log of {'device ' + chain if device_pk else 'unknown devices'} "
+                    f"is broken at event #{seq - 1}; nothing recorded "
+                    "(run `provision audit verify`)"
+                )
+        assert prev is not None
+        occurred = event["occurred_at"].astimezone(UTC)
+        row = {
+            "device_pk": device_pk,
+            "seq": seq,
+            "occurred_at": occurred,
+            "claimed_device_id": event.get("claimed_device_id"),
+            "ip": event.get("ip"),
+            "user_agent": event.get("user_agent"),
+            "fingerprint": event.get("fingerprint"),
+            "user_id": event.get("user_id"),
+            "result": event["result"],
+            "reason": event.get("reason"),
+        }
+        entry = sealer.pairing(
+            chain,
+            seq,
+            occurred,
+            row["claimed_device_id"],
+            row["ip"],
+            row["user_agent"],
+            row["fingerprint"],
+            row["user_id"],
+            row["result"],
+            row["reason"],
+            prev,
+        )
+        conn.execute(insert(pairing_events).values(**row, prev_hash=prev, entry_hash=entry))
+        head = sealer.pairing_head(chain, seq, entry)
+        conn.execute(update(table).where(owner).values({head_of: head}))
+
+    def _reseal(self, conn: Connection, device_pk: int, sealer: Sealer) -> None:
+        """Seal the device row's state as this transaction leaves it."""
+        state = conn.execute(
+            select(*(devices.c[c] for c in SEALED_COLUMNS)).where(devices.c.id == device_pk)
+        ).one()
+        conn.execute(
+            update(devices)
+            .where(devices.c.id == device_pk)
+            .values(seal=sealer.device_values(*state))
+        )
+
     def pairing_events_of(self, device_pk: int, limit: int | None = None) -> list[dict[str, Any]]:
         q = select(pairing_events).where(pairing_events.c.device_pk == device_pk)
-        return self._latest(q, pairing_events.c.id, limit)
+        return self._latest(q, pairing_events.c.seq, limit)
+
+    def accepted_pairing_of(self, device_pk: int) -> dict[str, Any] | None:
+        """The attempt that activated the device, if one did."""
+        q = select(pairing_events).where(
+            pairing_events.c.device_pk == device_pk, pairing_events.c.result == "accepted"
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q.order_by(pairing_events.c.seq).limit(1)).first()
+        if row is None:
+            return None
+        d = dict(row._mapping)
+        d["occurred_at"] = _aware(d["occurred_at"])
+        return d
+
+    def rejected_pairing_counts(self, device_pk: int) -> dict[str, int]:
+        """The device's rejected attempts, counted by reason."""
+        q = (
+            select(pairing_events.c.reason, func.count())
+            .where(pairing_events.c.device_pk == device_pk, pairing_events.c.result != "accepted")
+            .group_by(pairing_events.c.reason)
+        )
+        with self.engine.connect() as conn:
+            return {str(reason): int(n) for reason, n in conn.execute(q)}
 
     def actions_of(self, device_pk: int, limit: int | None = None) -> list[dict[str, Any]]:
         q = select(action_log).where(action_log.c.device_pk == device_pk)
@@ -587,41 +781,31 @@ class Registry:
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
-    def iter_chains(
-        self, device_id: str | None = None
-    ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
-        """(device head, its entries by seq) for one device or every device with a log."""
-        q = select(
-            devices.c.id,
-            devices.c.device_id,
-            devices.c.status,
-            devices.c.action_count,
-            devices.c.action_head,
-        )
-        if device_id is not None:
-            q = q.where(devices.c.device_id == device_id)
-        else:
-            # Activating or revoking always writes an entry: such a device with an empty log
-            # had it emptied.
-            q = q.where(
-                (devices.c.action_count > 0)
-                | (devices.c.status != PENDING)
-                | devices.c.id.in_(select(action_log.c.device_pk))
-            )
+    @contextlib.contextmanager
+    def audit_snapshot(self) -> Iterator[AuditSnapshot]:
+        """One consistent, read-only view of the chains, for `audit verify` and checkpoints.
+
+        Raw driver cursors, not SQLAlchemy rows: ten million entries are read in one pass,
+        and the row objects alone would cost more than checking them.
+        """
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if self.is_sqlite:
+                cur.execute("BEGIN")  # every cursor below reads the same WAL snapshot
+            elif self.is_postgresql:
+                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.close()
+            yield AuditSnapshot(raw, self.is_postgresql)
+        finally:
+            raw.rollback()
+            raw.close()
+
+    def device_pk(self, device_id: str) -> int | None:
         with self.engine.connect() as conn:
-            heads = [dict(r._mapping) for r in conn.execute(q.order_by(devices.c.id))]
-            for head in heads:
-                entries = [
-                    dict(r._mapping)
-                    for r in conn.execute(
-                        select(action_log)
-                        .where(action_log.c.device_pk == head["id"])
-                        .order_by(action_log.c.seq, action_log.c.id)
-                    )
-                ]
-                for e in entries:
-                    e["occurred_at"] = _aware(e["occurred_at"])
-                yield head, entries
+            return conn.execute(
+                select(devices.c.id).where(devices.c.device_id == device_id)
+            ).scalar()
 
     def reconcile_frame(self, chunk: int = 100_000) -> Any:
         """Every device as a pandas frame (no plaintext: serial hashes only), for reconcile.
@@ -682,19 +866,116 @@ class Registry:
 
 _LOST_REASON = {ACTIVATED: "already_activated", REVOKED: "revoked_device"}
 
+AUDIT_DEVICE_COLUMNS = ("id", "seal", *SEALED_COLUMNS)
+AUDIT_ACTION_COLUMNS = (
+    "device_pk",
+    "seq",
+    "id",
+    "occurred_at",
+    "action_type",
+    "metadata_json",
+    "ip",
+    "actor",
+    "prev_hash",
+    "entry_hash",
+)
+AUDIT_PAIRING_COLUMNS = (
+    "device_pk",
+    "seq",
+    "id",
+    "occurred_at",
+    "claimed_device_id",
+    "ip",
+    "user_agent",
+    "fingerprint",
+    "user_id",
+    "result",
+    "reason",
+    "prev_hash",
+    "entry_hash",
+)
 
-def canonical_json(value: Any) -> str:
-    """The one spelling of action metadata that its chain hash is computed over."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
+class AuditSnapshot:
+    """Streams of raw rows (tuples in the AUDIT_*_COLUMNS order) from one read transaction.
 
-CHAIN_HEAD = "#chain-head"
-"""The action type under which a device's chain head is sealed (never a real action type)."""
+    Devices, actions and pairing events come in device order, each stream bounded to the
+    primary keys LO..HI, so that a verifier can merge them and several can split the registry.
+    Timestamps are what the driver gives: SQLite's own text, or datetimes (PostgreSQL).
+    """
 
+    BATCH = 20_000
 
-def genesis_hash(device_id: str) -> str:
-    """The `prev_hash` of a device's first action."""
-    return hashlib.sha256(f"provision/action-log/genesis/{device_id}".encode()).hexdigest()
+    def __init__(self, raw: Any, is_postgresql: bool) -> None:
+        self._raw = raw
+        self._pg = is_postgresql
+        self._names = itertools.count()
+
+    def _stream(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        if self._pg:
+            # A server-side cursor: PostgreSQL sends the rows as they are read, not all at once.
+            cur = self._raw.driver_connection.cursor(name=f"provision_audit_{next(self._names)}")
+            cur.itersize = self.BATCH
+        else:
+            cur = self._raw.cursor()
+        try:
+            cur.execute(sql)
+            while rows := cur.fetchmany(self.BATCH):
+                yield from rows
+        finally:
+            cur.close()
+
+    def bounds(self) -> tuple[int, int] | None:
+        """The smallest and largest device primary key, or None without devices."""
+        cur = self._raw.cursor()
+        try:
+            cur.execute("SELECT MIN(id), MAX(id) FROM devices")
+            lo, hi = cur.fetchone()
+        finally:
+            cur.close()
+        return None if lo is None else (int(lo), int(hi))
+
+    def devices(self, lo: int, hi: int) -> Iterator[tuple[Any, ...]]:
+        return self._stream(
+            f"SELECT {', '.join(AUDIT_DEVICE_COLUMNS)} FROM devices "
+            f"WHERE id BETWEEN {int(lo)} AND {int(hi)} ORDER BY id"
+        )
+
+    def actions(self, lo: int, hi: int) -> Iterator[tuple[Any, ...]]:
+        return self._stream(
+            f"SELECT {', '.join(AUDIT_ACTION_COLUMNS)} FROM device_action_log "
+            f"WHERE device_pk BETWEEN {int(lo)} AND {int(hi)} ORDER BY device_pk, seq, id"
+        )
+
+    def pairings(self, lo: int, hi: int) -> Iterator[tuple[Any, ...]]:
+        return self._stream(
+            f"SELECT {', '.join(AUDIT_PAIRING_COLUMNS)} FROM device_pairing_events "
+            f"WHERE device_pk BETWEEN {int(lo)} AND {int(hi)} ORDER BY device_pk, seq, id"
+        )
+
+    def unattached(self) -> Iterator[tuple[Any, ...]]:
+        return self._stream(
+            f"SELECT {', '.join(AUDIT_PAIRING_COLUMNS)} FROM device_pairing_events "
+            "WHERE device_pk IS NULL ORDER BY seq, id"
+        )
+
+    def heads(self) -> Iterator[tuple[Any, ...]]:
+        """(device_id, action_count, action_head, pairing_count, pairing_head) by device id."""
+        return self._stream(
+            "SELECT device_id, action_count, action_head, pairing_count, pairing_head "
+            "FROM devices ORDER BY device_id"
+        )
+
+    def chain(self, name: str) -> tuple[int, str | None] | None:
+        """An audit_chains row's (count, head)."""
+        cur = self._raw.cursor()
+        try:
+            marker = "%s" if self._pg else "?"
+            cur.execute(f"SELECT count, head FROM audit_chains WHERE name = {marker}", (name,))
+            row = cur.fetchone()
+        finally:
+            cur.close()
+        return None if row is None else (int(row[0]), row[1])
 
 
 def _bulk_columns(table: Table, rows: list[dict[str, Any]]) -> list[str]:
@@ -750,6 +1031,20 @@ def _sqlite_insert_rows(conn: Connection, table: Table, rows: list[dict[str, Any
         f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
     )
     conn.exec_driver_sql(statement, data)  # type: ignore[arg-type]
+
+
+def _create_private(path: Path) -> None:
+    """Create an SQLite registry file readable by its owner only (mode 0600), if it is new.
+
+    SQLite gives its -wal and -shm files the database file's mode, so they are private too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.fchmod(fd, 0o600)  # O_CREAT's mode is filtered by the umask
+    os.close(fd)
 
 
 def _chunks(items: Sequence[str] | Iterable[str], size: int) -> Iterator[list[str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import pypdfium2 as pdfium
 import zxingcpp
@@ -61,3 +62,12 @@ def pdf_page_sizes(path: Path) -> list[tuple[float, float]]:
         return [tuple(page.get_size()) for page in pdf]  # type: ignore[misc]
     finally:
         pdf.close()
+
+
+def with_payload(keyring: Any, device: dict[str, Any]) -> dict[str, Any]:
+    """The device row plus "payload": the token its label carries, signed again from its key id
+    and expiry as `labels` does (the registry never stores it)."""
+    from provision.payload import device_token
+
+    token = device_token(keyring, device["key_id"], device["device_id"], device["expires_at"])
+    return device | {"payload": token}

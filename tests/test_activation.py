@@ -38,7 +38,7 @@ from provision.keys import Keyring, load_keyring
 from provision.payload import payload_url, sign_token
 from provision.registry import Registry, action_log, devices, pairing_events, utcnow
 from provision.serials import device_id
-from tests.helpers import REASON_STATUS
+from tests.helpers import REASON_STATUS, with_payload
 
 BASE_URL = "http://localhost:5001"  # what the run_cli fixture sets as PROVISION_BASE_URL
 SUCCESS_KEYS = {"device_id", "device_type", "activation_token", "activated_at"}
@@ -93,7 +93,7 @@ class Factory:
         register_batch(self.registry, keyring, manifest, batch=name, ttl_days=ttl_days, now=now)
         found = [self.registry.device(device_id(keyring.pepper, s)) for s in serials]
         assert all(d is not None for d in found)
-        return found  # type: ignore[return-value]
+        return [with_payload(keyring, d) for d in found]  # type: ignore[arg-type]
 
     def one(self, serial: str = "SN000001", **kw: Any) -> dict[str, Any]:
         return self.register(serial, **kw)[0]
@@ -300,7 +300,14 @@ def test_second_activation_is_already_activated_and_changes_nothing(factory: Fac
     assert factory.reason(url(dev), "bob@example.com") == "already_activated"
     assert factory.reason(url(dev), "alice@example.com") == "already_activated"
     after = factory.registry.device(dev["device_id"])
-    assert after == before
+    # The rejected attempts join the device's pairing chain (its count, head and seal move on);
+    # nothing else of the device changes.
+    chain = ("pairing_count", "pairing_head", "seal")
+    assert after is not None and before is not None
+    assert {k: v for k, v in after.items() if k not in chain} == {
+        k: v for k, v in before.items() if k not in chain
+    }
+    assert after["pairing_count"] == before["pairing_count"] + 2
     assert after is not None
     assert after["user_id"] == "alice@example.com"
     assert after["activation_token_hash"] == token_hash(first.activation_token)
@@ -737,7 +744,7 @@ def test_no_token_key_or_serial_in_verbose_log_output(
     run("register", str(manifest), "--batch", "leak")
     registry = Registry(sqlite_url)
     dids = [device_id(keyring.pepper, s) for s in serials]
-    payloads = [registry.device(d)["payload"] for d in dids]  # type: ignore[index]
+    payloads = [with_payload(keyring, registry.device(d))["payload"] for d in dids]  # type: ignore[arg-type]
     token = cli_json(run("activate", payload_url(BASE_URL, payloads[0]), "--user", "al", "--json"))
     token = token["activation_token"]
     run("activate", payload_url(BASE_URL, payloads[0]), "--user", "bob", "--json", code=1)

@@ -21,7 +21,7 @@ from provision.keys import Keyring, init_keyring, load_keyring
 from provision.payload import payload_url
 from provision.registry import Registry
 from provision.serials import device_id
-from tests.helpers import write_csv
+from tests.helpers import with_payload, write_csv
 
 BASE_URL = "http://localhost:5001"
 HISTORY_KEYS = {"device", "components", "pairing_events", "actions"}
@@ -46,6 +46,18 @@ def ok_json_fail(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
+def seal_broken(did: str) -> dict[str, Any]:
+    """The problem `audit verify --json` reports for a device row changed behind our back."""
+    return {
+        "device_id": did,
+        "chain": "seal",
+        "seq": None,
+        "entry_id": None,
+        "problem": "the device row's seal does not match its state (status, user, activation, "
+        "revocation or chain heads changed directly in the database)",
+    }
+
+
 @dataclass
 class Fleet:
     """A registered batch with components, and helpers to activate and log through the CLI."""
@@ -64,7 +76,7 @@ class Fleet:
         return dev
 
     def activate(self, serial: str, user: str = "alice@example.com", **kw: Any) -> str:
-        dev = self.device(serial)
+        dev = with_payload(self.keyring, self.device(serial))
         url = payload_url(BASE_URL, dev["payload"])
         return activate(self.registry, self.keyring, url, user, **kw).activation_token
 
@@ -156,6 +168,7 @@ def test_history_has_device_components_pairing_events_and_actions(fleet: Fleet) 
         "revoked_by",
         "revoked_reason",
         "actions_total",
+        "pairing_events_total",
     }
     assert {k: dev[k] for k in ("device_id", "device_type", "manufacturer", "model", "line")} == {
         "device_id": did,
@@ -171,7 +184,7 @@ def test_history_has_device_components_pairing_events_and_actions(fleet: Fleet) 
         "alice@example.com",
     )
     assert (dev["revoked_at"], dev["revoked_by"], dev["revoked_reason"]) == (None, None, None)
-    assert dev["actions_total"] == 2
+    assert (dev["actions_total"], dev["pairing_events_total"]) == (2, 2)
     assert datetime.fromisoformat(dev["registered_at"]) <= datetime.fromisoformat(
         dev["activated_at"]
     )
@@ -251,7 +264,7 @@ def test_history_text_lists_pairing_and_actions(fleet: Fleet) -> None:
     assert lines[0] == f"Device {fleet.did(s)}  thermostat TH-200 by Acme"
     assert "Components (2):" in lines
     assert "  mcu: STM32L4 (ST, lot L42)" in lines
-    assert "Pairing events (1):" in lines
+    assert "Pairing events (1 of 1):" in lines
     assert "Actions (2 of 2):" in lines
     assert lines[-1].endswith("  firmware_update  version=2.4.1")
     assert lines[-1].startswith("  #2 ")
@@ -413,11 +426,15 @@ def test_audit_verify_passes_on_an_intact_log(fleet: Fleet) -> None:
     fleet.run_cli("revoke", fleet.did(fleet.serials[2]), "--reason", "scrapped")
     result = fleet.audit()
     assert result.exit_code == 0, result.stdout
-    assert result.stdout == "3 devices, 9 entries checked: all chains intact\n"
+    assert result.stdout == (
+        "3 devices, 9 entries, 2 pairing events checked: all chains and seals intact\n"
+    )
     assert ok_json(fleet.audit("--json")) == {
         "ok": True,
         "devices_checked": 3,
         "entries_checked": 9,
+        "pairing_events_checked": 2,
+        "checkpoint": None,
         "problems": [],
     }
 
@@ -426,7 +443,7 @@ def test_audit_verify_on_an_empty_log_passes(fleet: Fleet) -> None:
     result = fleet.audit()
     assert (result.exit_code, result.stdout) == (
         0,
-        "0 devices, 0 entries checked: all chains intact\n",
+        "3 devices, 0 entries, 0 pairing events checked: all chains and seals intact\n",
     )
 
 
@@ -455,7 +472,7 @@ def test_an_updated_entry_is_detected_and_named(fleet: Fleet) -> None:
         assert result.stdout == (
             f"BROKEN device {did} entry #2 (row id {row_id}): "
             "content changed after it was written\n"
-            "2 devices, 8 entries checked: 1 broken\n"
+            "3 devices, 8 entries, 2 pairing events checked: 1 broken\n"
         ), column
         fleet.sql(set_to, v=original, pk=pk)  # put back: the chain is whole again
         assert fleet.audit().exit_code == 0, column
@@ -478,12 +495,14 @@ def test_an_updated_entry_with_a_recomputed_unkeyed_hash_is_still_detected(
     )
     report = ok_json_fail(fleet.audit("--json"))
     assert report["problems"] == [
+        seal_broken(fleet.did(a)),  # the head is part of the sealed state
         {
             "device_id": fleet.did(a),
+            "chain": "actions",
             "seq": 4,
             "entry_id": fleet.entry_id(a, 4),
             "problem": "content changed after it was written",
-        }
+        },
     ]
 
 
@@ -501,7 +520,7 @@ def test_a_deleted_middle_entry_is_detected_and_named(fleet: Fleet) -> None:
     assert result.exit_code == 1
     assert result.stdout == (
         f"BROKEN device {did} entry #2: entry missing (deleted?): the log jumps to #3\n"
-        "2 devices, 7 entries checked: 1 broken\n"
+        "3 devices, 7 entries, 2 pairing events checked: 1 broken\n"
     )
 
 
@@ -527,12 +546,14 @@ def test_a_deleted_and_renumbered_entry_is_detected_and_named(fleet: Fleet) -> N
     fleet.sql("UPDATE devices SET action_count = 3 WHERE id = :pk", pk=pk)
     report = ok_json_fail(fleet.audit("--json"))
     assert report["problems"] == [
+        seal_broken(fleet.did(a)),
         {
             "device_id": fleet.did(a),
+            "chain": "actions",
             "seq": 2,
             "entry_id": fleet.entry_id(a, 2),
             "problem": "link to the previous entry is broken (entry deleted or replaced)",
-        }
+        },
     ]
 
 
@@ -547,7 +568,7 @@ def test_a_deleted_newest_entry_is_detected_and_named(fleet: Fleet) -> None:
     assert result.stdout == (
         f"BROKEN device {did} entry #4: the device records 4 entries, the log holds 3 "
         "(newest entries deleted or head altered)\n"
-        "2 devices, 7 entries checked: 1 broken\n"
+        "3 devices, 7 entries, 2 pairing events checked: 1 broken\n"
     )
 
 
@@ -585,7 +606,7 @@ def test_only_the_first_broken_entry_of_each_device_is_named(fleet: Fleet) -> No
         (fleet.did(a), 2),
         (fleet.did(b), 3),
     ]
-    assert (report["ok"], report["devices_checked"], report["entries_checked"]) == (False, 2, 7)
+    assert (report["ok"], report["devices_checked"], report["entries_checked"]) == (False, 3, 7)
 
 
 def test_audit_verify_device_id_checks_just_that_device(fleet: Fleet) -> None:
@@ -598,7 +619,7 @@ def test_audit_verify_device_id_checks_just_that_device(fleet: Fleet) -> None:
     clean = fleet.audit(fleet.did(b))
     assert (clean.exit_code, clean.stdout) == (
         0,
-        "1 devices, 4 entries checked: all chains intact\n",
+        "1 devices, 4 entries, 1 pairing events checked: all chains and seals intact\n",
     )
     broken = fleet.audit(fleet.did(a), "--json")
     report = ok_json_fail(broken)
@@ -607,7 +628,7 @@ def test_audit_verify_device_id_checks_just_that_device(fleet: Fleet) -> None:
     pending = fleet.audit(fleet.did(fleet.serials[2]))
     assert (pending.exit_code, pending.stdout) == (
         0,
-        "1 devices, 0 entries checked: all chains intact\n",
+        "1 devices, 0 entries, 0 pairing events checked: all chains and seals intact\n",
     )
 
 
@@ -616,7 +637,7 @@ def test_audit_verify_accepts_an_upper_case_device_id(fleet: Fleet) -> None:
     result = fleet.audit(fleet.did(a).upper())
     assert (result.exit_code, result.stdout) == (
         0,
-        "1 devices, 4 entries checked: all chains intact\n",
+        "1 devices, 4 entries, 1 pairing events checked: all chains and seals intact\n",
     )
 
 
@@ -633,10 +654,19 @@ def test_a_log_checked_with_another_keyring_is_reported_broken(
     stranger = init_keyring(tmp_path / "other" / "keyring.json")
     report = verify_chains(fleet.registry, stranger)
     assert not report.ok
-    assert [(p.seq, p.problem) for p in report.problems] == [
-        (1, "content changed after it was written"),
-        (1, "content changed after it was written"),
+    # Every seal, and the first entry of every chain: 3 devices, 2 of them activated.
+    assert sorted((p.chain, p.seq) for p in report.problems) == [
+        ("actions", 1),
+        ("actions", 1),
+        ("pairing", 1),
+        ("pairing", 1),
+        ("seal", None),
+        ("seal", None),
+        ("seal", None),
     ]
+    assert {p.problem for p in report.problems if p.chain != "seal"} == {
+        "content changed after it was written"
+    }
 
 
 def test_deleting_the_newest_entry_and_rewinding_the_head_is_detected(fleet: Fleet) -> None:
@@ -650,8 +680,11 @@ def test_deleting_the_newest_entry_and_rewinding_the_head_is_detected(fleet: Fle
         pk=pk,
     )
     report = ok_json_fail(fleet.audit("--json"))
-    assert [(p["device_id"], p["seq"]) for p in report["problems"]] == [(fleet.did(a), 4)]
-    assert "sealed chain head" in report["problems"][0]["problem"]
+    assert [(p["device_id"], p["seq"]) for p in report["problems"]] == [
+        (fleet.did(a), None),  # the seal: count and head changed by hand
+        (fleet.did(a), 4),
+    ]
+    assert "sealed chain head" in report["problems"][1]["problem"]
 
 
 def test_emptying_an_activated_devices_log_is_detected(fleet: Fleet) -> None:
@@ -660,9 +693,10 @@ def test_emptying_an_activated_devices_log_is_detected(fleet: Fleet) -> None:
     fleet.sql("DELETE FROM device_action_log WHERE device_pk = :pk", pk=pk)
     fleet.sql("UPDATE devices SET action_count = 0, action_head = NULL WHERE id = :pk", pk=pk)
     report = ok_json_fail(fleet.audit("--json"))
-    assert [(p["device_id"], p["seq"], p["problem"]) for p in report["problems"]] == [
+    assert [(p["device_id"], p["seq"], p["problem"]) for p in report["problems"][1:]] == [
         (fleet.did(a), 1, "the device is activated but its action log is empty")
     ]
+    assert report["problems"][0] == seal_broken(fleet.did(a))
 
 
 def test_appending_to_a_broken_chain_is_refused(fleet: Fleet) -> None:

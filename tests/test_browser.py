@@ -29,7 +29,7 @@ from provision.keys import load_keyring
 from provision.payload import payload_url
 from provision.pipeline import register_batch
 from provision.registry import Registry
-from tests.helpers import serials_csv
+from tests.helpers import serials_csv, with_payload
 from tests.test_web import provision_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -132,7 +132,7 @@ def register_one(registry: Registry, keyring_path: Path, tmp_path: Path) -> dict
     [[row]] = list(registry.iter_batch_labels(batch_id))
     device = registry.device(row["device_id"])
     assert device is not None
-    return device
+    return with_payload(keyring, device)
 
 
 def test_phone_scans_the_qr_url_activates_and_sees_the_token(

@@ -34,7 +34,7 @@ from provision.qr import QUIET_ZONE
 from provision.registry import Registry
 from provision.serials import device_id
 from tests.conftest import RunCLI
-from tests.helpers import QR_MODEL2, decode_pdf, serials_csv
+from tests.helpers import QR_MODEL2, decode_pdf, serials_csv, with_payload
 from tests.pgcluster import PostgresCluster
 
 BASE_URL = "http://localhost:5001"  # what the run_cli fixture sets
@@ -200,7 +200,7 @@ def test_every_label_of_every_template_decodes_and_verifies(
     assert len(decoded) == case.devices
     assert len(set(decoded)) == case.devices, "two labels carry the same code"
 
-    # The decoded set is exactly the batch's stored payloads...
+    # The decoded set is exactly the batch's payloads, signed again from what is stored...
     registry = Registry(db_url)
     try:
         batch_id = registry.batch_id("b1")
@@ -208,7 +208,7 @@ def test_every_label_of_every_template_decodes_and_verifies(
         stored = [d for chunk in registry.iter_batch_labels(batch_id) for d in chunk]
     finally:
         registry.close()
-    assert set(decoded) == {URL_PREFIX + d["payload"] for d in stored}
+    assert set(decoded) == {URL_PREFIX + with_payload(keyring, d)["payload"] for d in stored}
     # ...and, independently of the database, every one verifies offline and names a device
     # of the manifest: one label per serial.
     results = verify_cli(run_cli, decoded)

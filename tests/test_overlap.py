@@ -11,14 +11,13 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 
 from provision import pipeline
 from provision.errors import BatchError, ManifestError, TemplateError
 from provision.keys import Keyring
 from provision.labels.render import TASK_PAGES
 from provision.labels.templates import load_template
-from provision.registry import Registry
+from provision.registry import ConflictError, Registry
 from tests.helpers import decode_pdf, serials_csv, write_csv
 
 BASE_URL = "https://id.example.com"
@@ -52,9 +51,9 @@ def test_a_new_batch_renders_while_registering_the_file_a_later_render_writes(
     chunks: list[int] = []
     real = registry.insert_devices
 
-    def counting(rows, comps):  # type: ignore[no-untyped-def]
+    def counting(rows, comps, batch):  # type: ignore[no-untyped-def]
         chunks.append(len(rows))
-        return real(rows, comps)
+        return real(rows, comps, batch)
 
     registry.insert_devices = counting  # type: ignore[method-assign]
     manifest = serials_csv(tmp_path / "s.csv", N)
@@ -74,7 +73,9 @@ def test_a_new_batch_renders_while_registering_the_file_a_later_render_writes(
     on_last = (2 * N + 2) % TEMPLATE.per_page or TEMPLATE.per_page  # start_at 3: 2 skipped
     batch_id = registry.batch_id("b1")
     assert batch_id is not None
-    urls = [d.url for d in pipeline.batch_labels(registry, batch_id, "b1", TEMPLATE, BASE_URL)]
+    urls = [
+        d.url for d in pipeline.batch_labels(registry, batch_id, "b1", TEMPLATE, BASE_URL, keyring)
+    ]
     last = decode_pdf(Path(labels.file))[-1]
     assert len(last) == on_last
     assert sorted(last) == sorted(2 * urls[-(on_last // 2) :])
@@ -105,11 +106,11 @@ def test_a_chunk_failing_midway_publishes_nothing(
     calls = [0]
     real = registry.insert_devices
 
-    def third_fails(rows, comps):  # type: ignore[no-untyped-def]
+    def third_fails(rows, comps, batch):  # type: ignore[no-untyped-def]
         calls[0] += 1
         if calls[0] == 3:
-            raise IntegrityError("INSERT", None, Exception("UNIQUE constraint failed"))
-        return real(rows, comps)
+            raise ConflictError("IntegrityError")
+        return real(rows, comps, batch)
 
     registry.insert_devices = third_fails  # type: ignore[method-assign]
     with pytest.raises(BatchError, match="registered by another process meanwhile"):

@@ -22,7 +22,7 @@ from provision.pipeline import register_batch
 from provision.reconcile import neutralise
 from provision.registry import Registry
 from provision.serials import device_id
-from tests.helpers import write_csv
+from tests.helpers import with_payload, write_csv
 
 AS_OF = "2026-11-28"
 SHIP_HEADER = ["serial", "shipped_at", "order_id", "customer", "destination", "carrier"]
@@ -140,7 +140,7 @@ def register(
 def activate_at(registry: Registry, keyring: Keyring, serial: str, when: str) -> None:
     device = registry.device(device_id(keyring.pepper, serial))
     assert device is not None
-    url = payload_url("http://localhost:5001", device["payload"])
+    url = payload_url("http://localhost:5001", with_payload(keyring, device)["payload"])
     activate(registry, keyring, url, "customer@example.com", now=at(when))
 
 

@@ -55,10 +55,10 @@ def test_bulk_insert_stores_what_sqlalchemy_stores(db_url):
 
     from sqlalchemy import insert, select
 
-    from provision.registry import devices
+    from provision.registry import NewBatch, devices
 
     registry = Registry(db_url)
-    batch_id = registry.ensure_batch("b", "0" * 64, None)
+    batch_id = 0  # set by the first insert, which creates the batch row
     when = datetime(2026, 11, 28, 2, 3, 4, 567890, tzinfo=UTC)
 
     def row(n: int) -> dict:
@@ -74,13 +74,13 @@ def test_bulk_insert_stores_what_sqlalchemy_stores(db_url):
             "batch_id": batch_id,
             "batch_seq": n,
             "key_id": 1,
-            "payload": "P" * 48,
             "expires_at": when,
             "status": "pending",
             "created_at": when,
+            "seal": "5" * 64,
         }
 
-    registry.insert_devices([row(1)], [])
+    batch_id = registry.insert_devices([row(1)], [], NewBatch("b", "0" * 64, None))
     with registry.engine.begin() as conn:
         conn.execute(insert(devices), [row(2)])
     same = [c for c in devices.c if c.name not in ("id", "device_id", "serial_hash", "batch_seq")]

@@ -38,7 +38,7 @@ from provision.payload import payload_url, sign_token
 from provision.pipeline import register_batch
 from provision.registry import Registry
 from provision.web import WebSettings, create_app
-from tests.helpers import REASON_STATUS, serials_csv
+from tests.helpers import REASON_STATUS, serials_csv, with_payload
 
 BASE_URL = "http://localhost:5001"
 OPEN_LIMIT = "1000 per minute"  # for tests that are not about the rate limit
@@ -82,7 +82,7 @@ class Site:
         assert len(rows) == n
         devices = [self.registry.device(d["device_id"]) for d in rows]
         assert all(d is not None for d in devices)
-        return devices  # type: ignore[return-value]
+        return [with_payload(self.keyring, d) for d in devices]  # type: ignore[arg-type]
 
     def one(self, **kw: Any) -> dict[str, Any]:
         return self.register(1, **kw)[0]

@@ -7,19 +7,23 @@ importing Alembic and reading the revision scripts would cost more than a `histo
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
+    from provision.chain import Sealer
+
 HERE = Path(__file__).parent
 # The newest revision in versions/; a test holds it to what Alembic reads from the scripts.
-HEAD = "0002"
+HEAD = "0003"
 
 
 def alembic_config() -> Config:
@@ -63,14 +67,55 @@ def _no_such_table(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(exc.orig)
 
 
-def upgrade_to_head(engine: Engine) -> str:
-    """Migrate to the newest revision; a no-op (one query) when already there."""
+def upgrade_to_head(engine: Engine, sealer: Sealer | None = None) -> str:
+    """Migrate to the newest revision; a no-op (one query) when already there.
+
+    SEALER (from the keyring) lets a migration seal rows already in the registry (0003).
+    """
     if _stamped_revision(engine) == HEAD:
         return HEAD
+    return upgrade_to(engine, "head", sealer)
+
+
+def upgrade_to(engine: Engine, target: str, sealer: Sealer | None = None) -> str:
+    """Migrate to TARGET (a revision, or "head") in one transaction; returns the revision."""
     from alembic import command
 
     cfg = alembic_config()
-    with engine.begin() as conn:
+    with engine.connect() as conn, _sqlite_migration(conn), conn.begin():
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-    return head_revision()
+        cfg.attributes["sealer"] = sealer
+        command.upgrade(cfg, target)
+        if conn.dialect.name == "sqlite":
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+            if broken:
+                raise RuntimeError(f"the migration left rows without a parent: {broken[:5]}")
+    return head_revision() if target == "head" else target
+
+
+@contextlib.contextmanager
+def _sqlite_migration(conn: Connection) -> Iterator[None]:
+    """On SQLite: one real transaction for the whole migration, with foreign keys off.
+
+    Python's sqlite3 module opens a transaction only before INSERT, UPDATE and DELETE, so DDL
+    would commit statement by statement and a failed migration would leave half of itself;
+    here the driver's own transaction handling is off and BEGIN is explicit. Alembic rebuilds a
+    table to drop or alter a column, and with foreign keys enforced, dropping the old copy of a
+    table others refer to fails; the pragma only takes effect outside a transaction, so it is
+    set first, and the rows are checked (foreign_key_check) before the commit.
+    """
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw: Any = conn.connection.dbapi_connection
+    level = raw.isolation_level
+    raw.execute("PRAGMA foreign_keys=OFF")
+    raw.isolation_level = None
+    raw.execute("BEGIN")
+    try:
+        yield
+    finally:
+        if raw.in_transaction:
+            raw.rollback()
+        raw.isolation_level = level
+        raw.execute("PRAGMA foreign_keys=ON")

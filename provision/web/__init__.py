@@ -15,17 +15,39 @@ from flask_limiter import Limiter
 from flask_limiter.errors import RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from provision.activation import REASONS, ActivationRejected, activate, authenticate
-from provision.audit import device_history, log_action
-from provision.errors import ProvisionError
-from provision.keys import Keyring, load_keyring
+from provision.audit import log_action, owner_history
+from provision.audit import make_sealer as _make_sealer
+from provision.errors import KeyringError, ProvisionError
+from provision.keys import Keyring, KeyringWatcher
 from provision.payload import extract_token, verify_payload
 from provision.registry import PENDING, Registry
 
 log = logging.getLogger("provision.web")
 DEFAULT_RATE_LIMIT = "10 per minute"
+MAX_HISTORY_LIMIT = 10_000
+KEYRING_CHECK_SECONDS = 0.5
+# The machine-readable reason of each HTTP error status an /api/ route can answer with.
+HTTP_REASONS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    411: "length_required",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    431: "headers_too_large",
+    500: "internal",
+    503: "unavailable",
+}
 _SECRET_DOMAIN = b"provision/web-session/v1\x00"
 # Request paths carry the payload token; it never reaches a log line in full.
 _REDACT = re.compile(r"(?i)(/a/)[^/?#]+")
@@ -51,17 +73,50 @@ class WebSettings:
     rate_limit: str = DEFAULT_RATE_LIMIT
 
 
+def bounded_int(text: str, low: int, high: int) -> int | None:
+    """TEXT as a whole number in LOW..HIGH, or None: a query parameter never reaches a query
+    unbounded (a 25-digit limit overflows every database integer)."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(high)):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
 def redact_path(path: str) -> str:
     return _REDACT.sub(r"\1<token>", path)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every request uses: the registry, and the keyring as the file holds it now."""
+
+    registry: Registry
+    keyrings: KeyringWatcher
+    settings: WebSettings
+
+    def keyring(self) -> Keyring:
+        return self.keyrings.current()
 
 
 def create_app(
     settings: WebSettings, *, registry: Registry | None = None, keyring: Keyring | None = None
 ) -> Flask:
-    """The Flask application; `provision serve` runs it under waitress."""
+    """The Flask application; `provision serve` runs it under waitress.
+
+    The keyring is watched, not loaded once: a revoked or rotated key takes effect within
+    KEYRING_CHECK_SECONDS (plus one request), in every process, without a restart.
+    """
     app = _App(__name__)
-    keyring = keyring or load_keyring(settings.keyring_path)
-    registry = registry or Registry(settings.db_url)
+    if keyring is not None:
+        keyrings = KeyringWatcher(keyring.path, KEYRING_CHECK_SECONDS, initial=keyring)
+    else:
+        if not settings.keyring_path:
+            raise KeyringError("no keyring given: set PROVISION_KEYRING (or --keyring)")
+        keyrings = KeyringWatcher(settings.keyring_path, KEYRING_CHECK_SECONDS)
+    keyring = keyrings.current()
+    registry = registry or Registry(settings.db_url, sealer=_make_sealer(keyring))
+    services = Services(registry, keyrings, settings)
     app.config.update(
         SECRET_KEY=hmac.new(keyring.pepper, _SECRET_DOMAIN, hashlib.sha256).digest(),
         SESSION_COOKIE_HTTPONLY=True,
@@ -71,7 +126,7 @@ def create_app(
         WTF_CSRF_SSL_STRICT=False,  # the Referer is suppressed by our own Referrer-Policy
         MAX_CONTENT_LENGTH=64 * 1024,
     )
-    app.extensions["provision"] = (registry, keyring, settings)
+    app.extensions["provision"] = services
     if settings.trusted_proxies > 0:
         # Only behind a proxy we run does X-Forwarded-For say who the client is.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
@@ -133,15 +188,19 @@ def create_app(
             "The form expired or did not come from this page; reload the page and try again.",
         )
 
-    @app.errorhandler(404)
-    def _not_found(exc: Exception) -> Any:
-        return (api_error if wants_json() else page_error)("not_found", 404, "Nothing here.")
-
-    @app.errorhandler(405)
-    def _bad_method(exc: Exception) -> Any:
-        return (api_error if wants_json() else page_error)(
-            "method_not_allowed", 405, "That method is not allowed here."
-        )
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Any:
+        # Every error status has a body of the route's kind: JSON under /api/, a page elsewhere
+        # (a 413 from MAX_CONTENT_LENGTH included, which Flask would answer with HTML).
+        code = exc.code or 500
+        reason = HTTP_REASONS.get(code, "bad_request" if code < 500 else "internal")
+        messages = {
+            404: "Nothing here.",
+            405: "That method is not allowed here.",
+            413: f"The request body is larger than {app.config['MAX_CONTENT_LENGTH']} bytes.",
+        }
+        message = messages.get(code) or exc.description or reason
+        return (api_error if wants_json() else page_error)(reason, code, message)
 
     @app.errorhandler(500)
     def _internal(exc: Exception) -> Any:
@@ -149,12 +208,20 @@ def create_app(
             "internal", 500, "Something went wrong on our side; please try again later."
         )
 
+    @app.errorhandler(KeyringError)
+    def _no_keyring(exc: KeyringError) -> Any:
+        # The keyring file changed and does not load: refuse rather than use stale keys.
+        log.error("keyring unavailable: %s", exc)
+        return (api_error if wants_json() else page_error)(
+            "unavailable", 503, "The service cannot check activation codes right now."
+        )
+
     @app.get("/healthz")
     def healthz() -> Any:
         return jsonify({"ok": True})
 
     def scan_page(token: str) -> Any:
-        check = verify_payload(token, keyring)
+        check = verify_payload(token, services.keyring())
         if not check.valid:
             assert check.reason is not None
             return page_error(check.reason)
@@ -172,6 +239,7 @@ def create_app(
         user = (request.form.get("user") or "").strip()
         if not user:
             return page_error("missing_user", 400, "Enter your e-mail address or user name.")
+        keyring = services.keyring()  # outside the try: a keyring error is a 503, not a 400
         try:
             result = activate(
                 registry,
@@ -211,6 +279,7 @@ def create_app(
             return api_error(
                 "malformed", 400, 'send JSON {"payload": "<QR URL or token>", "user": "<user id>"}'
             )
+        keyring = services.keyring()  # outside the try: a keyring error is a 503, not a 400
         try:
             result = activate(
                 registry,
@@ -259,6 +328,7 @@ def create_app(
         metadata = body.get("metadata") or {}
         if not isinstance(metadata, dict):
             return api_error("bad_request", 400, "metadata must be a JSON object")
+        keyring = services.keyring()  # outside the try: a keyring error is a 503, not a 400
         try:
             entry = log_action(
                 registry,
@@ -280,8 +350,14 @@ def create_app(
         device = bearer_device(device_id)
         if device is None:
             return unauthorized()
-        limit = request.args.get("limit", type=int)
-        return jsonify(device_history(registry, device, limit if limit and limit > 0 else None))
+        raw = request.args.get("limit")
+        limit = bounded_int(raw, 1, MAX_HISTORY_LIMIT) if raw is not None else None
+        if raw is not None and limit is None:
+            return api_error(
+                "bad_request", 400, f"limit must be a whole number from 1 to {MAX_HISTORY_LIMIT}"
+            )
+        # The owner's view: its own actions and activation; other people's attempts as counts.
+        return jsonify(owner_history(registry, device, limit))
 
     return app
 
