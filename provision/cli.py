@@ -122,7 +122,12 @@ def quiet_option(f: F) -> F:
 
 
 def emit(as_json: bool, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+    """Print DATA as JSON, or TEXT; no control character of a value reaches the terminal raw
+    (values that may hold line breaks are escaped where the text is built, as in history)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo("\n".join(escape_control(line) for line in text.split("\n")))
 
 
 def progress_bar(quiet: bool) -> Callable[[str, int, int], None]:
