@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from provision.config import DEFAULT_TTL_DAYS
+from provision.config import DEFAULT_TTL_DAYS, MAX_TTL_DAYS
 from provision.errors import JobError
 from provision.keys import Keyring
 from provision.labels.stations import Station, get_station
@@ -21,22 +22,29 @@ from provision.pipeline import (
     register_and_render,
 )
 from provision.registry import Registry, utcnow
+from provision.text import text_problem
+
+MAX_COPIES = 1000
+"""Copies of each label a job may ask for: a sheet or a roll, not a runaway print."""
 
 KEYS = {
     "batch": 'batch name; may hold {date}, e.g. "line1-{date:%Y%m%d}"',
     "serials": "serial manifest, relative to the job file",
     "components": "component manifest, relative to the job file (optional)",
     "template": "label template name or TOML path (default avery-l7160)",
-    "ttl_days": f"days a label's QR stays valid (default {DEFAULT_TTL_DAYS})",
+    "ttl_days": f"days a label's QR stays valid, 1 to {MAX_TTL_DAYS} (default {DEFAULT_TTL_DAYS})",
     "device_type": "device type for rows that leave it empty (optional)",
-    "start_at": "first label position on the first sheet (default 1)",
+    "start_at": "first label position on the first sheet, from 1 (default 1)",
     "reject_file": "let good rows through and write bad ones here (optional)",
     "station": "print station profile: offsets, template and format (optional)",
     "format": "pdf or zpl (default: the station's, else pdf)",
-    "copies": "copies of each label (default 1)",
+    "copies": f"copies of each label, 1 to {MAX_COPIES} (default 1)",
     "offset_x_mm": "calibration offset right, mm (default: the station's, else 0)",
     "offset_y_mm": "calibration offset down, mm (default: the station's, else 0)",
 }
+WHOLE_NUMBERS = {"ttl_days": (1, MAX_TTL_DAYS), "start_at": (1, None), "copies": (1, MAX_COPIES)}
+"""The whole-number keys and their bounds (None: no upper bound here; the template has one)."""
+STRINGS = ("template", "device_type", "station")  # format: checked against its values below
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class JobResult:
 
 
 def load_job(path: str | Path, now: datetime | None = None) -> Job:
+    """Parse and check a job file: every problem is one JobError line naming the key."""
     p = Path(path)
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -81,8 +90,15 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
     if unknown:
         raise JobError(f"{p}: unknown key(s) {', '.join(unknown)}; known: {', '.join(KEYS)}")
     for key in ("batch", "serials"):
-        if not isinstance(data.get(key), str) or not data[key]:
+        if key in data and not isinstance(data[key], str):
+            raise JobError(f"{p}: `{key}` must be a string ({KEYS[key]})")
+        if not data.get(key):
             raise JobError(f"{p}: `{key}` is required ({KEYS[key]})")
+    for key in STRINGS:
+        if key in data and not isinstance(data[key], str):
+            raise JobError(f"{p}: `{key}` must be a string ({KEYS[key]})")
+    if problem := text_problem(data.get("device_type", "")):
+        raise JobError(f"{p}: `device_type` {problem}")
     base = p.parent
 
     def rel(key: str) -> Path | None:
@@ -97,12 +113,23 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
         batch = data["batch"].format(date=now or utcnow())
     except (KeyError, ValueError, IndexError) as exc:
         raise JobError(f"{p}: `batch` has a bad placeholder: {exc}") from None
-    for key in ("ttl_days", "start_at", "copies"):
-        if key in data and not isinstance(data[key], int):
+    for key, (low, high) in WHOLE_NUMBERS.items():
+        if key not in data:
+            continue
+        value = data[key]
+        # TOML's true and false are bools, and a bool is an int in Python.
+        if isinstance(value, bool) or not isinstance(value, int):
             raise JobError(f"{p}: `{key}` must be a whole number")
+        if high is None and value < low:
+            raise JobError(f"{p}: `{key}` must be at least {low}, not {value}")
+        if high is not None and not low <= value <= high:
+            raise JobError(f"{p}: `{key}` must be {low} to {high}, not {value}")
     for key in ("offset_x_mm", "offset_y_mm"):
-        if key in data and not isinstance(data[key], int | float):
+        value = data.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise JobError(f"{p}: `{key}` must be a number")
+        if not math.isfinite(value):  # TOML has inf and nan
+            raise JobError(f"{p}: `{key}` must be a finite number")
     if data.get("format") not in (None, "pdf", "zpl"):
         raise JobError(f"{p}: `format` must be pdf or zpl")
     template = data.get("template", "")

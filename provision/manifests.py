@@ -11,6 +11,14 @@ are ever registered. Memory therefore stays flat in the size of the manifest.
 Blocks are parsed with pandas' C parser when every record is one physical line (the common case,
 and ten times faster), else with the csv module (it tracks physical line numbers across quoted
 line breaks, which pandas' parser cannot report); the checks themselves are vectorised.
+
+Cost is linear in the input whatever it holds: a header may have at most MAX_COLUMNS columns and
+a record at most MAX_RECORD_BYTES bytes, and either limit exceeded is a fatal error on its line,
+found before the offending record is parsed whole. The fast reader only notices that a line may
+be too long or a header too wide and leaves the file to the csv reader, which names the problem.
+
+A reject file (see write_rejects) read back as a manifest loses the escaping that made it safe
+to open in a spreadsheet, so that the rows it lists can be fixed and registered as they were.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -37,13 +46,24 @@ import pandas as pd
 from provision.errors import BatchError, ManifestError, RowError
 from provision.files import atomic_writer
 from provision.serials import GS1_AI82_RE, MAX_SERIAL_LENGTH, describe_char, serial_problem
+from provision.text import BIDI_CONTROLS, CONTROL_CHARS, FORMULA_START
 
 MAX_TEXT_LENGTH = 128
+MAX_COLUMNS = 256
+"""Columns a header may have. The widest manifest provision reads is a reject file (14) and
+other columns are ignored, but thousands are not a manifest, and every column costs a pass."""
+MAX_RECORD_BYTES = 1 << 20
+"""Bytes one record may have (one line, or the lines a quoted line break joins), not counting its
+final line break. A row needs a few hundred; no reader holds more than this of one record."""
 LINE = "source_line"  # the physical line a row starts on (csv tracks quoted line breaks)
 BLOCK_BYTES = 4 << 20  # the fast reader's block; the csv reader's is BLOCK_ROWS records
 BLOCK_ROWS = 50_000
 _UNDECODABLE = "[\udc80-\udcff]"
-_CONTROL = "[\x00-\x1f\x7f]"
+_CONTROL = f"[{CONTROL_CHARS}]"  # C0, DEL and C1 controls
+_UNSAFE = f"[{CONTROL_CHARS}{BIDI_CONTROLS}]"  # and bidi embeddings, overrides and isolates
+_ESCAPE_START = (*FORMULA_START, "'")  # a reject-file cell starting with one gets a "'" first
+_ESCAPED = "'[" + re.escape("".join(_ESCAPE_START)) + "]"  # such a cell, read back
+_REJECT_COLUMNS = ("source_file", LINE, "reason")  # the columns a reject file adds
 _END = "\x01"  # appended to every line by the fast reader: marks where a record really ends
 # Two independent SipHash keys: a row's fingerprint is 128 bits, so two different serials share
 # one with a probability of about 2**-128 per pair (n**2 / 2**129 for n rows).
@@ -297,7 +317,8 @@ def read_manifest(
     except OSError as exc:
         if spool is not None:
             spool.unlink(missing_ok=True)
-        raise ManifestError([RowError(name, 0, "-", f"cannot read file: {exc.strerror}")]) from None
+        # The file, not a line of it: one line `Error: FILE: cannot read file: REASON`.
+        raise BatchError(f"{name}: cannot read file: {exc.strerror}") from None
     with fh:
         try:
             m = _validate(p, spec, fh, True, device_type_default)
@@ -359,6 +380,9 @@ def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, 
     header_line = 1
     for block, header, at in blocks:
         if header is not None:
+            if len(header) > MAX_COLUMNS:
+                m.errors, m.fatal = [_too_wide(name, at, len(header))], True
+                return
             m.header, header_line = _column_names(header), at
             if problems := _header_problems(m, header_line):
                 m.errors, m.fatal = problems, True
@@ -387,16 +411,23 @@ def _column_names(header: list[str]) -> list[str]:
     return [h.strip().lower() for h in header]
 
 
+def _too_wide(name: str, line: int, columns: int) -> RowError:
+    return RowError(name, line, "-", f"header has {columns} columns, more than {MAX_COLUMNS}")
+
+
 def _header_problems(m: Manifest, header_line: int) -> list[RowError]:
+    """Repeated and missing columns: one pass over the header."""
     name, spec, names = m.name, m.spec, m.header
     errors: list[RowError] = []
-    for i, h in enumerate(names):
-        if h and names.index(h) != i:
+    seen: set[str] = set()
+    for h in names:
+        if h and h in seen:
             errors.append(RowError(name, header_line, h, "column appears twice in the header"))
+        seen.add(h)
     for c in spec.required:
-        if c not in names:
+        if c not in seen:
             errors.append(RowError(name, header_line, c, "required column missing from the header"))
-    if spec is SERIALS and "device_type" not in names and not m.device_type_default:
+    if spec is SERIALS and "device_type" not in seen and not m.device_type_default:
         errors.append(
             RowError(
                 name,
@@ -474,14 +505,22 @@ def _fast_blocks(
                 break
             body, carry = data if data.endswith(b"\n") else data + b"\n", b""
         else:
-            cut = data.rfind(b"\n") + 1
-            if not cut:
-                carry = data
-                continue
+            cut = data.rfind(b"\n", len(carry)) + 1  # the carry holds no line break
             body, carry = data[:cut], data[cut:]
-        if first and body.startswith(codecs.BOM_UTF8):
-            body = body[len(codecs.BOM_UTF8) :]
+            if len(carry) > MAX_RECORD_BYTES:
+                raise _Irregular  # a line too long, found before it is read whole
+            if not cut:
+                continue
+        if _may_hold_a_long_line(body):
+            raise _Irregular
+        if first:
+            body = body.removeprefix(codecs.BOM_UTF8)
         first = False
+        # Until the header, pandas takes the width from the body's first line (a later, wider
+        # line fails the parse): one that may be wider than MAX_COLUMNS (quoted commas aside) is
+        # left to the csv reader, which counts a header's fields before reading on.
+        if width < 0 and body.count(b",", 0, body.find(b"\n")) >= MAX_COLUMNS:
+            raise _Irregular
         raw, keep = _parse_lines(body, None if width < 0 else width)
         header: list[str] | None = None
         at = 0
@@ -502,6 +541,17 @@ def _fast_blocks(
             break
     if width < 0:
         raise _Irregular  # no record at all: the csv reader names the problem
+
+
+def _may_hold_a_long_line(body: bytes) -> bool:
+    """Whether a line of BODY may be longer than MAX_RECORD_BYTES; True whenever one is.
+
+    A line that long holds a whole window of half as many bytes starting at a multiple of that
+    half, so a line break in every such window rules it out: a few searches a block, each ending
+    at the window's first line break.
+    """
+    half = MAX_RECORD_BYTES // 2
+    return any(body.find(b"\n", i, i + half) < 0 for i in range(0, len(body), half))
 
 
 def _parse_lines(body: bytes, width: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
@@ -563,42 +613,62 @@ def _parse_lines(body: bytes, width: int | None = None) -> tuple[pd.DataFrame, n
 
 
 def _csv_blocks(fh: BinaryIO, name: str) -> Generator[tuple[_Block, list[str] | None, int]]:
-    """Blocks of BLOCK_ROWS records through the csv module; a syntax error raises _Fatal."""
+    """Blocks of BLOCK_ROWS records through the csv module; a syntax error raises _Fatal.
+
+    So does a record longer than MAX_RECORD_BYTES, as soon as that much of it is read, and a
+    header wider than MAX_COLUMNS; a row wider than the header is cut to its width once counted.
+    """
     # surrogateescape keeps undecodable bytes as lone surrogates, so each one can be located
     # by line and column after parsing instead of failing the whole file at the first one.
     text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
     digest = hashlib.blake2b(digest_size=16)
+    read = 0  # physical lines read
+    size = 0  # bytes read of the record that starts on line prev + 1
 
     def lines() -> Iterator[str]:
-        for line in text:
-            digest.update(line.encode("utf-8", "surrogateescape"))
+        nonlocal read, size
+        # A line is read at most one character past the limit: never held whole when too long.
+        while line := text.readline(MAX_RECORD_BYTES + 1):
+            raw = line.encode("utf-8", "surrogateescape")
+            digest.update(raw)
+            read += 1
+            size += len(raw)
+            if size > MAX_RECORD_BYTES and size - _line_break_bytes(raw) > MAX_RECORD_BYTES:
+                raise _Fatal(_too_long(name, prev + 1, read))
             yield line
 
     reader = csv.reader(lines(), strict=False)
     header: list[str] | None = None
+    width = 0
     given = False
     header_line = 1
     rows: list[list[str]] = []
     at: list[int] = []
+    cut: dict[int, int] = {}  # index in ROWS -> fields, of the rows cut to the header's width
     prev = 0
     try:
         for row in reader:
             start = prev + 1
-            prev = reader.line_num
+            prev, size = reader.line_num, 0
             if not row or all(not v.strip() for v in row):
                 continue
             if header is None:
-                header, header_line = row, start
+                if len(row) > MAX_COLUMNS:
+                    raise _Fatal(_too_wide(name, start, len(row)))
+                header, header_line, width = row, start, len(row)
                 continue
+            if len(row) > width:
+                cut[len(rows)] = len(row)
+                row = row[:width]
             rows.append(row)
             at.append(start)
             if len(rows) == BLOCK_ROWS:
                 yield (
-                    _rows_block(rows, at, len(header), name, digest.digest()),
+                    _rows_block(rows, at, width, name, digest.digest(), cut),
                     None if given else header,
                     header_line,
                 )
-                given, rows, at = True, [], []
+                given, rows, at, cut = True, [], [], {}
                 digest = hashlib.blake2b(digest_size=16)
     except csv.Error as exc:
         raise _Fatal(RowError(name, prev + 1, "-", f"CSV syntax error: {exc}")) from None
@@ -606,17 +676,36 @@ def _csv_blocks(fh: BinaryIO, name: str) -> Generator[tuple[_Block, list[str] | 
         text.detach()
     if header is not None and (rows or not given):
         yield (
-            _rows_block(rows, at, len(header), name, digest.digest()),
+            _rows_block(rows, at, width, name, digest.digest(), cut),
             None if given else header,
             header_line,
         )
 
 
+def _line_break_bytes(line: bytes) -> int:
+    return 2 if line.endswith(b"\r\n") else int(line[-1:] in (b"\n", b"\r"))
+
+
+def _too_long(name: str, first: int, last: int) -> RowError:
+    what = "line" if first == last else f"record on lines {first}-{last}"
+    return RowError(name, first, "-", f"{what} longer than the limit of {MAX_RECORD_BYTES} bytes")
+
+
 def _rows_block(
-    rows: list[list[str]], lines: list[int], width: int, name: str, digest: bytes
+    rows: list[list[str]],
+    lines: list[int],
+    width: int,
+    name: str,
+    digest: bytes,
+    cut: dict[int, int] | None = None,
 ) -> _Block:
-    """Parsed rows as a block; a row with the wrong number of fields is padded or cut, and named."""
+    """Parsed rows as a block; a row with the wrong number of fields is padded or cut, and named.
+
+    CUT gives the real number of fields of the rows already cut to WIDTH by the reader.
+    """
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    for i, n in (cut or {}).items():
+        lengths[i] = n
     ragged = np.flatnonzero(lengths != width)
     errors = [
         RowError(name, lines[i], "-", f"row has {lengths[i]} fields, the header has {width}")
@@ -641,8 +730,13 @@ def _normalise(
     """(frame of spec columns + LINE, rows whose bytes decode, undecodable-byte errors)."""
     raw = block.raw
     frame = pd.DataFrame(index=raw.index)
+    escaped = all(c in names for c in _REJECT_COLUMNS)  # a reject file, read back
     for c in spec.columns:
-        frame[c] = raw[names.index(c)].str.strip() if c in names else ""
+        if c in names:
+            values = raw[names.index(c)].str.strip()
+            frame[c] = _unescape(values) if escaped else values
+        else:
+            frame[c] = ""
     frame[LINE] = block.lines
     errors: list[RowError] = []
     undecodable = np.zeros(len(frame), dtype=bool)
@@ -671,10 +765,25 @@ def _normalise(
     return frame, ~undecodable, errors
 
 
-def _per_value(values: pd.Series, test: Callable[[pd.Series], pd.Series]) -> np.ndarray:
-    """test(values) as booleans, evaluated once per distinct value (text columns repeat a lot)."""
+def _unescape(values: pd.Series) -> pd.Series:
+    """A reject file's cells as they were before write_rejects escaped them."""
+    hit = values.str.match(_ESCAPED).to_numpy(dtype=bool)
+    return values.where(~hit, values.str.slice(1)) if hit.any() else values
+
+
+def _text_problems(values: pd.Series) -> Iterator[tuple[np.ndarray, str]]:
+    """(rows, reason) of each problem of a text column, evaluated once per distinct value."""
     codes, uniques = pd.factorize(values.to_numpy(dtype=object), use_na_sentinel=False)
-    return test(pd.Series(uniques, dtype=object)).to_numpy(dtype=bool)[codes]
+    u = pd.Series(uniques, dtype=object)
+    long = (u.str.len() > MAX_TEXT_LENGTH).to_numpy(dtype=bool)
+    yield long[codes], f"longer than {MAX_TEXT_LENGTH} characters"
+    unsafe = u.str.contains(_UNSAFE, regex=True, na=False).to_numpy(dtype=bool)
+    if not unsafe.any():
+        return
+    control = unsafe.copy()
+    control[unsafe] = u[unsafe].str.contains(_CONTROL, regex=True, na=False).to_numpy(dtype=bool)
+    yield control[codes], "contains a control character"
+    yield (unsafe & ~control)[codes], "contains a bidirectional control character"
 
 
 def _row_problems(
@@ -709,18 +818,14 @@ def _row_problems(
     for col in spec.columns:
         if col == "serial" or col in spec.dates:
             continue
-        values = f[col]
-        flag(
-            checked & _per_value(values, lambda u: u.str.len() > MAX_TEXT_LENGTH),
-            col,
-            f"longer than {MAX_TEXT_LENGTH} characters",
-        )
-        flag(
-            checked & _per_value(values, lambda u: u.str.contains(_CONTROL, regex=True, na=False)),
-            col,
-            "contains a control character",
-        )
+        for rows, reason in _text_problems(f[col]):
+            flag(checked & rows, col, reason)
     return errors
+
+
+def _escape(cell: str) -> str:
+    """CELL safe in a spreadsheet and unambiguous to read back (see write_rejects)."""
+    return "'" + cell if cell.startswith(_ESCAPE_START) else cell
 
 
 def write_rejects(path: str | Path, manifests: Sequence[Manifest]) -> int:
@@ -730,6 +835,17 @@ def write_rejects(path: str | Path, manifests: Sequence[Manifest]) -> int:
     line of each bad row (`source_file`, `source_line`), every manifest column, and `reason` (all
     reasons of that row, joined). Undecodable bytes appear as U+FFFD; the reason names each byte.
     The rows' values are read from the files again, block by block.
+
+    The file is safe to open in a spreadsheet, and reads back as a manifest once its rows are
+    fixed, with every value as it was. Every cell that starts with a formula character (= + - @,
+    tab or CR: OWASP CSV injection) or with an apostrophe is written with one more apostrophe in
+    front: `=SUM(1)` as `'=SUM(1)`, `-5` as `'-5`, `'=x` as `''=x`, `'abc` as `''abc`. So in a
+    reject file a cell starts with an apostrophe only when escaped, and one apostrophe followed
+    by one of those characters is removed from each cell when it is read back. A manifest is read
+    as a reject file when it has the three columns this function adds (`source_file`,
+    `source_line` and `reason`, which are otherwise ignored); any other manifest keeps its cells
+    exactly, since a serial may start with `'`, `=`, `+` or `-` (all in GS1 AI 82). Someone
+    fixing a reject file by hand escapes a new value that starts with one of them the same way.
     """
     columns: list[str] = []
     for m in manifests:
@@ -747,9 +863,8 @@ def write_rejects(path: str | Path, manifests: Sequence[Manifest]) -> int:
                     values[int(rec[LINE])] = rec
         for line, why in sorted(reasons.items()):
             row = values.get(line, {})
-            out_rows.append(
-                [m.name, str(line)] + [str(row.get(c, "")) for c in columns] + ["; ".join(why)]
-            )
+            cells = [m.name, str(line)] + [str(row.get(c, "")) for c in columns] + ["; ".join(why)]
+            out_rows.append([_escape(c) for c in cells])
     with atomic_writer(path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         w = csv.writer(text)
