@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,14 @@ import click
 
 from provision import __version__
 from provision.categories import CATEGORY_NAMES
-from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS, MAX_TTL_DAYS, SETTINGS
+from provision.config import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_TTL_DAYS,
+    MAX_COPIES,
+    MAX_OFFSET_MM,
+    MAX_TTL_DAYS,
+    SETTINGS,
+)
 from provision.errors import ManifestError, ProvisionError
 from provision.keys import Keyring, init_keyring, load_keyring
 from provision.payload import verify_payload
@@ -104,6 +112,29 @@ _JSON_META = "provision.json"
 def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
     ctx.meta[_JSON_META] = value
     return value
+
+
+class Millimetres(click.ParamType):
+    """A calibration offset: a finite number of millimetres, at most MAX_OFFSET_MM either way
+    (click's FloatRange lets nan through, and inf)."""
+
+    name = "mm"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            mm = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of millimetres", param, ctx)
+        if not math.isfinite(mm) or abs(mm) > MAX_OFFSET_MM:
+            self.fail(
+                f"{value} is not between -{MAX_OFFSET_MM:g} and {MAX_OFFSET_MM:g} mm", param, ctx
+            )
+        return mm
+
+
+MILLIMETRES = Millimetres()
 
 
 def json_option(f: F) -> F:
@@ -459,20 +490,20 @@ def register(
 )
 @click.option(
     "--copies",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_COPIES),
     default=1,
     show_default=True,
-    help="Print each label this many times.",
+    help=f"Print each label this many times (at most {MAX_COPIES}).",
 )
 @click.option(
     "--offset-x",
-    type=float,
+    type=MILLIMETRES,
     metavar="MM",
     help="Calibration: move every label right by MM (negative: left).",
 )
 @click.option(
     "--offset-y",
-    type=float,
+    type=MILLIMETRES,
     metavar="MM",
     help="Calibration: move every label down by MM (negative: up).",
 )
@@ -570,8 +601,8 @@ def stations() -> None:
 
 @stations.command("set")
 @click.argument("name")
-@click.option("--offset-x", type=float, default=0.0, show_default=True, metavar="MM")
-@click.option("--offset-y", type=float, default=0.0, show_default=True, metavar="MM")
+@click.option("--offset-x", type=MILLIMETRES, default=0.0, show_default=True, metavar="MM")
+@click.option("--offset-y", type=MILLIMETRES, default=0.0, show_default=True, metavar="MM")
 @click.option("--template", "-t", help="Default template of this station.")
 @click.option("--format", "fmt", type=click.Choice(["pdf", "zpl"]), help="Default format.")
 @json_option

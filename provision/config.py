@@ -63,3 +63,7 @@ DEFAULT_TTL_DAYS = 730
 # A payload's expiry is 4 bytes of unix seconds (it ends in 2106); no label needs more than
 # about ten years.
 MAX_TTL_DAYS = 3660
+MAX_COPIES = 1000
+"""Copies of each label one run may ask for: a sheet or a roll, not a runaway print."""
+MAX_OFFSET_MM = 100.0
+"""A station's calibration offset: a few millimetres in practice, never a page."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import string
 import tomllib
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from provision.config import DEFAULT_TTL_DAYS, MAX_TTL_DAYS
+from provision.config import DEFAULT_TTL_DAYS, MAX_COPIES, MAX_TTL_DAYS
 from provision.errors import JobError
 from provision.keys import Keyring
 from provision.labels.stations import Station, get_station
@@ -23,9 +24,6 @@ from provision.pipeline import (
 )
 from provision.registry import Registry, utcnow
 from provision.text import text_problem
-
-MAX_COPIES = 1000
-"""Copies of each label a job may ask for: a sheet or a roll, not a runaway print."""
 
 KEYS = {
     "batch": 'batch name; may hold {date}, e.g. "line1-{date:%Y%m%d}"',
@@ -109,10 +107,7 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
             raise JobError(f"{p}: `{key}` must be a string path")
         return base / value
 
-    try:
-        batch = data["batch"].format(date=now or utcnow())
-    except (KeyError, ValueError, IndexError) as exc:
-        raise JobError(f"{p}: `batch` has a bad placeholder: {exc}") from None
+    batch = _batch_name(p, data["batch"], now or utcnow())
     for key, (low, high) in WHOLE_NUMBERS.items():
         if key not in data:
             continue
@@ -153,6 +148,27 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
         offset_x_mm=data.get("offset_x_mm"),
         offset_y_mm=data.get("offset_y_mm"),
     )
+
+
+def _batch_name(path: Path, pattern: str, now: datetime) -> str:
+    """The batch name a pattern gives today. Only `{date}` and `{date:STRFTIME}` are allowed:
+    any other field (`{date.year:>999999999}`) could build a string of any size."""
+    try:
+        fields = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        raise JobError(f"{path}: `batch` has a bad placeholder: {exc}") from None
+    for _literal, field, spec, conversion in fields:
+        if field is None:
+            continue
+        if field != "date" or conversion or (spec and "{" in spec):
+            raise JobError(
+                f"{path}: `batch` may hold only {{date}} or {{date:FORMAT}} "
+                f"(a strftime format), not {{{field}{'!' + conversion if conversion else ''}}}"
+            )
+    try:
+        return pattern.format(date=now)
+    except (KeyError, ValueError, IndexError) as exc:
+        raise JobError(f"{path}: `batch` has a bad placeholder: {exc}") from None
 
 
 def run_job(

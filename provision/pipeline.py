@@ -50,6 +50,7 @@ from provision.serials import (
     serial_hash,
     serial_problem,
 )
+from provision.text import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,8 @@ def register_batch(
     transaction, so a batch killed at any point is finished by simply running it again.
     """
     check_ttl(ttl_days)
+    if device_type is not None and (problem := text_problem(device_type)):
+        raise ProvisionError(f"--device-type {problem}")
     _ = keyring.active  # fail before reading anything if no key can sign
     serials = read_manifest(serials_path, SERIALS, device_type_default=device_type)
     comps = read_manifest(components_path, COMPONENTS) if components_path else None

@@ -831,3 +831,44 @@ def test_a_migration_that_fails_midway_leaves_the_registry_as_it_was(
         assert verify_chains(registry, keyring).ok
     finally:
         registry.close()
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "100.5", "x"])
+def test_an_offset_that_is_not_a_finite_small_number_is_a_usage_error(
+    run_cli: RunCLI, tmp_path: Path, value: str
+) -> None:
+    result = run_cli("labels", "b", "--offset-x", value)
+    assert result.exit_code == 2
+    assert "Invalid value for '--offset-x'" in result.stderr
+
+
+def test_copies_are_bounded(run_cli: RunCLI) -> None:
+    result = run_cli("labels", "b", "--copies", "1001")
+    assert result.exit_code == 2
+    assert "1001 is not in the range 1<=x<=1000" in result.stderr
+
+
+def test_a_device_type_default_with_a_bidi_control_is_refused_once(
+    run_cli: RunCLI, tmp_path: Path
+) -> None:
+    manifest = write_csv(tmp_path / "s.csv", ["serial"], [["SN1"], ["SN2"]])
+    result = run_cli("register", str(manifest), "--device-type", "sensor\u202e")
+    assert (result.exit_code, result.stderr) == (
+        1,
+        "Error: --device-type contains a bidirectional control character (U+202E)\n",
+    )
+
+
+@pytest.mark.parametrize(
+    "pattern", ["b-{date.year:>999999999}", "b-{date!r}", "b-{0}", "b-{now}", "b-{date:{x}}"]
+)
+def test_a_batch_pattern_may_hold_only_the_date(tmp_path: Path, pattern: str) -> None:
+    from provision.errors import JobError
+    from provision.jobs import load_job
+
+    job = tmp_path / "job.toml"
+    job.write_text(f'batch = "{pattern}"\nserials = "s.csv"\n')
+    with pytest.raises(JobError, match=r"may hold only|bad placeholder"):
+        load_job(job)
+    job.write_text('batch = "line1-{date:%Y%m%d}"\nserials = "s.csv"\n')
+    assert load_job(job, now=datetime(2026, 12, 1, tzinfo=UTC)).batch == "line1-20261201"
