@@ -39,8 +39,8 @@ demo: $(STAMP)
 	@echo "Reconciliation report: output/reconciliation-demo/report.pdf"
 
 lint: $(STAMP)
-	$(BIN)/ruff check provision tests benchmarks
-	$(BIN)/ruff format --check provision tests benchmarks
+	$(BIN)/ruff check provision tests benchmarks jobs
+	$(BIN)/ruff format --check provision tests benchmarks jobs
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -17,7 +17,7 @@ from provision.activation import activate
 from provision.audit import log_action, revoke
 from provision.config import DEFAULT_BASE_URL, DEFAULT_DB_URL
 from provision.keys import load_keyring
-from provision.payload import payload_url
+from provision.payload import device_token, payload_url
 from provision.registry import Registry
 from provision.serials import device_id
 
@@ -68,7 +68,11 @@ def main() -> None:
                 registry, keyring, device, "reported stolen in transit", "demo-security", now=when
             )
         else:
-            url = payload_url(base_url, device["payload"])
+            # The label's payload, signed again as `labels` does: the registry never stores it.
+            token = device_token(
+                keyring, device["key_id"], device["device_id"], device["expires_at"]
+            )
+            url = payload_url(base_url, token)
             activate(
                 registry,
                 keyring,
