@@ -46,6 +46,8 @@ USER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 class ActivationRejected(ProvisionError):
     """An activation attempt was refused; `reason` is one of REASONS."""
 
+    kind = "activation_rejected"
+
     def __init__(self, reason: str) -> None:
         self.reason = reason
         self.status = REASONS[reason][0]
@@ -54,6 +56,10 @@ class ActivationRejected(ProvisionError):
     @property
     def message(self) -> str:
         return REASONS[self.reason][1]
+
+    def json_error(self) -> dict[str, Any]:
+        # The API's error shape: the reason code, as the activation service answers.
+        return {"reason": self.reason, "message": self.message}
 
 
 @dataclass(frozen=True)

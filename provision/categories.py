@@ -1,8 +1,15 @@
-"""Reconciliation categories as data (kept apart from reconcile.py so the CLI loads fast)."""
+"""Reconciliation as data: its categories and its result (apart from reconcile.py, so the CLI
+loads fast, and so that the reconciliation and its PDF report both depend on this, not on each
+other)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -26,3 +33,28 @@ CATEGORIES: tuple[Category, ...] = (
 )
 CATEGORY_NAMES = tuple(c.name for c in CATEGORIES)
 AGING_BUCKETS = ("0-30", "31-90", "91+")
+
+
+@dataclass
+class ReconcileResult:
+    as_of: date
+    shipments_file: str
+    counts: dict[str, int]
+    report_dir: str | None
+    files: list[str] = field(default_factory=list)
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    aging: dict[str, int] = field(default_factory=dict)
+    days_to_activation: dict[str, float | None] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "shipments_file": self.shipments_file,
+            "generated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+            "counts": self.counts,
+            "severity": {c.name: c.severity for c in CATEGORIES},
+            "aging_buckets": self.aging,
+            "days_to_activation": self.days_to_activation,
+            "report_dir": self.report_dir,
+            "files": self.files,
+        }

@@ -1,24 +1,52 @@
-"""Every error provision raises on purpose; the CLI prints them as one line and exits 1."""
+"""Every error provision raises on purpose, each with its JSON `type` and its exit code.
+
+The CLI turns any of them into its lines and its exit code in one place (cli.common): the
+lines an error adds before its own (`lines()`), then `Error: MESSAGE` on stderr, and with
+--json first `{"error": ...}` (`json_error()`) on stdout. `kind` is the machine-readable type
+and part of the CLI's interface: it is a class attribute, never derived from the class name,
+so renaming a class changes nothing a script sees.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 class ProvisionError(Exception):
     """A problem the operator can act on; its message is the whole story."""
 
+    kind = "provision"
+    exit_code = 1
+    reported = False
+    """True when the command already printed the outcome (a check that failed): exit only."""
+    json = True
+    """False when --json output was already printed and the error adds none to it."""
+
+    def lines(self) -> list[str]:
+        """Lines printed on stderr before the `Error:` line."""
+        return []
+
+    def json_error(self) -> dict[str, Any]:
+        return {"type": self.kind, "message": str(self)}
+
 
 class ConfigError(ProvisionError):
     """A setting is missing or has a value provision cannot use."""
+
+    kind = "config"
 
 
 class KeyringError(ProvisionError):
     """The keyring file is missing, unreadable, too permissive or inconsistent."""
 
+    kind = "keyring"
+
 
 class ManifestError(ProvisionError):
     """A manifest has bad rows; `rows` lists every one of them."""
+
+    kind = "manifest"
 
     def __init__(self, rows: list[RowError]) -> None:
         self.rows = rows
@@ -28,25 +56,68 @@ class ManifestError(ProvisionError):
             "nothing written"
         )
 
+    def lines(self) -> list[str]:
+        return [str(r) for r in self.rows]
+
+    def json_error(self) -> dict[str, Any]:
+        return super().json_error() | {"rows": [str(r) for r in self.rows]}
+
 
 class TemplateError(ProvisionError):
     """A label template cannot be loaded or cannot hold a readable QR code."""
+
+    kind = "template"
 
 
 class BatchError(ProvisionError):
     """A batch cannot be found or cannot be processed as asked."""
 
+    kind = "batch"
+
+
+class ConflictError(BatchError):
+    """A row of the chunk was stored by another process meanwhile (a unique key clashed)."""
+
+    kind = "conflict"
+
 
 class DeviceError(ProvisionError):
     """A device cannot be found or is in the wrong state for the request."""
+
+    kind = "device"
+
+
+class RegistryError(ProvisionError):
+    """The registry database cannot be reached or refused a statement."""
+
+    kind = "registry"
 
 
 class CheckpointError(ProvisionError):
     """A checkpoint file is missing, malformed, or not signed with this keyring."""
 
+    kind = "checkpoint"
+
 
 class JobError(ProvisionError):
     """A job file is missing, malformed or names something that does not exist."""
+
+    kind = "job"
+
+
+class ChecksFailed(ProvisionError):
+    """A check found problems, and the command has printed them (verify, audit verify)."""
+
+    kind = "checks_failed"
+    reported = True
+
+
+class FailOnHit(ProvisionError):
+    """A category named by --fail-on is not empty (reconcile's report is written first)."""
+
+    kind = "fail_on"
+    exit_code = 3
+    json = False
 
 
 @dataclass(frozen=True, order=True)

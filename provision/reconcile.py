@@ -13,15 +13,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from provision.categories import AGING_BUCKETS, CATEGORIES, CATEGORY_NAMES
+from provision.categories import AGING_BUCKETS, CATEGORIES, CATEGORY_NAMES, ReconcileResult
 from provision.errors import ManifestError, ProvisionError
 from provision.keys import Keyring
 from provision.manifests import LINE, SHIPMENTS, read_manifest
@@ -34,31 +32,6 @@ Progress = Callable[[str, int, int], None]
 FORMATS = ("csv", "json", "pdf")
 _FORMULA_CHARS = ["=", "+", "-", "@", "\t", "\r"]  # a cell starting with one is a formula
 _HASH_CHUNK = 100_000  # serials hashed between two progress reports
-
-
-@dataclass
-class ReconcileResult:
-    as_of: date
-    shipments_file: str
-    counts: dict[str, int]
-    report_dir: str | None
-    files: list[str] = field(default_factory=list)
-    frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
-    aging: dict[str, int] = field(default_factory=dict)
-    days_to_activation: dict[str, float | None] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "as_of": self.as_of.isoformat(),
-            "shipments_file": self.shipments_file,
-            "generated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-            "counts": self.counts,
-            "severity": {c.name: c.severity for c in CATEGORIES},
-            "aging_buckets": self.aging,
-            "days_to_activation": self.days_to_activation,
-            "report_dir": self.report_dir,
-            "files": self.files,
-        }
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:

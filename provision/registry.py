@@ -46,7 +46,7 @@ from provision.chain import (
     genesis_hash,
     pairing_genesis,
 )
-from provision.errors import BatchError, ConfigError, DeviceError
+from provision.errors import ConfigError, ConflictError, DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +195,6 @@ class NewBatch:
     name: str
     manifest_sha256: str
     components_sha256: str | None
-
-
-class ConflictError(BatchError):
-    """A row of the chunk was stored by another process meanwhile (a unique key clashed)."""
 
 
 def utcnow() -> datetime:

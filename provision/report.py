@@ -18,7 +18,7 @@ from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, Tabl
 from provision.categories import CATEGORIES
 
 if TYPE_CHECKING:
-    from provision.reconcile import ReconcileResult
+    from provision.categories import ReconcileResult
 
 FIRST_ROWS = 25
 SEVERITY_COLOURS = {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
@@ -15,6 +14,7 @@ from provision.cli.common import (
     json_option,
     pass_settings,
 )
+from provision.errors import ChecksFailed
 from provision.text import escape_control
 
 
@@ -64,7 +64,7 @@ def audit_verify(
             click.echo(f"BROKEN {escape_control(str(p))}")
         click.echo(report.summary())
     if not report.ok:
-        sys.exit(1)
+        raise ChecksFailed(f"{len(report.problems)} broken")
 
 
 @audit.command("checkpoint")

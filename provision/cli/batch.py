@@ -22,7 +22,7 @@ from provision.config import (
     MAX_COPIES,
     MAX_TTL_DAYS,
 )
-from provision.errors import ProvisionError
+from provision.errors import ChecksFailed, ProvisionError
 from provision.payload import verify_payload
 
 # -- the batch -------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def verify(settings: Settings, payload: str, as_json: bool) -> None:
     if not seen:
         raise ProvisionError("no payloads on standard input")
     if not all_valid:
-        sys.exit(1)
+        raise ChecksFailed("a payload is not valid")
 
 
 @click.command()

@@ -16,7 +16,7 @@ from provision.config import (
     MAX_OFFSET_MM,
     SETTINGS,
 )
-from provision.errors import ManifestError, ProvisionError
+from provision.errors import ProvisionError
 from provision.keys import Keyring, load_keyring
 from provision.text import escape_control
 
@@ -75,20 +75,21 @@ class ProvisionGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except ManifestError as exc:
-            for row in exc.rows:
-                click.echo(str(row), err=True)
-            _fail(ctx, exc, "manifest", rows=[str(r) for r in exc.rows])
         except ProvisionError as exc:
-            _fail(ctx, exc, type(exc).__name__.removesuffix("Error").lower() or "provision")
+            fail(ctx, exc)
 
 
-def _fail(ctx: click.Context, exc: Exception, kind: str, **extra: Any) -> None:
-    if _wants_json(ctx):
-        click.echo(json.dumps({"error": {"type": kind, "message": str(exc), **extra}}))
-    # A message may quote what was typed or stored: no control character reaches the terminal.
-    click.echo(f"Error: {escape_control(str(exc))}", err=True)
-    ctx.exit(1)
+def fail(ctx: click.Context, exc: ProvisionError) -> None:
+    """The one place an error becomes output and an exit code (see provision.errors)."""
+    if not exc.reported:
+        if exc.json and _wants_json(ctx):
+            click.echo(json.dumps({"error": exc.json_error()}))
+        for line in exc.lines():
+            click.echo(escape_control(line), err=True)
+        # A message may quote what was typed or stored: no control character reaches the
+        # terminal raw.
+        click.echo(f"Error: {escape_control(str(exc))}", err=True)
+    ctx.exit(exc.exit_code)
 
 
 def _wants_json(ctx: click.Context) -> bool:

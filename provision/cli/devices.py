@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
 import click
@@ -44,22 +42,15 @@ def activate(
     Example:
       provision activate HTTP://LOCALHOST:5001/A/AEA5PMXE... --user alice@example.com
     """
-    from provision.activation import ActivationRejected
     from provision.activation import activate as activate_device
 
-    try:
-        result = activate_device(
-            *settings.registry_with_keyring(),
-            payload,
-            user,
-            ip=ip,
-            user_agent=user_agent or "provision-cli",
-        )
-    except ActivationRejected as exc:
-        if as_json:
-            click.echo(json.dumps({"error": {"reason": exc.reason, "message": exc.message}}))
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(1)
+    result = activate_device(
+        *settings.registry_with_keyring(),
+        payload,
+        user,
+        ip=ip,
+        user_agent=user_agent or "provision-cli",
+    )
     emit(
         as_json,
         result.to_json(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from provision.cli.common import (
     progress_bar,
     quiet_option,
 )
+from provision.errors import FailOnHit
 
 
 @click.command()
@@ -93,5 +93,4 @@ def reconcile(
     emit(as_json, summary, "\n".join(lines))
     hits = [c for c in fail_on if result.counts[c] > 0]
     if hits:
-        click.echo(f"Error: non-empty: {', '.join(hits)} (--fail-on)", err=True)
-        sys.exit(3)
+        raise FailOnHit(f"non-empty: {', '.join(hits)} (--fail-on)")
