@@ -42,7 +42,7 @@ from provision.audit import device_history, make_sealer, verify_chains
 from provision.chain import SEALED_COLUMNS, canonical_json, genesis_hash
 from provision.keys import init_keyring
 from provision.pipeline import register_batch
-from provision.registry import Registry, action_log, devices
+from provision.registry import DeviceRecord, Registry, action_log, devices
 
 GOAL_MS = 100.0
 CHUNK = 10_000
@@ -51,10 +51,10 @@ PROVISION = str(Path(sys.executable).with_name("provision"))
 ACTIONS = ("firmware.update", "config.change", "diagnostics", "relocated", "support:ticket")
 
 
-def build_chain(registry: Registry, keyring: Any, device: dict[str, Any], n: int) -> None:
+def build_chain(registry: Registry, keyring: Any, device: DeviceRecord, n: int) -> None:
     """Append N sealed actions to the device's chain in bulk, as _append_action would."""
     sealer = make_sealer(keyring)
-    did, pk = device["device_id"], device["id"]
+    did, pk = device.device_id, device.id
     prev = genesis_hash(did)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     occurred = start
@@ -147,7 +147,7 @@ def bench(label: str, url: str, work: Path, keyring_path: Path, n: int) -> bool:
     register_batch(registry, keyring, manifest, batch="history-bench")
     with registry.engine.connect() as conn:
         did = conn.execute(select(devices.c.device_id)).scalar_one()
-    device = registry.device(did)
+    device = registry.devices.get(did)
     assert device is not None
     build_chain(registry, keyring, device, n)
     t_build = time.perf_counter() - t0
@@ -158,9 +158,9 @@ def bench(label: str, url: str, work: Path, keyring_path: Path, n: int) -> bool:
     print(f"audit verify {t_verify:.2f} s -> ok={report.ok}, entries={report.entries:,}")
     ok = report.ok and report.entries == n
 
-    device = registry.device(did)
+    device = registry.devices.get(did)
     assert device is not None
-    print(f"plan (newest 100): {query_plan(registry, device['id'])}")
+    print(f"plan (newest 100): {query_plan(registry, device.id)}")
     t_all, h_all = best_of(lambda: device_history(registry, device))
     t_100, h_100 = best_of(lambda: device_history(registry, device, limit=100))
     t_1k, _ = best_of(lambda: device_history(registry, device, limit=1000))

@@ -12,7 +12,7 @@ Measured, in this process and in the same run:
     signs chunk by chunk, and each committed chunk's labels go straight to the render workers,
     --workers processes, default one per CPU as in production). Register stages come from the
     on_progress callback and from timing wrappers the benchmark puts around library functions
-    (pipeline.read_manifest, pipeline.serial_hash, pipeline.device_token, Registry.insert_devices;
+    (pipeline.read_manifest, pipeline.serial_hash, pipeline.device_token, Devices.insert;
     the wrappers add about 0.3 us a call); the library has no timing code. read_manifest is the
     first, validating pass; the second pass reads the file again chunk by chunk while
     registering, and is part of "register other". With
@@ -229,7 +229,7 @@ def run_provision(
                 patched(pipeline, "serial_hash", clock.wrap("hash", pipeline.serial_hash))
             )
             stack.enter_context(
-                patched(registry, "insert_devices", clock.wrap("insert", registry.insert_devices))
+                patched(registry.devices, "insert", clock.wrap("insert", registry.devices.insert))
             )
             stack.enter_context(
                 patched(
@@ -282,7 +282,7 @@ def run_provision(
     stages = [
         ("validate (read_manifest, pass 1)", t_validate),
         ("hash (serial hashes)", hashing),
-        ("insert (insert_devices)", s["insert"]),
+        ("insert (devices.insert)", s["insert"]),
         ("sign (device_token)", s["sign"]),
         ("register other", t_register - t_validate - hashing - s["insert"] - s["sign"]),
         ("= registered (start to last chunk)", t_register),
@@ -307,7 +307,7 @@ def render_breakdown(
     registry = Registry(f"sqlite:///{work / 'registry.db'}")
     clock = Clock()
     try:
-        batch_id = registry.batch_id(BATCH)
+        batch_id = registry.batches.id_of(BATCH)
         assert batch_id is not None
         t0 = time.perf_counter()
         labels = list(

@@ -15,7 +15,7 @@ calls (benchmark-only timing; the library is unchanged):
   * lookup: batch row and the already-registered check (`existing_by_hash`);
   * rows: the rest of registering: the second, chunked read of the manifest and each chunk's
     rows (device id, serial encryption, the device's seal);
-  * insert: `Registry.insert_devices` (the database's share).
+  * insert: `registry.devices.insert` (the database's share).
 A rerun of the same manifest is timed as well (every serial already registered: lookup only).
 Exit status: 0 when PostgreSQL registers N devices within the goal, 1 otherwise.
 """
@@ -86,7 +86,7 @@ def register_once(url: str, keyring_path: Path, manifest: Path, n: int) -> dict[
     keyring = load_keyring(keyring_path)
     registry = Registry(url)
     st = Stages()
-    st.wrap(registry, "insert_devices", "insert")
+    st.wrap(registry.devices, "insert", "insert")
     st.wrap(registry, "existing_by_hash", "lookup")
     restore = [
         st.wrap(pipeline, "read_manifest", "validate"),
@@ -104,7 +104,7 @@ def register_once(url: str, keyring_path: Path, manifest: Path, n: int) -> dict[
     rerun_t = time.perf_counter()
     again = register_batch(registry, keyring, manifest, batch="pg-bench")
     rerun = time.perf_counter() - rerun_t
-    count = registry.count_devices()
+    count = registry.devices.count()
     registry.close()
     if registered != n or count != n or again.already_registered != n:
         raise SystemExit(

@@ -8,54 +8,44 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from provision.audit import make_sealer
 from provision.errors import ProvisionError
 from provision.keys import Keyring
 from provision.payload import verify_payload
-from provision.registry import REVOKED, Registry, utcnow
+from provision.registry import Attempt, DeviceRecord, Registry, utcnow
+from provision.states import DeviceStatus, Reason
 from provision.text import BIDI_RE
 
-Reason = Literal[
-    "malformed",
-    "forged",
-    "unknown_key",
-    "revoked_key",
-    "expired",
-    "unknown_device",
-    "revoked_device",
-    "already_activated",
-]
-
-# reason -> (HTTP status, message a customer or a support engineer can act on)
-REASONS: dict[str, tuple[int, str]] = {
-    "malformed": (400, "This is not a provision activation code."),
-    "forged": (403, "This activation code's signature is not valid."),
-    "unknown_key": (403, "This activation code was signed with a key we do not know."),
-    "revoked_key": (403, "This activation code's signing key has been withdrawn."),
-    "expired": (410, "This activation code has expired."),
-    "unknown_device": (404, "This device is not registered."),
-    "revoked_device": (403, "This device has been revoked and cannot be activated."),
-    "already_activated": (409, "This device has already been activated."),
+# reason -> the message a customer or a support engineer can act on (the web service maps each
+# reason to its HTTP status: provision.web.activation.REASON_STATUS)
+REASONS: dict[Reason, str] = {
+    Reason.MALFORMED: "This is not a provision activation code.",
+    Reason.FORGED: "This activation code's signature is not valid.",
+    Reason.UNKNOWN_KEY: "This activation code was signed with a key we do not know.",
+    Reason.REVOKED_KEY: "This activation code's signing key has been withdrawn.",
+    Reason.EXPIRED: "This activation code has expired.",
+    Reason.UNKNOWN_DEVICE: "This device is not registered.",
+    Reason.REVOKED_DEVICE: "This device has been revoked and cannot be activated.",
+    Reason.ALREADY_ACTIVATED: "This device has already been activated.",
 }
 TOKEN_BYTES = 32  # 256 bits from `secrets`
 USER_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 
 
 class ActivationRejected(ProvisionError):
-    """An activation attempt was refused; `reason` is one of REASONS."""
+    """An activation attempt was refused; `reason` says why."""
 
     kind = "activation_rejected"
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        self.status = REASONS[reason][0]
-        super().__init__(f"{reason}: {REASONS[reason][1]}")
+    def __init__(self, reason: Reason | str) -> None:
+        self.reason = Reason(reason)
+        super().__init__(f"{self.reason}: {REASONS[self.reason]}")
 
     @property
     def message(self) -> str:
-        return REASONS[self.reason][1]
+        return REASONS[self.reason]
 
     def json_error(self) -> dict[str, Any]:
         # The API's error shape: the reason code, as the activation service answers.
@@ -109,69 +99,56 @@ def activate(
     """Activate the device a scanned payload names, exactly once; every attempt is recorded."""
     user = check_user(user)
     now = now or utcnow()
-    event: dict[str, Any] = {
-        "occurred_at": now,
-        "ip": _clip(ip, 64),
-        "user_agent": _clip(user_agent, 512),
-        "fingerprint": _clip(fingerprint, 128),
-        "user_id": user,
-    }
     check = verify_payload(payload, keyring, now=now)
     sealer = make_sealer(keyring)
+    attempt = Attempt(
+        occurred_at=now,
+        claimed_device_id=check.device_id,
+        ip=_clip(ip, 64),
+        user_agent=_clip(user_agent, 512),
+        fingerprint=_clip(fingerprint, 128),
+        user_id=user,
+    )
 
-    def reject(reason: str, device: dict[str, Any] | None = None) -> ActivationRejected:
-        registry.record_pairing_event(
-            event
-            | {
-                "device_pk": device["id"] if device else None,
-                "claimed_device_id": check.device_id,
-                "result": "rejected",
-                "reason": reason,
-            },
-            sealer,
-        )
+    def reject(reason: Reason, device: DeviceRecord | None = None) -> ActivationRejected:
+        registry.events.record_rejected(device.id if device else None, attempt, reason, sealer)
         return ActivationRejected(reason)
 
     if not check.valid:
         assert check.reason is not None
-        device = registry.device(check.device_id) if check.device_id else None
+        device = registry.devices.get(check.device_id) if check.device_id else None
         raise reject(check.reason, device)
-    assert check.device_id is not None
-    device = registry.device(check.device_id)
+    assert check.device_id is not None and check.expires_at is not None
+    device = registry.devices.get(check.device_id)
     if device is None:
-        raise reject("unknown_device")
+        raise reject(Reason.UNKNOWN_DEVICE)
     # The label must carry the payload we issued: a valid signature over a superseded payload
     # (say, signed again after a rotation) is not the device's current label. The payload is
     # not stored; its key id and expiry are, and with a valid tag they fix every byte of it.
-    assert check.expires_at is not None
-    expiry = int(device["expires_at"].timestamp())  # whole seconds, as the payload holds it
-    if check.key_id != device["key_id"] or int(check.expires_at.timestamp()) != expiry:
-        raise reject("forged", device)
-    if device["status"] == REVOKED:
-        raise reject("revoked_device", device)
+    expiry = int(device.expires_at.timestamp())  # whole seconds, as the payload holds it
+    if check.key_id != device.key_id or int(check.expires_at.timestamp()) != expiry:
+        raise reject(Reason.FORGED, device)
+    if device.status == DeviceStatus.REVOKED:
+        raise reject(Reason.REVOKED_DEVICE, device)
     token = secrets.token_urlsafe(TOKEN_BYTES)
-    lost = registry.try_activate(
-        device["id"],
-        device["device_id"],
-        user,
-        token_hash(token),
-        now,
-        event | {"device_pk": device["id"], "claimed_device_id": device["device_id"]},
-        sealer,
+    lost = registry.events.try_activate(
+        device.id, device.device_id, user, token_hash(token), attempt, sealer
     )
     if lost is not None:
-        raise ActivationRejected("revoked_device" if lost == REVOKED else "already_activated")
-    return Activation(device["device_id"], device["device_type"], device["model"], token, now)
+        raise ActivationRejected(
+            Reason.REVOKED_DEVICE if lost == DeviceStatus.REVOKED else Reason.ALREADY_ACTIVATED
+        )
+    return Activation(device.device_id, device.device_type, device.model, token, now)
 
 
-def authenticate(registry: Registry, device_id: str, token: str | None) -> dict[str, Any] | None:
+def authenticate(registry: Registry, device_id: str, token: str | None) -> DeviceRecord | None:
     """The device if `token` is its activation token, else None."""
     if not token:
         return None
-    device = registry.device(device_id.strip().lower())
+    device = registry.devices.get(device_id.strip().lower())
     # A revoked device's token no longer logs actions or reads history.
-    if device is None or not device["activation_token_hash"] or device["status"] == REVOKED:
+    if device is None or not device.activation_token_hash or device.status == DeviceStatus.REVOKED:
         return None
-    if not hmac.compare_digest(device["activation_token_hash"], token_hash(token)):
+    if not hmac.compare_digest(device.activation_token_hash, token_hash(token)):
         return None
     return device

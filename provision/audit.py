@@ -23,8 +23,18 @@ from typing import TYPE_CHECKING, Any
 from provision.chain import UNATTACHED, Sealer, canonical_json, genesis_hash, pairing_genesis
 from provision.errors import DeviceError, ProvisionError
 from provision.keys import Keyring
-from provision.registry import PENDING, AuditSnapshot, Registry, utcnow
+from provision.registry import (
+    ActionEntry,
+    AuditSnapshot,
+    ComponentRecord,
+    DeviceRecord,
+    NewAction,
+    PairingEvent,
+    Registry,
+    utcnow,
+)
 from provision.serials import serial_hash
+from provision.states import DeviceStatus
 from provision.text import text_problem
 
 if TYPE_CHECKING:
@@ -44,19 +54,19 @@ def make_sealer(keyring: Keyring) -> Sealer:
 
 def find_device(
     registry: Registry, keyring: Keyring | None, device_id: str | None, serial: str | None
-) -> dict[str, Any]:
+) -> DeviceRecord:
     """A device by its id, or by its serial through the keyed hash (support has the box)."""
     if (device_id is None) == (serial is None):
         raise ProvisionError("give either a DEVICE_ID or --serial SERIAL")
     if serial is not None:
         if keyring is None:
             raise ProvisionError("--serial needs the keyring")
-        device = registry.device_by_serial_hash(serial_hash(keyring.pepper, serial.strip()))
+        device = registry.devices.by_serial_hash(serial_hash(keyring.pepper, serial.strip()))
         if device is None:
             raise DeviceError("no device registered with that serial")
         return device
     assert device_id is not None
-    device = registry.device(device_id.strip().lower())
+    device = registry.devices.get(device_id.strip().lower())
     if device is None:
         raise DeviceError(f"no device with id {device_id!r}")
     return device
@@ -65,14 +75,14 @@ def find_device(
 def log_action(
     registry: Registry,
     keyring: Keyring,
-    device: dict[str, Any],
+    device: DeviceRecord,
     action_type: str,
     metadata: dict[str, Any] | None = None,
     *,
     ip: str | None = None,
     actor: str | None = None,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> ActionEntry:
     """Append one action to the device's chain; returns the stored entry."""
     if not ACTION_TYPE_RE.fullmatch(action_type):
         raise ProvisionError(
@@ -82,22 +92,14 @@ def log_action(
     meta = canonical_json(metadata or {})
     if len(meta.encode()) > MAX_METADATA_BYTES:
         raise ProvisionError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
-    return registry.append_action(
-        device["id"],
-        device["device_id"],
-        action_type,
-        meta,
-        ip,
-        actor,
-        now or utcnow(),
-        make_sealer(keyring),
-    )
+    action = NewAction(action_type, meta, ip, actor, now or utcnow())
+    return registry.events.append_action(device.id, device.device_id, action, make_sealer(keyring))
 
 
 def revoke(
     registry: Registry,
     keyring: Keyring,
-    device: dict[str, Any],
+    device: DeviceRecord,
     reason: str,
     by: str,
     now: datetime | None = None,
@@ -109,10 +111,10 @@ def revoke(
         raise ProvisionError(f"--reason is longer than {MAX_REASON_LENGTH} characters")
     if problem := text_problem(reason):
         raise ProvisionError(f"--reason {problem}")
-    if not registry.revoke_device(
-        device["id"], device["device_id"], by, reason, now or utcnow(), make_sealer(keyring)
+    if not registry.events.revoke(
+        device.id, device.device_id, by, reason, now or utcnow(), make_sealer(keyring)
     ):
-        raise DeviceError(f"device {device['device_id']} is already revoked")
+        raise DeviceError(f"device {device.device_id} is already revoked")
 
 
 @dataclass(frozen=True)
@@ -202,7 +204,7 @@ def verify_chains(
     if device_id is not None:
         # Device ids are lower-case hex; accept them as typed, like `history` does.
         wanted = device_id.strip().lower()
-        pk = registry.device_pk(wanted)
+        pk = registry.devices.pk_of(wanted)
         if pk is None:
             raise DeviceError(f"no device with id {device_id!r}")
         with registry.audit_snapshot() as snap:
@@ -367,7 +369,7 @@ def _verify_range(
                     )
                 )
             elif n == 0:
-                if status != PENDING:
+                if status != DeviceStatus.PENDING:
                     problems.append(
                         ChainProblem(
                             did, 1, None, f"the device is {status} but its action log is empty"
@@ -597,19 +599,18 @@ def _verify_unattached(
 
 
 def device_history(
-    registry: Registry, device: dict[str, Any], limit: int | None = None
+    registry: Registry, device: DeviceRecord, limit: int | None = None
 ) -> dict[str, Any]:
     """Everything known about a device, oldest first: factory, components, pairing, actions.
 
     The operator's view: every activation attempt, with who made it and from where.
     """
-    pk = device["id"]
-    events = registry.pairing_events_of(pk, limit)
+    events = registry.events.pairing_events_of(device.id, limit)
     return _history(registry, device, events, limit)
 
 
 def owner_history(
-    registry: Registry, device: dict[str, Any], limit: int | None = None
+    registry: Registry, device: DeviceRecord, limit: int | None = None
 ) -> dict[str, Any]:
     """The device's history as its owner (its activation token) may read it.
 
@@ -617,10 +618,9 @@ def owner_history(
     as counts by reason, never with a user, address, user agent or fingerprint: whoever won the
     activation with a photographed label must not learn the real customer's e-mail.
     """
-    pk = device["id"]
-    own = registry.accepted_pairing_of(pk)
+    own = registry.events.accepted_pairing_of(device.id)
     history = _history(registry, device, [own] if own else [], limit)
-    others = registry.rejected_pairing_counts(pk)
+    others = registry.events.rejected_pairing_counts(device.id)
     history["other_attempts"] = {
         "total": sum(others.values()),
         "by_reason": dict(sorted(others.items())),
@@ -629,69 +629,72 @@ def owner_history(
 
 
 def _history(
-    registry: Registry,
-    device: dict[str, Any],
-    events: list[dict[str, Any]],
-    limit: int | None,
+    registry: Registry, device: DeviceRecord, events: list[PairingEvent], limit: int | None
 ) -> dict[str, Any]:
-    pk = device["id"]
-    comps = registry.device_components(pk)
-    actions = registry.actions_of(pk, limit)
+    """The history as JSON: the one place a record's columns become the JSON keys."""
+    comps = registry.devices.components_of(device.id)
+    actions = registry.events.actions_of(device.id, limit)
     return {
-        "device": {
-            "device_id": device["device_id"],
-            "device_type": device["device_type"],
-            "manufacturer": device["manufacturer"],
-            "model": device["model"],
-            "manufactured_at": device["manufactured_at"],
-            "line": device["production_line"],
-            "batch": registry.batch_name(device["batch_id"]),
-            "key_id": device["key_id"],
-            "status": device["status"],
-            "registered_at": _iso(device["created_at"]),
-            "expires_at": _iso(device["expires_at"]),
-            "activated_at": _iso(device["activated_at"]),
-            "user": device["user_id"],
-            "revoked_at": _iso(device["revoked_at"]),
-            "revoked_by": device["revoked_by"],
-            "revoked_reason": device["revoked_reason"],
-            "actions_total": device["action_count"],
-            "pairing_events_total": device["pairing_count"],
-        },
-        "components": [
-            {
-                "component_type": c["component_type"],
-                "component_spec": c["component_spec"],
-                "supplier": c["supplier"],
-                "lot": c["lot"],
-                "has_component_serial": c["component_serial_ct"] is not None,
-            }
-            for c in comps
-        ],
+        "device": device_json(registry, device),
+        "components": [component_json(c) for c in comps],
         "pairing_events": [
             {
-                "occurred_at": _iso(e["occurred_at"]),
-                "result": e["result"],
-                "reason": e["reason"],
-                "user": e["user_id"],
-                "ip": e["ip"],
-                "user_agent": e["user_agent"],
-                "fingerprint": e["fingerprint"],
+                "occurred_at": _iso(e.occurred_at),
+                "result": e.result,
+                "reason": e.reason,
+                "user": e.user_id,
+                "ip": e.ip,
+                "user_agent": e.user_agent,
+                "fingerprint": e.fingerprint,
             }
             for e in events
         ],
         "actions": [
             {
-                "id": a["id"],
-                "seq": a["seq"],
-                "occurred_at": _iso(a["occurred_at"]),
-                "action_type": a["action_type"],
-                "metadata": json.loads(a["metadata_json"]),
-                "ip": a["ip"],
-                "actor": a["actor"],
+                "id": a.id,
+                "seq": a.seq,
+                "occurred_at": _iso(a.occurred_at),
+                "action_type": a.action_type,
+                "metadata": json.loads(a.metadata_json),
+                "ip": a.ip,
+                "actor": a.actor,
             }
             for a in actions
         ],
+    }
+
+
+def device_json(registry: Registry, device: DeviceRecord) -> dict[str, Any]:
+    """A device as `history --json` and the API show it."""
+    return {
+        "device_id": device.device_id,
+        "device_type": device.device_type,
+        "manufacturer": device.manufacturer,
+        "model": device.model,
+        "manufactured_at": device.manufactured_at,
+        "line": device.production_line,
+        "batch": registry.batches.name_of(device.batch_id),
+        "key_id": device.key_id,
+        "status": device.status,
+        "registered_at": _iso(device.created_at),
+        "expires_at": _iso(device.expires_at),
+        "activated_at": _iso(device.activated_at),
+        "user": device.user_id,
+        "revoked_at": _iso(device.revoked_at),
+        "revoked_by": device.revoked_by,
+        "revoked_reason": device.revoked_reason,
+        "actions_total": device.action_count,
+        "pairing_events_total": device.pairing_count,
+    }
+
+
+def component_json(c: ComponentRecord) -> dict[str, Any]:
+    return {
+        "component_type": c.component_type,
+        "component_spec": c.component_spec,
+        "supplier": c.supplier,
+        "lot": c.lot,
+        "has_component_serial": c.component_serial_ct is not None,
     }
 
 

@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from provision.errors import KeyringError
 from provision.files import write_atomic
+from provision.states import KeyState
 
-KeyState = Literal["active", "verify-only", "revoked"]
 FORMAT = "provision-keyring/1"
 SECRET_BYTES = 32
 MAX_KEY_ID = 255  # the key id is one byte of the payload
@@ -60,7 +60,7 @@ class Keyring:
     def active(self) -> SigningKey:
         """The key new payloads are signed with."""
         for key in self.keys:
-            if key.state == "active":
+            if key.state == KeyState.ACTIVE:
                 return key
         raise KeyringError(
             f"{self.path}: no active signing key (all revoked); run `provision keys rotate`"
@@ -79,9 +79,9 @@ class Keyring:
         if next_id > MAX_KEY_ID:
             raise KeyringError(f"{self.path}: all {MAX_KEY_ID} key ids are used")
         for key in self.keys:
-            if key.state == "active":
-                key.state = "verify-only"
-        key = SigningKey(next_id, "active", secrets.token_bytes(SECRET_BYTES), _now())
+            if key.state == KeyState.ACTIVE:
+                key.state = KeyState.VERIFY_ONLY
+        key = SigningKey(next_id, KeyState.ACTIVE, secrets.token_bytes(SECRET_BYTES), _now())
         self.keys.append(key)
         return key
 
@@ -91,9 +91,9 @@ class Keyring:
         if key is None:
             known = ", ".join(str(k.id) for k in self.keys)
             raise KeyringError(f"{self.path}: no key with id {key_id} (known: {known})")
-        if key.state == "revoked":
+        if key.state == KeyState.REVOKED:
             raise KeyringError(f"{self.path}: key {key_id} is already revoked")
-        key.state = "revoked"
+        key.state = KeyState.REVOKED
         key.secret = None
         key.revoked_at = _now()
         return key
@@ -183,9 +183,10 @@ def load_keyring(path: str | Path | None) -> Keyring:
     except (ValueError, KeyError, TypeError) as exc:
         raise KeyringError(f"{p}: not a valid provision keyring ({exc})") from None
     for key in keyring.keys:
-        if key.state not in ("active", "verify-only", "revoked"):
+        if key.state not in set(KeyState):
             raise KeyringError(f"{p}: key {key.id} has unknown state {key.state!r}")
-        if key.state != "revoked" and (key.secret is None or len(key.secret) < 16):
+        key.state = KeyState(key.state)
+        if key.state != KeyState.REVOKED and (key.secret is None or len(key.secret) < 16):
             raise KeyringError(f"{p}: key {key.id} has no usable secret")
     if len(keyring.pepper) < 16 or len(keyring.data_key) != 32:
         raise KeyringError(f"{p}: pepper or data key has the wrong length")

@@ -19,10 +19,11 @@ import re
 import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from provision.errors import KeyringError
 from provision.keys import Keyring
+from provision.states import KeyState, Reason
 
 VERSION = 1
 PURPOSE = b"provision/activation-payload/v1\x00"
@@ -34,8 +35,6 @@ _URL_SPLIT = re.compile(r"/[Aa]/")
 # ASCII-only uppercasing: str.upper() maps e.g. "ı" (U+0131) to "I" and "ſ" (U+017F) to "S", which
 # would let a non-base32 character stand in for a token character and still verify.
 _ASCII_UPPER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-
-Reason = Literal["malformed", "forged", "unknown_key", "revoked_key", "expired"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def device_token(keyring: Keyring, key_id: int, device_id: str, expires_at: date
     """
     key = keyring.get(key_id)
     if key is None or key.secret is None:
-        state = "not in the keyring" if key is None else "revoked"
+        state = "not in the keyring" if key is None else KeyState.REVOKED
         raise KeyringError(
             f"device {device_id}: its payload is signed with key {key_id}, which is {state}; "
             "it cannot be signed again"
@@ -101,26 +100,26 @@ def verify_payload(
     """Check format, key, signature and expiry; no database involved."""
     token = extract_token(payload_or_url)
     if not _TOKEN_RE.fullmatch(token):
-        return Verification(False, "malformed")
+        return Verification(False, Reason.MALFORMED)
     try:
         raw = base64.b32decode(token)
     except binascii.Error:
-        return Verification(False, "malformed")
+        return Verification(False, Reason.MALFORMED)
     header, tag = raw[: _HEADER.size], raw[_HEADER.size :]
     version, key_id, dev, expiry = _HEADER.unpack(header)
     if version != VERSION:
-        return Verification(False, "malformed")
+        return Verification(False, Reason.MALFORMED)
     key = keyring.get(key_id)
     if key is None:
-        return Verification(False, "unknown_key", key_id=key_id)
-    if key.state == "revoked" or key.secret is None:
-        return Verification(False, "revoked_key", key_id=key_id)
+        return Verification(False, Reason.UNKNOWN_KEY, key_id=key_id)
+    if key.state == KeyState.REVOKED or key.secret is None:
+        return Verification(False, Reason.REVOKED_KEY, key_id=key_id)
     expected = hmac.new(key.secret, PURPOSE + header, hashlib.sha256).digest()[:TAG_BYTES]
     if not hmac.compare_digest(expected, tag):
-        return Verification(False, "forged", key_id=key_id)
+        return Verification(False, Reason.FORGED, key_id=key_id)
     expires_at = datetime.fromtimestamp(expiry, UTC)
     if (now or datetime.now(UTC)) >= expires_at:
         return Verification(
-            False, "expired", device_id=dev.hex(), key_id=key_id, expires_at=expires_at
+            False, Reason.EXPIRED, device_id=dev.hex(), key_id=key_id, expires_at=expires_at
         )
     return Verification(True, None, dev.hex(), key_id, expires_at)

@@ -19,7 +19,14 @@ import pandas as pd
 
 from provision.audit import make_sealer
 from provision.config import DEFAULT_CHUNK_SIZE, DEFAULT_TTL_DAYS, MAX_TTL_DAYS
-from provision.errors import BatchError, KeyringError, ManifestError, ProvisionError, RowError
+from provision.errors import (
+    BatchError,
+    ConflictError,
+    KeyringError,
+    ManifestError,
+    ProvisionError,
+    RowError,
+)
 from provision.files import atomic_writer, publish_revision, write_atomic
 from provision.keys import Keyring
 from provision.labels.render import (
@@ -41,7 +48,7 @@ from provision.manifests import (
 )
 from provision.payload import device_token, payload_url
 from provision.qr import save_png
-from provision.registry import PENDING, ConflictError, NewBatch, Registry, utcnow
+from provision.registry import NewBatch, Registry, utcnow
 from provision.serials import (
     component_row_hash,
     decrypt_serial,
@@ -50,6 +57,7 @@ from provision.serials import (
     serial_hash,
     serial_problem,
 )
+from provision.states import DeviceStatus
 from provision.text import text_problem
 
 log = logging.getLogger(__name__)
@@ -113,6 +121,7 @@ class LabelsResult:
 # A new device's sealed state between its status and its chains: no user, activation, token or
 # revocation yet.
 _NEW = (None, None, None, None, None, None)
+PENDING = DeviceStatus.PENDING
 
 
 def check_ttl(ttl_days: int) -> int:
@@ -221,7 +230,7 @@ def register_manifests(
 
     # The batch row is created by the transaction of the first chunk that stores anything, so
     # a run that fails or registers nothing leaves none behind.
-    found = registry.batch_id(name)
+    found = registry.batches.id_of(name)
     target: int | NewBatch = (
         found
         if found is not None
@@ -237,7 +246,7 @@ def register_manifests(
     done = 0
     for chunk in serials.chunks(chunk_size):
         hashes = [serial_hash(pepper, s) for s in chunk["serial"]]
-        existing = registry.existing_by_hash(hashes)
+        existing = registry.devices.existing_by_hash(hashes)
         created = now or utcnow()
         rows = []
         printed: list[str] = []
@@ -276,21 +285,29 @@ def register_manifests(
                     "status": PENDING,
                     "created_at": created,
                     "seal": seal(
-                        did, h, signing_key.id, expires_at, PENDING, *_NEW, 0, None, 0, None
+                        did,
+                        h,
+                        signing_key.id,
+                        expires_at,
+                        DeviceStatus.PENDING,
+                        *_NEW,
+                        0,
+                        None,
+                        0,
+                        None,
                     ),
                 }
             )
             printed.append(serial)
         if rows:
-            try:
-                target = batch_id = registry.insert_devices(rows, [], target)
-            except ConflictError as exc:
-                raise BatchError(
-                    f"batch {name}: a device in rows {int(chunk[LINE].iloc[0])}-"
-                    f"{int(chunk[LINE].iloc[-1])} of {serials.name} was registered by another "
-                    "process meanwhile, or two serials share a device id; nothing of this chunk "
-                    f"was written, run the batch again ({exc})"
-                ) from None
+            target = batch_id = _insert_chunk(
+                registry,
+                rows,
+                [],
+                target,
+                f"batch {name}: a device in rows {_lines(chunk)} of {serials.name} was registered "
+                "by another process meanwhile, or two serials share a device id",
+            )
             if on_registered is not None:
                 on_registered(rows, printed)
         done += len(chunk)
@@ -301,14 +318,14 @@ def register_manifests(
             comp_rows = _component_rows(registry, keyring, chunk, skipped)
             if not comp_rows:
                 continue
-            try:
-                target = batch_id = registry.insert_devices([], comp_rows, target)
-            except ConflictError as exc:
-                raise BatchError(
-                    f"batch {name}: a component in rows {int(chunk[LINE].iloc[0])}-"
-                    f"{int(chunk[LINE].iloc[-1])} of {comps.name} was stored by another process "
-                    f"meanwhile; nothing of this chunk was written, run the batch again ({exc})"
-                ) from None
+            target = batch_id = _insert_chunk(
+                registry,
+                [],
+                comp_rows,
+                target,
+                f"batch {name}: a component in rows {_lines(chunk)} of {comps.name} was stored "
+                "by another process meanwhile",
+            )
             result.components += len(comp_rows)
     log.info(
         "batch %s: %d registered, %d already registered, %d in other batches, %d rejected",
@@ -321,6 +338,26 @@ def register_manifests(
     return result
 
 
+def _insert_chunk(
+    registry: Registry,
+    rows: list[dict[str, Any]],
+    component_rows: list[dict[str, Any]],
+    batch: int | NewBatch,
+    clash: str,
+) -> int:
+    """One chunk in one transaction; a clash with another process says CLASH and what to do."""
+    try:
+        return registry.devices.insert(rows, component_rows, batch)
+    except ConflictError as exc:
+        raise BatchError(
+            f"{clash}; nothing of this chunk was written, run the batch again ({exc})"
+        ) from None
+
+
+def _lines(chunk: pd.DataFrame) -> str:
+    return f"{int(chunk[LINE].iloc[0])}-{int(chunk[LINE].iloc[-1])}"
+
+
 def _check_component_owners(
     registry: Registry, pepper: bytes, serials: Manifest, comps: Manifest
 ) -> None:
@@ -331,7 +368,7 @@ def _check_component_owners(
         owner = serials.owner_lines(frame["serial"])
         outside = frame["serial"].to_numpy(dtype=object)[owner < 0]
         hashes = [serial_hash(pepper, s) for s in outside]
-        registered = registry.existing_by_hash(hashes) if hashes else {}
+        registered = registry.devices.existing_by_hash(hashes) if hashes else {}
         known = iter([h in registered for h in hashes])
         errors = []
         for line, at in zip(frame[LINE], owner, strict=True):
@@ -374,7 +411,7 @@ def _component_rows(
             strict=True,
         )
     ]
-    stored = registry.existing_component_hashes(hashes)
+    stored = registry.devices.existing_component_hashes(hashes)
     created = utcnow()
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -427,17 +464,17 @@ def render_batch_labels(
     if fmt not in RENDERERS:
         raise BatchError(f"--format must be one of {', '.join(RENDERERS)}")
     check_batch_name(batch)
-    batch_id = registry.batch_id(batch)
+    batch_id = registry.batches.id_of(batch)
     if batch_id is None:
-        recent = registry.batch_names()[-5:]
+        recent = registry.batches.names()[-5:]
         hint = f"; recent batches: {', '.join(recent)}" if recent else "; no batch registered yet"
         raise BatchError(f"no batch named {batch!r}{hint}")
-    total = registry.count_devices(batch_id)
+    total = registry.devices.count(batch_id)
     if total == 0:
         raise BatchError(f"batch {batch!r} has no devices")
     unusable = sorted(
         k
-        for k in registry.batch_key_ids(batch_id)
+        for k in registry.batches.key_ids(batch_id)
         if (key := keyring.get(k)) is None or not key.secret
     )
     if unusable:
@@ -567,8 +604,8 @@ def register_and_render(
     check_batch_name(batch)
     if fmt not in RENDERERS:
         raise BatchError(f"--format must be one of {', '.join(RENDERERS)}")
-    existing = registry.batch_id(batch)
-    fresh = existing is None or registry.count_devices(existing) == 0
+    existing = registry.batches.id_of(batch)
+    fresh = existing is None or registry.devices.count(existing) == 0
     register_kwargs: dict[str, Any] = {
         "components_path": components_path,
         "batch": batch,
@@ -613,7 +650,7 @@ def register_and_render(
     def registered_chunk(rows: list[dict[str, Any]], serials: list[str]) -> None:
         printed = template.prints_serial
         labels = [
-            _label(r, keyring, base_url, batch, s if printed else None)
+            _label(keyring, base_url, batch, s if printed else None, **_label_fields(r))
             for r, s in zip(rows, serials, strict=True)
         ]
         while not stop.is_set():
@@ -685,35 +722,64 @@ def batch_labels(
     on_progress: Progress = no_progress,
 ) -> Iterator[LabelData]:
     """What each label of a batch shows, in label order, read from the registry in chunks."""
-    total = registry.count_devices(batch_id)
+    total = registry.devices.count(batch_id)
     done = 0
     on_progress("render", 0, total)
-    for chunk in registry.iter_batch_labels(batch_id):
+    for chunk in registry.devices.labels(batch_id):
         for d in chunk:
             serial = (
-                decrypt_serial(keyring.data_key, d["device_id"], d["serial_ct"])
+                decrypt_serial(keyring.data_key, d.device_id, d.serial_ct)
                 if template.prints_serial
                 else None
             )
-            yield _label(d, keyring, base_url, batch, serial)
+            yield _label(
+                keyring,
+                base_url,
+                batch,
+                serial,
+                device_id=d.device_id,
+                device_type=d.device_type,
+                model=d.model,
+                manufacturer=d.manufacturer,
+                key_id=d.key_id,
+                expires_at=d.expires_at,
+            )
         done += len(chunk)
         on_progress("render", done, total)
 
 
 def _label(
-    device: dict[str, Any], keyring: Keyring, base_url: str, batch: str, serial: str | None
+    keyring: Keyring,
+    base_url: str,
+    batch: str,
+    serial: str | None,
+    *,
+    device_id: str,
+    device_type: str,
+    model: str | None,
+    manufacturer: str | None,
+    key_id: int,
+    expires_at: datetime,
 ) -> LabelData:
-    """What the label of a device row (as stored, or as just inserted) shows."""
-    token = device_token(keyring, device["key_id"], device["device_id"], device["expires_at"])
+    """What a device's label shows; its payload signed again from key id and expiry."""
+    token = device_token(keyring, key_id, device_id, expires_at)
     return LabelData(
-        device_id=device["device_id"],
+        device_id=device_id,
         url=payload_url(base_url, token),
-        device_type=device["device_type"],
-        model=device["model"],
-        manufacturer=device["manufacturer"],
+        device_type=device_type,
+        model=model,
+        manufacturer=manufacturer,
         serial=serial,
         batch=batch,
     )
+
+
+def _label_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The label's fields of a device row as just inserted."""
+    return {k: row[k] for k in _LABEL_FIELDS}
+
+
+_LABEL_FIELDS = ("device_id", "device_type", "model", "manufacturer", "key_id", "expires_at")
 
 
 def _render_zpl(
@@ -808,17 +874,17 @@ def generate_device(
         if components
         else None
     )
-    before = registry.existing_by_hash([serial_hash(keyring.pepper, serial)])
+    before = registry.devices.existing_by_hash([serial_hash(keyring.pepper, serial)])
     res = register_manifests(registry, keyring, serials, comps, batch=batch, ttl_days=ttl_days)
     did = device_id(keyring.pepper, serial)
-    dev = registry.device(did)
+    dev = registry.devices.get(did)
     assert dev is not None
-    url = payload_url(base_url, device_token(keyring, dev["key_id"], did, dev["expires_at"]))
+    url = payload_url(base_url, device_token(keyring, dev.key_id, did, dev.expires_at))
     out = Path(output_dir)
     png, pdf = out / f"{did}.png", out / f"{did}.pdf"
     with atomic_writer(png) as fh:
         save_png(url, fh)  # type: ignore[arg-type]
-    label = LabelData(did, url, dev["device_type"], dev["model"], dev["manufacturer"], serial)
+    label = LabelData(did, url, dev.device_type, dev.model, dev.manufacturer, serial)
     with atomic_writer(pdf) as fh:
         render_label_sheets([label], template, fh, title=f"provision device {did}")
     batch_name = batch if not before else next(iter(before.values()))[2]

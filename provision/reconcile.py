@@ -25,6 +25,7 @@ from provision.keys import Keyring
 from provision.manifests import LINE, SHIPMENTS, read_manifest
 from provision.registry import Registry
 from provision.serials import serial_hash
+from provision.states import DeviceStatus
 
 Progress = Callable[[str, int, int], None]
 
@@ -155,7 +156,7 @@ def categorise(ship: pd.DataFrame, dev: pd.DataFrame, as_of: date) -> dict[str, 
     # is not early.
     before = activated & (joined["activated_at"] < joined["shipped_at"])
     # A revoked device is reported as shipped_revoked only, whatever happened before.
-    live = status != "revoked"
+    live = status != DeviceStatus.REVOKED
     as_of_ts = pd.Timestamp(as_of, tz="UTC")
 
     matched = joined[live & activated & ~before]
@@ -164,7 +165,7 @@ def categorise(ship: pd.DataFrame, dev: pd.DataFrame, as_of: date) -> dict[str, 
     early = joined[live & activated & before]
     days = (early["shipped_at"] - early["activated_at"]).dt.total_seconds() / 86400
     early = early.assign(days_early=days.round(2))
-    pending = joined[status == "pending"]
+    pending = joined[status == DeviceStatus.PENDING]
     age = (as_of_ts - pending["shipped_at"]).dt.days.clip(lower=0)
     bucket = pd.cut(age, bins=[-1, 30, 90, np.inf], labels=list(AGING_BUCKETS))
     pending = pending.assign(age_days=age, aging_bucket=bucket.astype(str))
@@ -184,10 +185,10 @@ def categorise(ship: pd.DataFrame, dev: pd.DataFrame, as_of: date) -> dict[str, 
         "shipped_unknown_serial": _columns(first[~is_known], SHIP_COLS),
         "duplicate_shipment": _columns(dup, [*SHIP_COLS, "first_line", "first_shipped_at"]),
         "shipped_revoked": _columns(
-            joined[status == "revoked"], SHIP_COLS + DEV_COLS + ["revoked_at"]
+            joined[status == DeviceStatus.REVOKED], SHIP_COLS + DEV_COLS + ["revoked_at"]
         ),
         "registered_not_shipped": _columns(
-            not_shipped[not_shipped["status"] == "pending"], [*DEV_COLS, "registered_at"]
+            not_shipped[not_shipped["status"] == DeviceStatus.PENDING], [*DEV_COLS, "registered_at"]
         ),
     }
 

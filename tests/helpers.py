@@ -64,10 +64,22 @@ def pdf_page_sizes(path: Path) -> list[tuple[float, float]]:
         pdf.close()
 
 
-def with_payload(keyring: Any, device: dict[str, Any]) -> dict[str, Any]:
-    """The device row plus "payload": the token its label carries, signed again from its key id
-    and expiry as `labels` does (the registry never stores it)."""
-    from provision.payload import device_token
+def with_payload(keyring: Any, device: Any) -> Any:
+    """The device record plus `payload`: the token its label carries, signed again from its key
+    id and expiry as `labels` does (the registry never stores it). Still a DeviceRecord, so the
+    library takes it; fields read as record.name or, in older tests, record["name"]."""
+    import dataclasses
 
-    token = device_token(keyring, device["key_id"], device["device_id"], device["expires_at"])
-    return device | {"payload": token}
+    from provision.payload import device_token
+    from provision.registry import DeviceRecord
+
+    @dataclasses.dataclass(frozen=True)
+    class Labelled(DeviceRecord):
+        payload: str = ""
+
+        def __getitem__(self, key: str) -> Any:
+            return getattr(self, key)
+
+    token = device_token(keyring, device.key_id, device.device_id, device.expires_at)
+    fields = {f.name: getattr(device, f.name) for f in dataclasses.fields(DeviceRecord)}
+    return Labelled(**fields, payload=token)

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,7 @@ class Factory:
         name = f"b-{serials[0].lower()}"
         manifest = write_serials(self.tmp_path / f"{name}.csv", list(serials))
         register_batch(self.registry, keyring, manifest, batch=name, ttl_days=ttl_days, now=now)
-        found = [self.registry.device(device_id(keyring.pepper, s)) for s in serials]
+        found = [self.registry.devices.get(device_id(keyring.pepper, s)) for s in serials]
         assert all(d is not None for d in found)
         return [with_payload(keyring, d) for d in found]  # type: ignore[arg-type]
 
@@ -170,9 +170,9 @@ def test_activation_moves_the_device_to_activated_and_links_the_user(factory: Fa
     assert set(result.to_json()) == SUCCESS_KEYS
     assert result.to_json()["activated_at"] == when.isoformat()
     assert when.isoformat().endswith("+00:00")
-    after = factory.registry.device(dev["device_id"])
+    after = factory.registry.devices.get(dev["device_id"])
     assert after is not None
-    assert (after["status"], after["user_id"], after["activated_at"]) == (
+    assert (after.status, after.user_id, after.activated_at) == (
         "activated",
         "alice@example.com",
         when,
@@ -209,14 +209,14 @@ def test_truncated_lengthened_or_wrong_version_payload_is_malformed(factory: Fac
     assert factory.reason(token[:-1]) == "malformed"
     assert factory.reason(token + "A") == "malformed"
     assert factory.reason(base64.b32encode(bytes(raw)).decode()) == "malformed"
-    assert factory.registry.device(dev["device_id"])["status"] == "pending"  # type: ignore[index]
+    assert factory.registry.devices.get(dev["device_id"]).status == "pending"  # type: ignore[union-attr]
 
 
 def test_one_changed_tag_character_is_forged(factory: Factory) -> None:
     dev = factory.one()
     assert factory.reason(flip_last_char(dev["payload"])) == "forged"
     assert factory.reason(payload_url(BASE_URL, flip_last_char(dev["payload"]))) == "forged"
-    assert factory.registry.device(dev["device_id"])["status"] == "pending"  # type: ignore[index]
+    assert factory.registry.devices.get(dev["device_id"]).status == "pending"  # type: ignore[union-attr]
 
 
 def test_token_signed_by_another_keyring_under_the_same_key_id_is_forged(
@@ -275,7 +275,7 @@ def test_correctly_signed_token_for_an_unregistered_device_is_unknown_device(
     key = factory.keyring.active
     assert key.secret is not None
     ghost = device_id(factory.keyring.pepper, "NEVER-REGISTERED")
-    assert factory.registry.device(ghost) is None
+    assert factory.registry.devices.get(ghost) is None
     assert factory.reason(sign_token(key.id, key.secret, ghost, in_future())) == "unknown_device"
 
 
@@ -284,9 +284,9 @@ def test_revoked_device_cannot_be_activated(factory: Factory, run_cli) -> None:
     result = run_cli("revoke", dev["device_id"], "--reason", "stolen from warehouse 3")
     assert result.exit_code == 0, result.stderr
     assert factory.reason(url(dev)) == "revoked_device"
-    after = factory.registry.device(dev["device_id"])
+    after = factory.registry.devices.get(dev["device_id"])
     assert after is not None
-    assert (after["status"], after["user_id"], after["activation_token_hash"]) == (
+    assert (after.status, after.user_id, after.activation_token_hash) == (
         "revoked",
         None,
         None,
@@ -296,31 +296,33 @@ def test_revoked_device_cannot_be_activated(factory: Factory, run_cli) -> None:
 def test_second_activation_is_already_activated_and_changes_nothing(factory: Factory) -> None:
     dev = factory.one()
     first = factory.activate(url(dev), "alice@example.com")
-    before = factory.registry.device(dev["device_id"])
+    before = factory.registry.devices.get(dev["device_id"])
     assert factory.reason(url(dev), "bob@example.com") == "already_activated"
     assert factory.reason(url(dev), "alice@example.com") == "already_activated"
-    after = factory.registry.device(dev["device_id"])
+    after = factory.registry.devices.get(dev["device_id"])
     # The rejected attempts join the device's pairing chain (its count, head and seal move on);
     # nothing else of the device changes.
     chain = ("pairing_count", "pairing_head", "seal")
     assert after is not None and before is not None
-    assert {k: v for k, v in after.items() if k not in chain} == {
-        k: v for k, v in before.items() if k not in chain
+    assert {k: v for k, v in asdict(after).items() if k not in chain} == {
+        k: v for k, v in asdict(before).items() if k not in chain
     }
-    assert after["pairing_count"] == before["pairing_count"] + 2
-    assert after is not None
-    assert after["user_id"] == "alice@example.com"
-    assert after["activation_token_hash"] == token_hash(first.activation_token)
+    assert after.pairing_count == before.pairing_count + 2
+    assert after.user_id == "alice@example.com"
+    assert after.activation_token_hash == token_hash(first.activation_token)
 
 
 def test_rejection_carries_status_and_message_for_every_reason() -> None:
+    from provision.web.activation import REASON_STATUS as WEB_REASON_STATUS
+
     assert sorted(REASONS) == sorted(ALL_REASONS)
-    statuses = {r: ActivationRejected(r).status for r in ALL_REASONS}
+    # The HTTP status lives with the web service; activation.py knows no HTTP.
+    statuses = {r: WEB_REASON_STATUS[ActivationRejected(r).reason] for r in ALL_REASONS}
     assert statuses == REASON_STATUS
     for r in ALL_REASONS:
         exc = ActivationRejected(r)
-        assert exc.message == REASONS[r][1]
-        assert str(exc) == f"{r}: {REASONS[r][1]}"
+        assert exc.message == REASONS[r]
+        assert str(exc) == f"{r}: {REASONS[r]}"
 
 
 # -- pairing events --------------------------------------------------------------------------
@@ -406,13 +408,13 @@ def test_activation_token_has_128_bits_or_more_and_only_its_sha256_is_stored(
         assert URLSAFE_TOKEN_RE.fullmatch(tok)
         assert len(base64.urlsafe_b64decode(tok + "=" * (-len(tok) % 4))) * 8 >= 128
     assert tok_a != tok_b
-    row = factory.registry.device(a["device_id"])
+    row = factory.registry.devices.get(a["device_id"])
     assert row is not None
-    assert row["activation_token_hash"] == hashlib.sha256(tok_a.encode()).hexdigest()
+    assert row.activation_token_hash == hashlib.sha256(tok_a.encode()).hexdigest()
     everything = repr([rows(factory.registry, t) for t in (devices, pairing_events, action_log)])
     assert tok_a not in everything
     assert tok_b not in everything
-    assert row["activation_token_hash"] in everything
+    assert row.activation_token_hash in everything
 
 
 def test_authenticate_accepts_the_activation_token_and_rejects_any_other(
@@ -423,9 +425,9 @@ def test_authenticate_accepts_the_activation_token_and_rejects_any_other(
     tok_b = factory.activate(url(b)).activation_token
     reg = factory.registry
     ok = authenticate(reg, a["device_id"], tok_a)
-    assert ok is not None and ok["device_id"] == a["device_id"]
+    assert ok is not None and ok.device_id == a["device_id"]
     upper = authenticate(reg, a["device_id"].upper(), tok_a)
-    assert upper is not None and upper["device_id"] == a["device_id"]
+    assert upper is not None and upper.device_id == a["device_id"]
     wrong = tok_a[:-1] + ("A" if tok_a[-1] != "A" else "B")
     assert authenticate(reg, a["device_id"], wrong) is None
     assert authenticate(reg, a["device_id"], tok_b) is None  # another device's token
@@ -440,7 +442,7 @@ def test_a_revoked_devices_token_no_longer_authenticates(factory: Factory) -> No
     (a,) = factory.register("SN000001")
     token = factory.activate(url(a)).activation_token
     assert authenticate(factory.registry, a["device_id"], token) is not None
-    device = factory.registry.device(a["device_id"])
+    device = factory.registry.devices.get(a["device_id"])
     assert device is not None
     revoke(factory.registry, factory.keyring, device, "stolen", "support")
     assert authenticate(factory.registry, a["device_id"], token) is None
@@ -534,8 +536,8 @@ def test_cli_rejection_exits_1_with_the_reason_as_json(
     before = len(events(factory.registry))
     result = run_cli("activate", payload, "--user", "bob", "--ip", "192.0.2.1", "--json")
     assert result.exit_code == 1
-    assert cli_json(result) == {"error": {"reason": reason, "message": REASONS[reason][1]}}
-    assert result.stderr == f"Error: {reason}: {REASONS[reason][1]}\n"
+    assert cli_json(result) == {"error": {"reason": reason, "message": REASONS[reason]}}
+    assert result.stderr == f"Error: {reason}: {REASONS[reason]}\n"
     new = events(factory.registry)[before:]
     assert [(e[0], e[2], e[3], e[5], e[6], e[7]) for e in new] == [
         (dev["id"] if dev else None, "192.0.2.1", "provision-cli", "bob", "rejected", reason)
@@ -546,7 +548,7 @@ def test_cli_rejection_without_json_prints_only_the_error_line(factory: Factory,
     result = run_cli("activate", "garbage", "--user", "bob")
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert result.stderr == f"Error: malformed: {REASONS['malformed'][1]}\n"
+    assert result.stderr == f"Error: malformed: {REASONS['malformed']}\n"
 
 
 def test_cli_refuses_a_user_with_control_characters(factory: Factory, run_cli) -> None:
@@ -554,7 +556,7 @@ def test_cli_refuses_a_user_with_control_characters(factory: Factory, run_cli) -
     result = run_cli("activate", url(dev), "--user", "eve\x1b[2J")
     assert result.exit_code == 1
     assert result.stderr == "Error: user: give 1-256 characters, no control characters\n"
-    assert factory.registry.device(dev["device_id"])["status"] == "pending"  # type: ignore[index]
+    assert factory.registry.devices.get(dev["device_id"]).status == "pending"  # type: ignore[union-attr]
 
 
 # -- races ---------------------------------------------------------------------------------------
@@ -566,10 +568,10 @@ def _assert_one_winner(
     """outcomes: (user, "ok" or reason or "error: ...", token or None) per attempt."""
     assert Counter(o[1] for o in outcomes) == {"ok": 1, "already_activated": len(outcomes) - 1}
     ((winner, _, token),) = [o for o in outcomes if o[1] == "ok"]
-    after = registry.device(dev["device_id"])
+    after = registry.devices.get(dev["device_id"])
     assert after is not None
-    assert (after["status"], after["user_id"]) == ("activated", winner)
-    assert after["activation_token_hash"] == token_hash(token or "")
+    assert (after.status, after.user_id) == ("activated", winner)
+    assert after.activation_token_hash == token_hash(token or "")
     mine = [e for e in rows(registry, pairing_events) if e["device_pk"] == dev["id"]]
     assert len(mine) == len(outcomes)
     assert Counter((e["result"], e["reason"]) for e in mine) == {
@@ -626,7 +628,7 @@ def _activate_in_process(
     try:
         registry = Registry(db_url)
         keyring = load_keyring(keyring_path)
-        registry.device("0" * 16)  # connect before the start line
+        registry.devices.get("0" * 16)  # connect before the start line
         barrier.wait(timeout=60)
         tok = activate(registry, keyring, payload, user).activation_token
         queue.put((user, "ok", tok))
@@ -744,7 +746,7 @@ def test_no_token_key_or_serial_in_verbose_log_output(
     run("register", str(manifest), "--batch", "leak")
     registry = Registry(sqlite_url)
     dids = [device_id(keyring.pepper, s) for s in serials]
-    payloads = [with_payload(keyring, registry.device(d))["payload"] for d in dids]  # type: ignore[arg-type]
+    payloads = [with_payload(keyring, registry.devices.get(d))["payload"] for d in dids]  # type: ignore[arg-type]
     token = cli_json(run("activate", payload_url(BASE_URL, payloads[0]), "--user", "al", "--json"))
     token = token["activation_token"]
     run("activate", payload_url(BASE_URL, payloads[0]), "--user", "bob", "--json", code=1)
@@ -768,7 +770,7 @@ def test_no_token_key_or_serial_in_verbose_log_output(
         text=True,
     )
     assert activated.returncode == 1  # revoked meanwhile
-    assert activated.stderr.endswith(f"Error: revoked_device: {REASONS['revoked_device'][1]}\n")
+    assert activated.stderr.endswith(f"Error: revoked_device: {REASONS['revoked_device']}\n")
     hist = subprocess.run(
         [sys.executable, "-m", "provision", "--verbose", "history", "--serial", serials[0]],
         env=penv,

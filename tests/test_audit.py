@@ -70,14 +70,13 @@ class Fleet:
     def did(self, serial: str) -> str:
         return device_id(self.keyring.pepper, serial)
 
-    def device(self, serial: str) -> dict[str, Any]:
-        dev = self.registry.device(self.did(serial))
+    def device(self, serial: str) -> Any:
+        dev = self.registry.devices.get(self.did(serial))
         assert dev is not None
-        return dev
+        return with_payload(self.keyring, dev)
 
     def activate(self, serial: str, user: str = "alice@example.com", **kw: Any) -> str:
-        dev = with_payload(self.keyring, self.device(serial))
-        url = payload_url(BASE_URL, dev["payload"])
+        url = payload_url(BASE_URL, self.device(serial)["payload"])
         return activate(self.registry, self.keyring, url, user, **kw).activation_token
 
     def log(self, serial: str, action: str, **meta: str) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def test_a_wide_header_is_refused_by_the_cli_with_nothing_written(
     ]
     registry = Registry(db_url)
     try:
-        assert (registry.count_devices(), registry.batch_names()) == (0, [])
+        assert (registry.devices.count(), registry.batches.names()) == (0, [])
     finally:
         registry.close()
 

@@ -127,10 +127,10 @@ def register_one(registry: Registry, keyring_path: Path, tmp_path: Path) -> dict
     keyring = load_keyring(keyring_path)
     manifest = serials_csv(tmp_path / "phone.csv", 1, prefix="PHONE", device_type="thermostat")
     register_batch(registry, keyring, manifest, batch="phones")
-    batch_id = registry.batch_id("phones")
+    batch_id = registry.batches.id_of("phones")
     assert batch_id is not None
-    [[row]] = list(registry.iter_batch_labels(batch_id))
-    device = registry.device(row["device_id"])
+    [[row]] = list(registry.devices.labels(batch_id))
+    device = registry.devices.get(row.device_id)
     assert device is not None
     return with_payload(keyring, device)
 
@@ -220,16 +220,14 @@ def drive_the_phones(
 
     # 3. The registry agrees: activated for alice, the token works, the pairing event has
     #    the browser's fingerprint and user agent.
-    now = registry.device(device["device_id"])
-    assert (
-        now is not None and now["status"] == "activated" and now["user_id"] == "alice@example.com"
-    )
+    now = registry.devices.get(device["device_id"])
+    assert now is not None and now.status == "activated" and now.user_id == "alice@example.com"
     assert authenticate(registry, device["device_id"], token) is not None
-    [event] = registry.pairing_events_of(device["id"])
-    assert event["result"] == "accepted" and event["reason"] is None
-    assert event["fingerprint"] == fingerprint
-    assert event["user_agent"] == user_agent
-    assert event["ip"] == "127.0.0.1"
+    [event] = registry.events.pairing_events_of(device["id"])
+    assert event.result == "accepted" and event.reason is None
+    assert event.fingerprint == fingerprint
+    assert event.user_agent == user_agent
+    assert event.ip == "127.0.0.1"
 
     # 4. Bob's phone had the form open too; his submit is refused with already_activated.
     bob.page.locator("#user").fill("bob@example.com")
@@ -238,12 +236,12 @@ def drive_the_phones(
     refused = nav.value
     assert refused is not None and refused.status == 409
     assert bob.page.locator("#reason").inner_text() == "already_activated"
-    assert bob.page.locator("#error-message").inner_text() == REASONS["already_activated"][1]
+    assert bob.page.locator("#error-message").inner_text() == REASONS["already_activated"]
     assert token not in bob.page.content()
     assert bob.csp_violations() == []
     bob.page.screenshot(path=str(tmp_path / "browser-refused.png"), full_page=True)
-    events = registry.pairing_events_of(device["id"])
-    assert [(e["result"], e["reason"]) for e in events] == [
+    events = registry.events.pairing_events_of(device["id"])
+    assert [(e.result, e.reason) for e in events] == [
         ("accepted", None),
         ("rejected", "already_activated"),
     ]

@@ -29,12 +29,12 @@ from provision import pipeline
 from provision.errors import TemplateError
 from provision.keys import Keyring
 from provision.labels.templates import Template, load_template, template_names
-from provision.payload import verify_payload
+from provision.payload import device_token, verify_payload
 from provision.qr import QUIET_ZONE
 from provision.registry import Registry
 from provision.serials import device_id
 from tests.conftest import RunCLI
-from tests.helpers import QR_MODEL2, decode_pdf, serials_csv, with_payload
+from tests.helpers import QR_MODEL2, decode_pdf, serials_csv
 from tests.pgcluster import PostgresCluster
 
 BASE_URL = "http://localhost:5001"  # what the run_cli fixture sets
@@ -203,18 +203,20 @@ def test_every_label_of_every_template_decodes_and_verifies(
     # The decoded set is exactly the batch's payloads, signed again from what is stored...
     registry = Registry(db_url)
     try:
-        batch_id = registry.batch_id("b1")
+        batch_id = registry.batches.id_of("b1")
         assert batch_id is not None
-        stored = [d for chunk in registry.iter_batch_labels(batch_id) for d in chunk]
+        stored = [d for chunk in registry.devices.labels(batch_id) for d in chunk]
     finally:
         registry.close()
-    assert set(decoded) == {URL_PREFIX + with_payload(keyring, d)["payload"] for d in stored}
+    assert set(decoded) == {
+        URL_PREFIX + device_token(keyring, d.key_id, d.device_id, d.expires_at) for d in stored
+    }
     # ...and, independently of the database, every one verifies offline and names a device
     # of the manifest: one label per serial.
     results = verify_cli(run_cli, decoded)
     assert all(r["valid"] is True for r in results), results
     assert len({r["device_id"] for r in results}) == case.devices
-    assert {r["device_id"] for r in results} == {d["device_id"] for d in stored}
+    assert {r["device_id"] for r in results} == {d.device_id for d in stored}
     assert {r["device_id"] for r in results} == {device_id(keyring.pepper, s) for s in serials}
 
 
@@ -642,12 +644,10 @@ def test_generate_writes_png_and_pdf_named_by_device_id_that_decode_and_verify(
 
     registry = Registry(db_url)
     try:
-        dev = registry.device(did)
+        dev = registry.devices.get(did)
         assert dev is not None
-        comps = registry.device_components(dev["id"])
-        assert [(c["component_type"], c["component_spec"]) for c in comps] == [
-            ("battery", "CR2032")
-        ]
+        comps = registry.devices.components_of(dev.id)
+        assert [(c.component_type, c.component_spec) for c in comps] == [("battery", "CR2032")]
     finally:
         registry.close()
 
@@ -672,7 +672,7 @@ def test_generate_twice_says_already_registered_and_creates_no_second_device(
 
     registry = Registry(db_url)
     try:
-        assert registry.count_devices() == 1
-        assert registry.count_components() == 1
+        assert registry.devices.count() == 1
+        assert registry.devices.count_components() == 1
     finally:
         registry.close()

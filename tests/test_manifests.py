@@ -38,7 +38,7 @@ def db_state(db_url: str) -> tuple[int, list[str]]:
     """(devices, batch names): what a rejected manifest must leave untouched."""
     registry = Registry(db_url)
     try:
-        return registry.count_devices(), registry.batch_names()
+        return registry.devices.count(), registry.batches.names()
     finally:
         registry.close()
 
@@ -173,8 +173,8 @@ def test_component_of_a_serial_registered_in_an_earlier_batch_is_accepted(run_cl
     assert (out["registered"], out["components"], out["rejected"]) == (2, 2, 0)
     registry = Registry(db_url)
     try:
-        assert registry.count_components() == 2
-        assert registry.batch_names() == ["earlier", "night-1"]
+        assert registry.devices.count_components() == 2
+        assert registry.batches.names() == ["earlier", "night-1"]
     finally:
         registry.close()
 

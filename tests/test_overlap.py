@@ -49,13 +49,13 @@ def test_a_new_batch_renders_while_registering_the_file_a_later_render_writes(
     registry = Registry(db_url)
     out = tmp_path / "out"
     chunks: list[int] = []
-    real = registry.insert_devices
+    real = registry.devices.insert
 
     def counting(rows, comps, batch):  # type: ignore[no-untyped-def]
         chunks.append(len(rows))
         return real(rows, comps, batch)
 
-    registry.insert_devices = counting  # type: ignore[method-assign]
+    registry.devices.insert = counting  # type: ignore[method-assign]
     manifest = serials_csv(tmp_path / "s.csv", N)
     registered, labels = run(registry, keyring, manifest, out, copies=2, start_at=3)
     assert registered.registered == N and len(chunks) > 2  # it really went chunk by chunk
@@ -71,7 +71,7 @@ def test_a_new_batch_renders_while_registering_the_file_a_later_render_writes(
     assert sorted(p.name for p in out.iterdir()) == ["b1.json", "b1.pdf"]
     # And what a scanner reads on the last page: the last devices of the manifest, twice each.
     on_last = (2 * N + 2) % TEMPLATE.per_page or TEMPLATE.per_page  # start_at 3: 2 skipped
-    batch_id = registry.batch_id("b1")
+    batch_id = registry.batches.id_of("b1")
     assert batch_id is not None
     urls = [
         d.url for d in pipeline.batch_labels(registry, batch_id, "b1", TEMPLATE, BASE_URL, keyring)
@@ -94,7 +94,7 @@ def test_a_bad_row_publishes_nothing_and_registers_nothing(
     with pytest.raises(ManifestError) as err:
         run(registry, keyring, manifest, out)
     assert [(r.line, r.column) for r in err.value.rows] == [(N - 1, "serial")]
-    assert registry.count_devices() == 0
+    assert registry.devices.count() == 0
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -104,7 +104,7 @@ def test_a_chunk_failing_midway_publishes_nothing(
     registry = Registry(db_url)
     out = tmp_path / "out"
     calls = [0]
-    real = registry.insert_devices
+    real = registry.devices.insert
 
     def third_fails(rows, comps, batch):  # type: ignore[no-untyped-def]
         calls[0] += 1
@@ -112,13 +112,13 @@ def test_a_chunk_failing_midway_publishes_nothing(
             raise ConflictError("IntegrityError")
         return real(rows, comps, batch)
 
-    registry.insert_devices = third_fails  # type: ignore[method-assign]
+    registry.devices.insert = third_fails  # type: ignore[method-assign]
     with pytest.raises(BatchError, match="registered by another process meanwhile"):
         run(registry, keyring, serials_csv(tmp_path / "s.csv", N), out)
-    assert registry.count_devices() == 2 * CHUNK  # the chunks before it stay: a rerun finishes
+    assert registry.devices.count() == 2 * CHUNK  # the chunks before it stay: a rerun finishes
     assert not out.exists() or list(out.iterdir()) == []
 
-    registry.insert_devices = real  # type: ignore[method-assign]
+    registry.devices.insert = real  # type: ignore[method-assign]
     registered, labels = run(registry, keyring, serials_csv(tmp_path / "s.csv", N), out)
     assert (registered.registered, registered.already_registered) == (N - 2 * CHUNK, 2 * CHUNK)
     assert labels.labels == N  # not a new batch any more: rendered from the registry
@@ -132,7 +132,7 @@ def test_a_render_failure_leaves_the_batch_registered_and_nothing_published(
     long_url = "https://" + "activation-service." * 24 + "example.com"  # modules too small
     with pytest.raises(TemplateError, match="use a shorter base URL"):
         run(registry, keyring, serials_csv(tmp_path / "s.csv", N), out, base_url=long_url)
-    assert registry.count_devices() == N  # registered in full, as register-then-render does
+    assert registry.devices.count() == N  # registered in full, as register-then-render does
     assert not out.exists() or list(out.iterdir()) == []
 
 

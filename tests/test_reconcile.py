@@ -138,14 +138,14 @@ def register(
 
 
 def activate_at(registry: Registry, keyring: Keyring, serial: str, when: str) -> None:
-    device = registry.device(device_id(keyring.pepper, serial))
+    device = registry.devices.get(device_id(keyring.pepper, serial))
     assert device is not None
     url = payload_url("http://localhost:5001", with_payload(keyring, device)["payload"])
     activate(registry, keyring, url, "customer@example.com", now=at(when))
 
 
 def revoke_at(registry: Registry, keyring: Keyring, serial: str, when: str) -> None:
-    device = registry.device(device_id(keyring.pepper, serial))
+    device = registry.devices.get(device_id(keyring.pepper, serial))
     assert device is not None
     revoke(registry, keyring, device, "reported stolen", "security", now=at(when))
 

@@ -37,7 +37,7 @@ def test_register_reports_counts_as_json(run_cli, tmp_path, db_url):
         "other_batch": 0,
         "components": 0,
     }
-    assert Registry(db_url).count_devices() == 25
+    assert Registry(db_url).devices.count() == 25
 
 
 def test_rerunning_a_batch_changes_nothing(run_cli, tmp_path, db_url, output_dir):
@@ -64,7 +64,7 @@ def test_rerunning_a_batch_changes_nothing(run_cli, tmp_path, db_url, output_dir
     with registry.engine.connect() as conn:
         after = conn.execute(select(devices).order_by(devices.c.id)).all()
     assert after == before  # payloads are stored, not re-signed
-    assert registry.count_components() == 40
+    assert registry.devices.count_components() == 40
     assert (output_dir / "b.pdf").read_bytes() == pdf1
 
 
@@ -87,7 +87,7 @@ def test_serial_from_another_batch_is_reported_and_skipped(run_cli, tmp_path, db
     out = _json(result)
     assert (out["registered"], out["other_batch"], out["already_registered"]) == (2, 1, 0)
     assert f"warning: {b}:3: serial: already registered in batch 'a'; skipped" in result.stderr
-    assert Registry(db_url).count_devices() == 7
+    assert Registry(db_url).devices.count() == 7
 
 
 def test_batch_killed_halfway_and_rerun_has_every_device_once(tmp_path, db_url, keyring_path):
@@ -111,14 +111,14 @@ def test_batch_killed_halfway_and_rerun_has_every_device_once(tmp_path, db_url, 
     deadline = time.monotonic() + 60
     count = 0
     while time.monotonic() < deadline and proc.poll() is None:
-        count = registry.count_devices()
+        count = registry.devices.count()
         if count >= 300:
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the batch finished before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = registry.count_devices()
+    killed_at = registry.devices.count()
     assert 0 < killed_at < n
 
     done = subprocess.run([*argv, "--json"], env=env, capture_output=True, text=True, check=True)
@@ -218,4 +218,4 @@ def test_bad_batch_name_is_refused_before_writing(run_cli, tmp_path, db_url):
     result = run_cli("register", str(serials_csv(tmp_path / "s.csv", 2)), "--batch", "../x")
     assert result.exit_code == 1
     assert "batch name '../x' is not usable" in result.stderr
-    assert Registry(db_url).count_devices() == 0
+    assert Registry(db_url).devices.count() == 0

@@ -80,7 +80,7 @@ def test_bulk_insert_stores_what_sqlalchemy_stores(db_url):
             "seal": "5" * 64,
         }
 
-    batch_id = registry.insert_devices([row(1)], [], NewBatch("b", "0" * 64, None))
+    batch_id = registry.devices.insert([row(1)], [], NewBatch("b", "0" * 64, None))
     with registry.engine.begin() as conn:
         conn.execute(insert(devices), [row(2)])
     same = [c for c in devices.c if c.name not in ("id", "device_id", "serial_hash", "batch_seq")]
@@ -119,13 +119,13 @@ def test_key_lookups_probe_the_index_before_postgresql_has_statistics(pg_cluster
             registry, load_keyring(tmp_path / "k.json"), serials_csv(tmp_path / "s.csv", 20_000)
         )
         keys = [f"{i:064x}" for i in range(5000)]
-        q = select(devices.c.id).where(registry._among(devices.c.serial_hash, keys))
+        q = select(devices.c.id).where(registry.store.among(devices.c.serial_hash, keys))
         sql = str(q.compile(registry.engine, compile_kwargs={"literal_binds": False}))
 
         def plan(indexed: bool) -> str:
             with registry.engine.connect() as conn:
                 if indexed:
-                    registry._by_index(conn)
+                    registry.store.by_index(conn)
                 rows = conn.exec_driver_sql("EXPLAIN " + sql, {"param_1": keys})
                 return "\n".join(r[0] for r in rows)
 

@@ -114,7 +114,7 @@ def test_components_find_their_device_rows_across_blocks(
             f"{comps}:51: serial: its device row ({serials} line 252) is rejected",
             f"{comps}:302: serial: serial is neither in {serials} nor registered",
         }
-        assert registry.count_devices() == 0
+        assert registry.devices.count() == 0
         res = register_batch(
             registry,
             keyring,
@@ -125,7 +125,7 @@ def test_components_find_their_device_rows_across_blocks(
             chunk_size=7,
         )
         assert (res.registered, res.components, res.rejected) == (299, 299, 3)
-        assert registry.count_components() == 299
+        assert registry.devices.count_components() == 299
         with (tmp_path / "rejects.csv").open(newline="") as fh:
             rejects = list(csv.DictReader(fh))
         assert [(r["source_line"], r["serial"]) for r in rejects] == [
@@ -153,7 +153,7 @@ def test_a_repeated_component_row_in_another_chunk_is_stored_once(
             registry, keyring, serials, components_path=comps, batch="b", chunk_size=1
         )
         assert (res.registered, res.components) == (3, 3)
-        assert registry.count_components() == 3
+        assert registry.devices.count_components() == 3
     finally:
         registry.close()
 
@@ -186,12 +186,12 @@ def test_a_file_changed_after_validation_stops_before_its_unvalidated_rows(
     try:
         with pytest.raises(BatchError, match="changed after it was validated"):
             register_batch(registry, keyring, path, batch="b", chunk_size=5, on_registered=tamper)
-        n = registry.count_devices()
+        n = registry.devices.count()
         assert 5 <= n < 1999 and n == len(registered)
         assert "SN 1999" not in registered and "SN1999" not in registered
         with pytest.raises(ManifestError, match="1 bad row"):
             register_batch(registry, keyring, path, batch="b")  # validated again: rejected
-        assert registry.count_devices() == n
+        assert registry.devices.count() == n
     finally:
         registry.close()
 
@@ -254,7 +254,7 @@ def test_a_manifest_from_a_pipe_is_read_twice_from_a_copy(
         from provision.pipeline import register_manifests
 
         res = register_manifests(registry, keyring, m, None, batch="b")
-        assert res.registered == 50 == registry.count_devices()
+        assert res.registered == 50 == registry.devices.count()
     finally:
         registry.close()
     del m

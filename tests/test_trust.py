@@ -46,10 +46,10 @@ def cli_json(result: Result) -> Any:
 
 def devices_of(registry: Registry, keyring: Keyring, batch: str) -> list[dict[str, Any]]:
     """The batch's devices in label order, each with the payload its label carries."""
-    batch_id = registry.batch_id(batch)
+    batch_id = registry.batches.id_of(batch)
     assert batch_id is not None
-    rows = [d for chunk in registry.iter_batch_labels(batch_id) for d in chunk]
-    found = [registry.device(r["device_id"]) for r in rows]
+    rows = [d for chunk in registry.devices.labels(batch_id) for d in chunk]
+    found = [registry.devices.get(r.device_id) for r in rows]
     return [with_payload(keyring, d) for d in found if d is not None]
 
 
@@ -246,7 +246,7 @@ def test_no_column_of_a_1000_device_registry_holds_a_payload_that_verifies(
     sealer_keyring = keyring
     for n, dev in enumerate(devs[:60]):
         result = activate(registry, keyring, url(dev), f"user{n}@example.com", ip="10.0.0.1")
-        log_action(registry, keyring, registry.device(dev["device_id"]) or {}, "reboot", {"n": n})
+        log_action(registry, keyring, dev, "reboot", {"n": n})
         with pytest.raises(ActivationRejected):
             activate(registry, keyring, url(dev), "late@example.com")
         assert result.activation_token
@@ -428,7 +428,7 @@ def test_a_registry_at_the_previous_revision_is_upgraded_chained_and_sealed(
             did: payload_url(BASE_URL, token) for did, token in stored.items()
         }
         # ...and a label printed under 0002 still activates its pending device, once.
-        pending = [did for did in stored if registry.device(did)["status"] == "pending"]  # type: ignore[index]
+        pending = [did for did in stored if registry.devices.get(did).status == "pending"]  # type: ignore[union-attr]
         done = activate(
             registry, keyring, payload_url(BASE_URL, stored[pending[0]]), "new@example.com"
         )
@@ -455,7 +455,7 @@ class Edited:
         register_batch(registry, keyring, serials_csv(tmp_path / "s.csv", 4), batch="e")
         self.active, self.revoked, self.busy, self.quiet = devices_of(registry, keyring, "e")
         activate(registry, keyring, url(self.active), "alice@example.com")
-        dev = registry.device(self.revoked["device_id"])
+        dev = registry.devices.get(self.revoked["device_id"])
         assert dev is not None
         from provision.audit import revoke
 
@@ -465,7 +465,7 @@ class Edited:
             self.log(self.busy, f"step{n}")
 
     def log(self, dev: dict[str, Any], action: str) -> None:
-        fresh = self.registry.device(dev["device_id"])
+        fresh = self.registry.devices.get(dev.device_id)
         assert fresh is not None
         log_action(self.registry, self.keyring, fresh, action)
 
@@ -477,7 +477,7 @@ class Edited:
         with self.registry.engine.connect() as conn:
             return dict(
                 conn.execute(
-                    sa.text("SELECT * FROM devices WHERE device_id = :d"), {"d": dev["device_id"]}
+                    sa.text("SELECT * FROM devices WHERE device_id = :d"), {"d": dev.device_id}
                 )
                 .one()
                 ._mapping
@@ -689,7 +689,7 @@ def test_the_library_bounds_the_ttl_too(
 ) -> None:
     with pytest.raises(ProvisionError, match="--ttl-days must be 1 to 3660"):
         register_batch(registry, keyring, serials_csv(tmp_path / "s.csv", 1), ttl_days=30000)
-    assert registry.batch_names() == []
+    assert registry.batches.names() == []
 
 
 def test_a_run_that_registers_nothing_leaves_no_batch_row(
@@ -699,7 +699,7 @@ def test_a_run_that_registers_nothing_leaves_no_batch_row(
     register_batch(registry, keyring, manifest, batch="first")
     again = register_batch(registry, keyring, manifest, batch="second")
     assert (again.registered, again.other_batch) == (0, 3)
-    assert registry.batch_names() == ["first"]
+    assert registry.batches.names() == ["first"]
 
 
 def test_a_run_that_fails_in_its_first_chunk_leaves_no_batch_row(
@@ -709,10 +709,10 @@ def test_a_run_that_fails_in_its_first_chunk_leaves_no_batch_row(
     register_batch(registry, keyring, manifest, batch="first")
     # A second process registers the same serials between our look-up and our insert: the
     # unique keys clash inside the chunk's transaction, which rolls the new batch row back too.
-    monkeypatch.setattr(registry, "existing_by_hash", lambda hashes: {})
+    monkeypatch.setattr(registry.devices, "existing_by_hash", lambda hashes: {})
     with pytest.raises(ProvisionError, match="registered by another process meanwhile"):
         register_batch(registry, keyring, manifest, batch="second")
-    assert registry.batch_names() == ["first"]
+    assert registry.batches.names() == ["first"]
 
 
 @pytest.mark.parametrize(
@@ -768,7 +768,11 @@ def test_text_history_escapes_control_characters_in_stored_values(
     activate(registry, keyring, url(dev), "alice")
     forged_line = "x\n  #99 2026-01-01T00:00:00+00:00  factory_reset\x1b[2J\x9b31m\u202e"
     log_action(
-        registry, keyring, registry.device(dev["device_id"]) or {}, "note", {"text": forged_line}
+        registry,
+        keyring,
+        dev,
+        "note",
+        {"text": forged_line},
     )
     result = run_cli("history", dev["device_id"])
     assert result.exit_code == 0
@@ -800,7 +804,7 @@ def test_bidi_controls_are_refused_in_users_and_reasons(
     with pytest.raises(ProvisionError, match="no control characters"):
         activate(registry, keyring, url(first), f"alice{bidi}moc.elpmaxe")
     with pytest.raises(ProvisionError, match="bidirectional control character"):
-        revoke(registry, keyring, registry.device(second["device_id"]) or {}, f"lost{bidi}", "ops")
+        revoke(registry, keyring, second, f"lost{bidi}", "ops")
 
 
 def test_a_migration_that_fails_midway_leaves_the_registry_as_it_was(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import http.cookiejar
@@ -38,6 +39,7 @@ from provision.payload import payload_url, sign_token
 from provision.pipeline import register_batch
 from provision.registry import Registry
 from provision.web import WebSettings, create_app
+from provision.web.activation import REASON_STATUS as WEB_REASON_STATUS
 from tests.helpers import REASON_STATUS, serials_csv, with_payload
 
 BASE_URL = "http://localhost:5001"
@@ -76,11 +78,11 @@ class Site:
         register_batch(
             self.registry, self.keyring, manifest, batch=batch, ttl_days=ttl_days, now=now
         )
-        batch_id = self.registry.batch_id(batch)
+        batch_id = self.registry.batches.id_of(batch)
         assert batch_id is not None
-        rows = [d for chunk in self.registry.iter_batch_labels(batch_id) for d in chunk]
+        rows = [d for chunk in self.registry.devices.labels(batch_id) for d in chunk]
         assert len(rows) == n
-        devices = [self.registry.device(d["device_id"]) for d in rows]
+        devices = [self.registry.devices.get(d.device_id) for d in rows]
         assert all(d is not None for d in devices)
         return [with_payload(self.keyring, d) for d in devices]  # type: ignore[arg-type]
 
@@ -101,7 +103,7 @@ class Site:
         return self.app(**kw).test_client()
 
     def events(self, device: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.registry.pairing_events_of(device["id"])
+        return [dataclasses.asdict(e) for e in self.registry.events.pairing_events_of(device["id"])]
 
 
 @pytest.fixture
@@ -190,7 +192,8 @@ def payload_for(site: Site, reason: str) -> str:
 
 
 def test_every_reason_code_has_the_status_the_issue_names() -> None:
-    assert {r: s for r, (s, _) in REASONS.items()} == REASON_STATUS
+    assert dict(WEB_REASON_STATUS) == REASON_STATUS
+    assert set(REASONS) == set(REASON_STATUS)  # and each has a message
 
 
 def test_api_activation_gives_201_with_device_type_and_token(site: Site) -> None:
@@ -204,9 +207,10 @@ def test_api_activation_gives_201_with_device_type_and_token(site: Site) -> None
     assert body["device_type"] == "sensor"
     assert TOKEN_RE.fullmatch(body["activation_token"])
     assert datetime.fromisoformat(body["activated_at"]).tzinfo is not None
-    now = site.registry.device(device["device_id"])
+    now = site.registry.devices.get(device["device_id"])
     assert now is not None
-    assert now["status"] == "activated" and now["user_id"] == "alice@example.com"
+    assert now is not None
+    assert now.status == "activated" and now.user_id == "alice@example.com"
     assert authenticate(site.registry, device["device_id"], body["activation_token"])
     assert resp.headers["Cache-Control"] == "no-store"  # the body holds a token
 
@@ -217,7 +221,7 @@ def test_api_rejects_with_every_reason_code(site: Site, reason: str) -> None:
     client = site.client()  # after the keyring changes the payload needed
     resp = api_activate(client, payload, "mallory@example.com")
     assert_error(resp, reason, REASON_STATUS[reason])
-    assert resp.get_json()["error"]["message"] == REASONS[reason][1]
+    assert resp.get_json()["error"]["message"] == REASONS[reason]
 
 
 def test_api_accepts_bare_and_lower_case_tokens(site: Site) -> None:
@@ -250,7 +254,7 @@ def test_api_refuses_a_user_with_control_characters(site: Site) -> None:
     device = site.one()
     resp = api_activate(site.client(), url(device), "eve\x1b[2J")
     assert resp.status_code == 400
-    assert site.registry.device(device["device_id"])["status"] == "pending"  # type: ignore[index]
+    assert site.registry.devices.get(device["device_id"]).status == "pending"  # type: ignore[union-attr]
 
 
 def test_api_records_every_attempt_as_a_pairing_event(site: Site) -> None:
@@ -328,7 +332,7 @@ def test_scan_page_post_without_csrf_token_is_refused(site: Site) -> None:
     resp = client.post(path(device), data={"user": "alice", "fingerprint": "fnv:1"})
     assert resp.status_code == 400
     assert page_reason(resp) == "csrf"
-    assert site.registry.device(device["device_id"])["status"] == "pending"  # type: ignore[index]
+    assert site.registry.devices.get(device["device_id"]).status == "pending"  # type: ignore[union-attr]
     assert site.events(device) == []
 
 
@@ -340,7 +344,7 @@ def test_scan_page_post_with_a_forged_csrf_token_is_refused(site: Site) -> None:
     token = csrf_from(other.get(path(device)))
     resp = client.post(path(device), data={"user": "alice", "csrf_token": token})
     assert resp.status_code == 400 and page_reason(resp) == "csrf"
-    assert site.registry.device(device["device_id"])["status"] == "pending"  # type: ignore[index]
+    assert site.registry.devices.get(device["device_id"]).status == "pending"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("lower", [False, True], ids=["QR-uppercase", "lowercase"])
@@ -372,7 +376,7 @@ def test_scan_page_activates_once_and_shows_the_token(site: Site, lower: bool) -
     again = client.post(target, data=form | {"user": "bob"})
     assert again.status_code == 409
     assert page_reason(again) == "already_activated"
-    assert REASONS["already_activated"][1] in again.get_data(as_text=True)
+    assert REASONS["already_activated"] in again.get_data(as_text=True)
     assert shown.group(1) not in again.get_data(as_text=True)
     # The page itself now says so, and offers no form.
     later = client.get(target).get_data(as_text=True)
@@ -386,7 +390,7 @@ def test_scan_page_post_without_a_user_is_refused_and_changes_nothing(site: Site
     token = csrf_from(client.get(path(device)))
     resp = client.post(path(device), data={"csrf_token": token, "user": "  "})
     assert resp.status_code == 400 and page_reason(resp) == "missing_user"
-    assert site.registry.device(device["device_id"])["status"] == "pending"  # type: ignore[index]
+    assert site.registry.devices.get(device["device_id"]).status == "pending"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("reason", list(REASON_STATUS))
@@ -400,7 +404,7 @@ def test_scan_page_post_names_every_reason_code(site: Site, reason: str) -> None
     assert resp.status_code == REASON_STATUS[reason], resp.get_data(as_text=True)
     assert resp.mimetype == "text/html"
     assert page_reason(resp) == reason
-    assert REASONS[reason][1].replace("'", "&#39;") in resp.get_data(as_text=True)
+    assert REASONS[reason].replace("'", "&#39;") in resp.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("reason", [r for r in REASON_STATUS if r != "already_activated"])
@@ -565,7 +569,7 @@ def test_unexpected_error_is_logged_without_the_token_in_the_path(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(site.registry, "device", broken)
+    monkeypatch.setattr(site.registry.devices, "get", broken)
     caplog.set_level(logging.DEBUG)
     client = app.test_client()
     resp = client.get(path(device))

@@ -20,6 +20,7 @@ from provision.keys import load_keyring
 from provision.payload import device_token, payload_url
 from provision.registry import Registry
 from provision.serials import device_id
+from provision.states import DeviceStatus
 
 HERE = Path(__file__).parent
 LAST_DAY = datetime(2026, 11, 27, 18, 0, tzinfo=UTC)
@@ -60,8 +61,8 @@ def main() -> None:
 
     done = {"activate": 0, "revoke": 0}
     for n, (serial, what, when) in enumerate(plan):
-        device = registry.device(device_id(keyring.pepper, serial))
-        if device is None or device["status"] != "pending":
+        device = registry.devices.get(device_id(keyring.pepper, serial))
+        if device is None or device.status != DeviceStatus.PENDING:
             continue  # the demo ran before: nothing to do
         if what == "revoke":
             revoke(
@@ -69,9 +70,7 @@ def main() -> None:
             )
         else:
             # The label's payload, signed again as `labels` does: the registry never stores it.
-            token = device_token(
-                keyring, device["key_id"], device["device_id"], device["expires_at"]
-            )
+            token = device_token(keyring, device.key_id, device.device_id, device.expires_at)
             url = payload_url(base_url, token)
             activate(
                 registry,
@@ -83,7 +82,7 @@ def main() -> None:
                 fingerprint=f"sha256:{n:064x}",
                 now=when,
             )
-            device = registry.device(device["device_id"])
+            device = registry.devices.get(device.device_id)
             assert device is not None
             log_action(
                 registry,

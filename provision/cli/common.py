@@ -23,6 +23,8 @@ from provision.text import escape_control
 if TYPE_CHECKING:
     from tqdm import tqdm
 
+    from provision.registry import DeviceRecord
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -210,9 +212,7 @@ def device_selector(f: F) -> F:
     return click.argument("device_id", required=False)(f)
 
 
-def find_device_arg(
-    settings: Settings, device_id: str | None, serial: str | None
-) -> dict[str, Any]:
+def find_device_arg(settings: Settings, device_id: str | None, serial: str | None) -> DeviceRecord:
     from provision.audit import find_device
 
     keyring = settings.keyring() if serial is not None else None
@@ -221,7 +221,7 @@ def find_device_arg(
 
 def find_device_for_write(
     settings: Settings, device_id: str | None, serial: str | None
-) -> dict[str, Any]:
+) -> DeviceRecord:
     settings.keyring()  # commands that write need it: fail before touching the database
     return find_device_arg(settings, device_id, serial)
 

@@ -16,6 +16,7 @@ from provision.cli.common import (
     operator,
     pass_settings,
 )
+from provision.states import DeviceStatus
 from provision.text import escape_control
 
 # -- activation and lifetime tracking ---------------------------------------------------------
@@ -109,12 +110,12 @@ def log_cmd(
     emit(
         as_json,
         {
-            "device_id": device["device_id"],
-            "action_id": entry["id"],
-            "seq": entry["seq"],
+            "device_id": device.device_id,
+            "action_id": entry.id,
+            "seq": entry.seq,
             "action_type": action,
         },
-        f"Logged {action} for device {device['device_id']} (entry #{entry['seq']}).",
+        f"Logged {action} for device {device.device_id} (entry #{entry.seq}).",
     )
 
 
@@ -205,6 +206,11 @@ def revoke_cmd(
     revoke(*settings.registry_with_keyring(), device, reason, by)
     emit(
         as_json,
-        {"device_id": device["device_id"], "status": "revoked", "revoked_by": by, "reason": reason},
-        f"Device {device['device_id']} revoked by {by}: {reason}",
+        {
+            "device_id": device.device_id,
+            "status": DeviceStatus.REVOKED,
+            "revoked_by": by,
+            "reason": reason,
+        },
+        f"Device {device.device_id} revoked by {by}: {reason}",
     )

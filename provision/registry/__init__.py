@@ -1,0 +1,121 @@
+"""The registry: the only package that queries the database.
+
+`Registry(url)` opens it (migrating the schema on first use) and hands out one object per
+subject, as sqlite-utils' `db[table]` does: `registry.batches`, `registry.devices` and
+`registry.events`. They return frozen dataclasses (provision.registry.records) and raise
+ProvisionError subclasses, never SQLAlchemy's exceptions.
+
+    schema.py   the tables; states come from provision.states
+    store.py    engine, dialect specifics, bulk paths, error translation, audit reads
+    records.py  the dataclasses the subjects return
+    batches.py, devices.py, events.py   one module per subject
+    frames.py   pandas frames for reconcile (pandas stays out of the rest)
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from typing import Any
+
+from provision.chain import Sealer
+from provision.errors import ConflictError
+from provision.registry.batches import Batches
+from provision.registry.devices import Devices
+from provision.registry.events import Events
+from provision.registry.records import (
+    ActionEntry,
+    Attempt,
+    ComponentRecord,
+    DeviceRecord,
+    LabelRow,
+    NewAction,
+    NewBatch,
+    PairingEvent,
+)
+from provision.registry.schema import (
+    action_log,
+    audit_chains,
+    batches,
+    components,
+    devices,
+    metadata,
+    pairing_events,
+)
+from provision.registry.store import AuditSnapshot, Store, utcnow
+from provision.states import DeviceStatus, PairingResult
+
+__all__ = [
+    "ActionEntry",
+    "Attempt",
+    "AuditSnapshot",
+    "ComponentRecord",
+    "ConflictError",
+    "DeviceRecord",
+    "DeviceStatus",
+    "LabelRow",
+    "NewAction",
+    "NewBatch",
+    "PairingEvent",
+    "PairingResult",
+    "Registry",
+    "action_log",
+    "audit_chains",
+    "batches",
+    "components",
+    "devices",
+    "metadata",
+    "pairing_events",
+    "utcnow",
+]
+
+
+class Registry:
+    """A connection to the registry database; migrated to the latest schema on first use.
+
+    SEALER (from the keyring) lets a migration seal the rows already there (revision 0003).
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True, sealer: Sealer | None = None) -> None:
+        self.store = Store(url, migrate=migrate, sealer=sealer)
+        self.batches = Batches(self.store)
+        self.devices = Devices(self.store)
+        self.events = Events(self.store)
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    @property
+    def safe_url(self) -> str:
+        return self.store.safe_url
+
+    @property
+    def engine(self) -> Any:
+        """The SQLAlchemy engine, for tests and benchmarks that set a registry up by hand."""
+        return self.store.engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.store.is_sqlite
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.store.is_postgresql
+
+    def upgrade(self) -> str:
+        return self.store.upgrade()
+
+    def table_names(self) -> list[str]:
+        return self.store.table_names()
+
+    def audit_snapshot(self) -> AbstractContextManager[AuditSnapshot]:
+        return self.store.audit_snapshot()
+
+    def reconcile_frame(self, chunk: int = 100_000) -> Any:
+        """Every device as a pandas frame (serial hashes only), for reconcile."""
+        from provision.registry.frames import reconcile_frame
+
+        return reconcile_frame(self.store, chunk)
+
+    def close(self) -> None:
+        self.store.close()

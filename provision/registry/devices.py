@@ -1,0 +1,148 @@
+"""Devices and their components: bulk registration, look-ups, label rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select
+
+from provision.registry.batches import batch_in
+from provision.registry.records import ComponentRecord, DeviceRecord, LabelRow, NewBatch
+from provision.registry.schema import components, devices
+from provision.registry.store import Store, chunks
+
+
+class Devices:
+    """registry.devices: register devices in chunks, find them, list a batch's labels."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def get(self, device_id: str) -> DeviceRecord | None:
+        """The device with this id (16 lower-case hex characters), or None."""
+        with self._store.connect() as conn:
+            row = conn.execute(select(devices).where(devices.c.device_id == device_id)).first()
+        return DeviceRecord.from_row(row) if row is not None else None
+
+    def by_serial_hash(self, serial_hash: str) -> DeviceRecord | None:
+        with self._store.connect() as conn:
+            row = conn.execute(select(devices).where(devices.c.serial_hash == serial_hash)).first()
+        return DeviceRecord.from_row(row) if row is not None else None
+
+    def pk_of(self, device_id: str) -> int | None:
+        with self._store.connect() as conn:
+            return conn.execute(
+                select(devices.c.id).where(devices.c.device_id == device_id)
+            ).scalar()
+
+    def existing_by_hash(self, hashes: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        """For the hashes already registered: serial hash -> (device pk, batch id, batch name)."""
+        from provision.registry.schema import batches
+
+        store = self._store
+        found: dict[str, tuple[int, int, str]] = {}
+        with store.connect() as conn:
+            store.by_index(conn)
+            for chunk in chunks(hashes, store.lookup_chunk):
+                q = (
+                    select(devices.c.serial_hash, devices.c.id, devices.c.batch_id, batches.c.name)
+                    .join(batches, batches.c.id == devices.c.batch_id)
+                    .where(store.among(devices.c.serial_hash, chunk))
+                )
+                for h, pk, bid, bname in conn.execute(q):
+                    found[h] = (pk, bid, bname)
+        return found
+
+    def insert(
+        self,
+        rows: list[dict[str, Any]],
+        component_rows: list[dict[str, Any]],
+        batch: int | NewBatch,
+    ) -> int:
+        """Insert one chunk of devices and their components in a single transaction.
+
+        BATCH is the batch's id, or a NewBatch whose row this transaction creates; every row
+        gets its id. Component rows carry `serial_hash`; it is resolved to the device's primary
+        key here. Returns the batch id. A row that another process stored meanwhile (or a
+        device id two serials share) raises ConflictError and nothing of the chunk is written.
+        """
+        store = self._store
+        with store.begin() as conn:
+            store.bulk_pragmas(conn)
+            batch_id = batch_in(conn, batch)
+            if rows:
+                for r in rows:
+                    r["batch_id"] = batch_id
+                store.insert_rows(conn, devices, rows)
+            if component_rows:
+                store.by_index(conn)
+                owners = list({r["serial_hash"] for r in component_rows})
+                pks = {
+                    h: pk
+                    for h, pk in conn.execute(
+                        select(devices.c.serial_hash, devices.c.id).where(
+                            store.among(devices.c.serial_hash, owners)
+                        )
+                    )
+                }
+                conn.execute(
+                    insert(components),
+                    [
+                        {k: v for k, v in r.items() if k != "serial_hash"}
+                        | {"device_pk": pks[r["serial_hash"]], "batch_id": batch_id}
+                        for r in component_rows
+                    ],
+                )
+        return batch_id
+
+    def existing_component_hashes(self, hashes: Sequence[str]) -> set[str]:
+        store = self._store
+        found: set[str] = set()
+        with store.connect() as conn:
+            store.by_index(conn)
+            for chunk in chunks(hashes, store.lookup_chunk):
+                q = select(components.c.row_hash).where(store.among(components.c.row_hash, chunk))
+                found.update(conn.execute(q).scalars())
+        return found
+
+    def count(self, batch_id: int | None = None) -> int:
+        q = select(func.count()).select_from(devices)
+        if batch_id is not None:
+            q = q.where(devices.c.batch_id == batch_id)
+        with self._store.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def count_components(self, batch_id: int | None = None) -> int:
+        q = select(func.count()).select_from(components)
+        if batch_id is not None:
+            q = q.where(components.c.batch_id == batch_id)
+        with self._store.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def components_of(self, device_pk: int) -> list[ComponentRecord]:
+        q = select(components).where(components.c.device_pk == device_pk).order_by(components.c.id)
+        with self._store.connect() as conn:
+            return [ComponentRecord.from_row(r) for r in conn.execute(q)]
+
+    def labels(self, batch_id: int, chunk: int = 5000) -> Iterator[list[LabelRow]]:
+        """The batch's devices in label order, a chunk at a time (keyset pagination)."""
+        cols = [devices.c[name] for name in LabelRow.columns()]
+        last = (-1, -1)
+        with self._store.connect() as conn:
+            while True:
+                q = (
+                    select(*cols)
+                    .where(devices.c.batch_id == batch_id)
+                    .where(
+                        (devices.c.batch_seq > last[0])
+                        | ((devices.c.batch_seq == last[0]) & (devices.c.id > last[1]))
+                    )
+                    .order_by(devices.c.batch_seq, devices.c.id)
+                    .limit(chunk)
+                )
+                rows = [LabelRow.from_row(r) for r in conn.execute(q)]
+                if not rows:
+                    return
+                yield rows
+                last = (rows[-1].batch_seq, rows[-1].id)

@@ -1,0 +1,309 @@
+"""A device's life after registration: activation attempts (pairing events), the action log,
+revocation. Every change writes its chain entry and the device's new seal in one transaction."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from provision.chain import (
+    SEALED_COLUMNS,
+    UNATTACHED,
+    Sealer,
+    canonical_json,
+    genesis_hash,
+    pairing_genesis,
+)
+from provision.errors import DeviceError
+from provision.registry.records import ActionEntry, Attempt, NewAction, PairingEvent
+from provision.registry.schema import action_log, audit_chains, devices, pairing_events
+from provision.registry.store import Store
+from provision.states import DeviceStatus, PairingResult, Reason, SystemAction
+
+# Why an activation that lost the conditional UPDATE lost, by the status that beat it.
+_LOST_REASON = {
+    DeviceStatus.ACTIVATED: Reason.ALREADY_ACTIVATED,
+    DeviceStatus.REVOKED: Reason.REVOKED_DEVICE,
+}
+
+
+class Events:
+    """registry.events: record attempts, activate once, revoke, append and read the logs."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def record_rejected(
+        self, device_pk: int | None, attempt: Attempt, reason: Reason, sealer: Sealer
+    ) -> None:
+        """Store a rejected attempt: on its device's pairing chain, else on the unattached one."""
+        with self._store.begin() as conn:
+            device_id = None
+            if device_pk is not None:
+                device_id = conn.execute(
+                    select(devices.c.device_id).where(devices.c.id == device_pk)
+                ).scalar_one()
+            _append_pairing(
+                conn, device_pk, device_id, attempt, PairingResult.REJECTED, reason, sealer
+            )
+            if device_pk is not None:
+                _reseal(conn, device_pk, sealer)
+
+    def try_activate(
+        self,
+        device_pk: int,
+        device_id: str,
+        user: str | None,
+        token_hash: str,
+        attempt: Attempt,
+        sealer: Sealer,
+    ) -> DeviceStatus | None:
+        """Pending -> activated with one conditional UPDATE; None if this call won, else the
+        status that made it lose. The pairing event, the `activated` action and the device's
+        new seal are written in the same transaction."""
+        now = attempt.occurred_at
+        with self._store.begin() as conn:
+            won = (
+                conn.execute(
+                    update(devices)
+                    .where(devices.c.id == device_pk, devices.c.status == DeviceStatus.PENDING)
+                    .values(
+                        status=DeviceStatus.ACTIVATED,
+                        activated_at=now,
+                        user_id=user,
+                        activation_token_hash=token_hash,
+                    )
+                ).rowcount
+                == 1
+            )
+            status = None
+            if not won:
+                status = DeviceStatus(
+                    conn.execute(
+                        select(devices.c.status).where(devices.c.id == device_pk)
+                    ).scalar_one()
+                )
+            result = PairingResult.ACCEPTED if won else PairingResult.REJECTED
+            reason = None if won else _LOST_REASON.get(status, Reason.ALREADY_ACTIVATED)  # type: ignore[arg-type]
+            _append_pairing(conn, device_pk, device_id, attempt, result, reason, sealer)
+            if won:
+                action = NewAction(
+                    SystemAction.ACTIVATED, canonical_json({"user": user}), attempt.ip, user, now
+                )
+                _append_action(conn, device_pk, device_id, action, sealer)
+            _reseal(conn, device_pk, sealer)
+        return status
+
+    def revoke(
+        self, device_pk: int, device_id: str, by: str, reason: str, now: datetime, sealer: Sealer
+    ) -> bool:
+        """Mark a device revoked (from any other state); False if it already was."""
+        with self._store.begin() as conn:
+            changed = conn.execute(
+                update(devices)
+                .where(devices.c.id == device_pk, devices.c.status != DeviceStatus.REVOKED)
+                .values(
+                    status=DeviceStatus.REVOKED,
+                    revoked_at=now,
+                    revoked_by=by,
+                    revoked_reason=reason,
+                )
+            ).rowcount
+            if changed:
+                action = NewAction(
+                    SystemAction.REVOKED, canonical_json({"reason": reason}), None, by, now
+                )
+                _append_action(conn, device_pk, device_id, action, sealer)
+                _reseal(conn, device_pk, sealer)
+        return bool(changed)
+
+    def append_action(
+        self, device_pk: int, device_id: str, action: NewAction, sealer: Sealer
+    ) -> ActionEntry:
+        """Append ACTION to the device's chain; returns the stored entry."""
+        with self._store.begin() as conn:
+            entry = _append_action(conn, device_pk, device_id, action, sealer)
+            _reseal(conn, device_pk, sealer)
+        return entry
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def pairing_events_of(self, device_pk: int, limit: int | None = None) -> list[PairingEvent]:
+        """The newest LIMIT attempts (all without a limit), oldest first."""
+        q = select(pairing_events).where(pairing_events.c.device_pk == device_pk)
+        q = q.order_by(pairing_events.c.seq.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        with self._store.connect() as conn:
+            return [PairingEvent.from_row(r) for r in conn.execute(q)][::-1]
+
+    def accepted_pairing_of(self, device_pk: int) -> PairingEvent | None:
+        """The attempt that activated the device, if one did."""
+        q = select(pairing_events).where(
+            pairing_events.c.device_pk == device_pk,
+            pairing_events.c.result == PairingResult.ACCEPTED,
+        )
+        with self._store.connect() as conn:
+            row = conn.execute(q.order_by(pairing_events.c.seq).limit(1)).first()
+        return PairingEvent.from_row(row) if row is not None else None
+
+    def rejected_pairing_counts(self, device_pk: int) -> dict[str, int]:
+        """The device's rejected attempts, counted by reason."""
+        q = (
+            select(pairing_events.c.reason, func.count())
+            .where(
+                pairing_events.c.device_pk == device_pk,
+                pairing_events.c.result != PairingResult.ACCEPTED,
+            )
+            .group_by(pairing_events.c.reason)
+        )
+        with self._store.connect() as conn:
+            return {str(reason): int(n) for reason, n in conn.execute(q)}
+
+    def actions_of(self, device_pk: int, limit: int | None = None) -> list[ActionEntry]:
+        """The newest LIMIT actions (all without a limit), oldest first."""
+        q = select(action_log).where(action_log.c.device_pk == device_pk)
+        q = q.order_by(action_log.c.seq.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        with self._store.connect() as conn:
+            return [ActionEntry.from_row(r) for r in conn.execute(q)][::-1]
+
+    def count_actions(self, device_pk: int) -> int:
+        q = select(func.count()).select_from(action_log).where(action_log.c.device_pk == device_pk)
+        with self._store.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+
+def _append_action(
+    conn: Connection, device_pk: int, device_id: str, action: NewAction, sealer: Sealer
+) -> ActionEntry:
+    """Append ACTION to the device's chain in CONN's transaction, head updated (not the seal)."""
+    # Bumping the counter first takes the device row's write lock (PostgreSQL) or the database
+    # write lock (SQLite): concurrent appends to one device queue up here.
+    seq = conn.execute(
+        update(devices)
+        .where(devices.c.id == device_pk)
+        .values(action_count=devices.c.action_count + 1)
+        .returning(devices.c.action_count)
+    ).scalar_one()
+    prev: str | None = genesis_hash(device_id)
+    if seq > 1:
+        prev = conn.execute(
+            select(action_log.c.entry_hash).where(
+                action_log.c.device_pk == device_pk, action_log.c.seq == seq - 1
+            )
+        ).scalar()
+        if prev is None:
+            raise DeviceError(
+                f"the action log of device {device_id} is broken at entry #{seq - 1}; "
+                "nothing appended (run `provision audit verify`)"
+            )
+    assert prev is not None
+    now = action.occurred_at.astimezone(UTC)
+    entry_hash = sealer.action(
+        device_id, seq, now, action.action_type, action.metadata_json, action.ip, action.actor, prev
+    )
+    row: dict[str, Any] = {
+        "device_pk": device_pk,
+        "seq": seq,
+        "occurred_at": now,
+        "action_type": action.action_type,
+        "metadata_json": action.metadata_json,
+        "ip": action.ip,
+        "actor": action.actor,
+        "prev_hash": prev,
+        "entry_hash": entry_hash,
+    }
+    pk = conn.execute(insert(action_log).values(**row)).inserted_primary_key
+    # The head is keyed too: deleting the newest entries and rewinding the head by hand needs
+    # the keyring, not just database access.
+    head = sealer.action_head(device_id, seq, now, entry_hash)
+    conn.execute(update(devices).where(devices.c.id == device_pk).values(action_head=head))
+    assert pk is not None
+    return ActionEntry(id=int(pk[0]), **row)
+
+
+def _append_pairing(
+    conn: Connection,
+    device_pk: int | None,
+    device_id: str | None,
+    attempt: Attempt,
+    result: PairingResult,
+    reason: Reason | None,
+    sealer: Sealer,
+) -> None:
+    """Append an attempt to its device's pairing chain (or the unattached one), head updated."""
+    # Bumping the chain's counter first takes its row's write lock: appends queue up here.
+    if device_pk is not None:
+        assert device_id is not None
+        chain, counter, head_of = device_id, devices.c.pairing_count, devices.c.pairing_head
+        owner = devices.c.id == device_pk
+        same_chain = pairing_events.c.device_pk == device_pk
+    else:
+        chain, counter, head_of = UNATTACHED, audit_chains.c.count, audit_chains.c.head
+        owner = audit_chains.c.name == UNATTACHED
+        same_chain = pairing_events.c.device_pk.is_(None)
+    table = counter.table
+    seq = conn.execute(
+        update(table).where(owner).values({counter: counter + 1}).returning(counter)
+    ).scalar_one()
+    prev: str | None = pairing_genesis(chain)
+    if seq > 1:
+        prev = conn.execute(
+            select(pairing_events.c.entry_hash).where(same_chain, pairing_events.c.seq == seq - 1)
+        ).scalar()
+        if prev is None:
+            raise DeviceError(
+                f"the pairing log of {'device ' + chain if device_pk else 'unknown devices'} "
+                f"is broken at event #{seq - 1}; nothing recorded "
+                "(run `provision audit verify`)"
+            )
+    assert prev is not None
+    occurred = attempt.occurred_at.astimezone(UTC)
+    entry = sealer.pairing(
+        chain,
+        seq,
+        occurred,
+        attempt.claimed_device_id,
+        attempt.ip,
+        attempt.user_agent,
+        attempt.fingerprint,
+        attempt.user_id,
+        result,
+        reason,
+        prev,
+    )
+    conn.execute(
+        insert(pairing_events).values(
+            device_pk=device_pk,
+            seq=seq,
+            occurred_at=occurred,
+            claimed_device_id=attempt.claimed_device_id,
+            ip=attempt.ip,
+            user_agent=attempt.user_agent,
+            fingerprint=attempt.fingerprint,
+            user_id=attempt.user_id,
+            result=result,
+            reason=reason,
+            prev_hash=prev,
+            entry_hash=entry,
+        )
+    )
+    head = sealer.pairing_head(chain, seq, entry)
+    conn.execute(update(table).where(owner).values({head_of: head}))
+
+
+def _reseal(conn: Connection, device_pk: int, sealer: Sealer) -> None:
+    """Seal the device row's state as this transaction leaves it."""
+    state = conn.execute(
+        select(*(devices.c[c] for c in SEALED_COLUMNS)).where(devices.c.id == device_pk)
+    ).one()
+    conn.execute(
+        update(devices).where(devices.c.id == device_pk).values(seal=sealer.device_values(*state))
+    )

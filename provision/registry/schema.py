@@ -1,0 +1,169 @@
+"""The registry's tables (plain SQLAlchemy Core) and, from provision.states, their states.
+
+Alembic compares the migrations with `metadata`; a test holds the two together.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from provision.states import DeviceStatus, PairingResult
+
+__all__ = [
+    "DeviceStatus",
+    "PairingResult",
+    "action_log",
+    "audit_chains",
+    "batches",
+    "components",
+    "devices",
+    "metadata",
+    "pairing_events",
+]
+
+metadata = MetaData()
+"""Every provision table (Alembic compares the migrations with it). Plain Core tables: the ORM
+would cost every command 65 ms of imports, and no path of provision needs it."""
+
+# 64-bit keys on PostgreSQL; on SQLite only INTEGER PRIMARY KEY is the rowid alias.
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
+
+# A nightly batch: a name and the SHA-256 of the manifests it was registered from.
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), unique=True, nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("components_sha256", String(64)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# One device; its serial is stored only as a keyed hash and as AES-GCM ciphertext.
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", ROW_ID, primary_key=True),
+    Column("device_id", String(16), unique=True, nullable=False),
+    Column("serial_hash", String(64), unique=True, nullable=False),
+    Column("serial_ct", LargeBinary, nullable=False),
+    Column("device_type", String(128), nullable=False),
+    Column("manufacturer", String(128)),
+    Column("model", String(128)),
+    Column("manufactured_at", String(40)),
+    Column("production_line", String(128)),
+    Column("batch_id", Integer, ForeignKey("batches.id"), nullable=False),
+    Column("batch_seq", Integer, nullable=False),
+    # The payload is never stored (it activates the device): it is signed again from its key id
+    # and expiry whenever a label is drawn, and HMAC gives the same bytes every time.
+    Column("key_id", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), default=DeviceStatus.PENDING, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("activated_at", DateTime(timezone=True)),
+    Column("user_id", String(256)),
+    Column("activation_token_hash", String(64)),
+    Column("revoked_at", DateTime(timezone=True)),
+    Column("revoked_by", String(256)),
+    Column("revoked_reason", String(1000)),
+    # Head of the device's action chain: deleting the newest entries is detected too.
+    Column("action_count", Integer, default=0, server_default="0", nullable=False),
+    Column("action_head", String(64)),
+    # Head of the device's pairing-event chain, likewise.
+    Column("pairing_count", Integer, default=0, server_default="0", nullable=False),
+    Column("pairing_head", String(64)),
+    # Keyed seal over the row's state (provision.chain.SEALED_COLUMNS), written with each change.
+    Column("seal", String(64), nullable=False),
+    Index("ix_devices_batch_seq", "batch_id", "batch_seq"),
+    Index("ix_devices_status", "status"),
+)
+
+# A component fitted to a device; its own serial is kept encrypted like the device's.
+components = Table(
+    "device_components",
+    metadata,
+    Column("id", ROW_ID, primary_key=True),
+    Column(
+        "device_pk",
+        ROW_ID,
+        ForeignKey("devices.id"),
+        index=True,
+        nullable=False,
+    ),
+    Column("component_type", String(128), nullable=False),
+    Column("component_spec", String(128), nullable=False),
+    Column("component_serial_ct", LargeBinary),
+    # Keyed hash of (device, type, spec, component serial): rerunning a manifest adds nothing.
+    Column("row_hash", String(64), unique=True, nullable=False),
+    Column("supplier", String(128)),
+    Column("lot", String(128)),
+    Column("batch_id", Integer, ForeignKey("batches.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# One activation attempt, accepted or rejected; chained per device (entry_hash over the event
+# and prev_hash), and the attempts that name no registered device in one chain of their own.
+pairing_events = Table(
+    "device_pairing_events",
+    metadata,
+    Column("id", ROW_ID, primary_key=True),
+    Column("device_pk", ROW_ID, ForeignKey("devices.id")),
+    Column("seq", Integer, nullable=False),
+    Column("claimed_device_id", String(16)),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("ip", String(64)),
+    Column("user_agent", String(512)),
+    Column("fingerprint", String(128)),
+    Column("user_id", String(256)),
+    Column("result", String(16), nullable=False),
+    Column("reason", String(32)),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    UniqueConstraint("device_pk", "seq", name="uq_device_pairing_events_device_seq"),
+)
+
+# Chains that belong to no device row: their count and sealed head (today the pairing chain of
+# attempts that name no registered device, chain.UNATTACHED).
+audit_chains = Table(
+    "audit_chains",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("head", String(64)),
+)
+
+# One device action; entry_hash chains it to the device's previous entry.
+action_log = Table(
+    "device_action_log",
+    metadata,
+    Column("id", ROW_ID, primary_key=True),
+    Column(
+        "device_pk",
+        ROW_ID,
+        ForeignKey("devices.id"),
+        nullable=False,
+    ),
+    Column("seq", Integer, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("action_type", String(64), nullable=False),
+    Column("metadata_json", Text, nullable=False),
+    Column("ip", String(64)),
+    Column("actor", String(256)),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    UniqueConstraint("device_pk", "seq", name="uq_device_action_log_device_seq"),
+)

@@ -1,0 +1,53 @@
+"""Every state and reason code as a StrEnum: the one spelling of each, stored and sent as is.
+
+StrEnum members are strings, so they compare equal to what the database and JSON hold
+("pending" == DeviceStatus.PENDING), and they serialise as their values. This module is at the
+bottom of the layers (keys and payload use it as well as the registry), so it imports nothing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class DeviceStatus(StrEnum):
+    """Where a device is in its life: registered, activated once, or revoked."""
+
+    PENDING = "pending"
+    ACTIVATED = "activated"
+    REVOKED = "revoked"
+
+
+class PairingResult(StrEnum):
+    """The outcome of one activation attempt."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+class KeyState(StrEnum):
+    """A signing key's state: it signs, it only verifies, or it is destroyed."""
+
+    ACTIVE = "active"
+    VERIFY_ONLY = "verify-only"
+    REVOKED = "revoked"
+
+
+class Reason(StrEnum):
+    """Why an activation payload or attempt was refused (the API's reason codes)."""
+
+    MALFORMED = "malformed"
+    FORGED = "forged"
+    UNKNOWN_KEY = "unknown_key"
+    REVOKED_KEY = "revoked_key"
+    EXPIRED = "expired"
+    UNKNOWN_DEVICE = "unknown_device"
+    REVOKED_DEVICE = "revoked_device"
+    ALREADY_ACTIVATED = "already_activated"
+
+
+class SystemAction(StrEnum):
+    """The action types provision itself writes to a device's log."""
+
+    ACTIVATED = "activated"
+    REVOKED = "revoked"

@@ -1,0 +1,38 @@
+"""The public activation service: the scan pages and the device API (`provision serve`).
+
+`create_app` builds it from two blueprints, scan (the pages a phone opens from the QR) and
+api (JSON for apps), on the shared pieces of provision.web.common. Nothing of a staff console
+is part of it.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from provision.keys import Keyring
+from provision.registry import Registry
+from provision.web.activation import api, scan
+from provision.web.activation.reasons import REASON_STATUS
+from provision.web.common import Services, WebSettings, make_app, make_limiter
+
+__all__ = ["REASON_STATUS", "create_app"]
+
+
+def create_app(
+    settings: WebSettings, *, registry: Registry | None = None, keyring: Keyring | None = None
+) -> Flask:
+    """The activation service's Flask app; `provision serve` runs it under waitress."""
+    app = make_app(Services.open(settings, registry, keyring))
+    csrf = CSRFProtect(app)
+    limiter = make_limiter(app)
+    # One budget per client address for every route that activates (/A/, /a/ and the API):
+    # a per-route limit would let a client triple it by switching the path's case or the route.
+    activation_limit = limiter.shared_limit(
+        settings.rate_limit, scope="activation", methods=["POST"]
+    )
+    app.register_blueprint(scan.blueprint(activation_limit))
+    api_bp = api.blueprint(activation_limit)
+    csrf.exempt(api_bp)  # bearer tokens and JSON bodies, not cookies: no cross-site form
+    app.register_blueprint(api_bp)
+    return app

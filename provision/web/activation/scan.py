@@ -1,0 +1,73 @@
+"""The scan pages: what a phone opens from the QR (`/A/<token>`), and the activation form."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, render_template, request
+
+from provision.activation import ActivationRejected, activate
+from provision.errors import ProvisionError, RegistryError
+from provision.payload import extract_token, verify_payload
+from provision.states import DeviceStatus, Reason
+from provision.web.activation.reasons import refused_page
+from provision.web.common import page_error, services
+
+
+def scan_page(token: str) -> Any:
+    svc = services()
+    check = verify_payload(token, svc.keyring())
+    if not check.valid:
+        assert check.reason is not None
+        return refused_page(check.reason)
+    device = svc.registry.devices.get(check.device_id or "")
+    if device is None:
+        return refused_page(Reason.UNKNOWN_DEVICE)
+    return render_template(
+        "scan.html",
+        device=device,
+        pending=device.status == DeviceStatus.PENDING,
+        DeviceStatus=DeviceStatus,
+        token=extract_token(token),
+    )
+
+
+def scan_post(token: str) -> Any:
+    svc = services()
+    user = (request.form.get("user") or "").strip()
+    if not user:
+        return page_error("missing_user", 400, "Enter your e-mail address or user name.")
+    keyring = svc.keyring()  # outside the try: a keyring error is a 503, not a 400
+    try:
+        result = activate(
+            svc.registry,
+            keyring,
+            token,
+            user,
+            ip=request.remote_addr,
+            user_agent=request.headers.get("User-Agent"),
+            fingerprint=request.form.get("fingerprint") or None,
+        )
+    except ActivationRejected as exc:
+        return refused_page(exc.reason)
+    except RegistryError:
+        raise  # the database failed: a 500, not the customer's mistake
+    except ProvisionError as exc:
+        return page_error("bad_request", 400, str(exc))
+    return render_template("activated.html", result=result, user=user), 200
+
+
+def blueprint(activation_limit: Callable[..., Any]) -> Blueprint:
+    """The scan pages; ACTIVATION_LIMIT is the app's shared limit on activating POSTs."""
+    bp = Blueprint("scan", __name__)
+    # The QR holds an uppercase URL; browsers keep the path's case, so accept both.
+    for prefix in ("A", "a"):
+        bp.add_url_rule(f"/{prefix}/<token>", f"page_{prefix}", scan_page, methods=["GET"])
+        bp.add_url_rule(
+            f"/{prefix}/<token>",
+            f"post_{prefix}",
+            activation_limit(scan_post),
+            methods=["POST"],
+        )
+    return bp

@@ -1,0 +1,234 @@
+"""What every provision web app shares: settings, services, headers, errors, the limiter.
+
+The public activation service (provision.web.activation) is built from these; a staff console
+would be too, as an app of its own, sharing none of the routes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, Response, current_app, g, jsonify, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.errors import RateLimitExceeded
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from provision.audit import make_sealer
+from provision.errors import KeyringError
+from provision.keys import Keyring, KeyringWatcher
+from provision.registry import Registry
+
+log = logging.getLogger("provision.web")
+DEFAULT_RATE_LIMIT = "10 per minute"
+KEYRING_CHECK_SECONDS = 0.5
+MAX_CONTENT_LENGTH = 64 * 1024
+_SECRET_DOMAIN = b"provision/web-session/v1\x00"
+# Request paths carry the payload token; it never reaches a log line in full.
+_REDACT = re.compile(r"(?i)(/a/)[^/?#]+")
+# The machine-readable reason of each HTTP error status a route can answer with.
+HTTP_REASONS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    408: "request_timeout",
+    411: "length_required",
+    413: "payload_too_large",
+    414: "uri_too_long",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    431: "headers_too_large",
+    500: "internal",
+    503: "unavailable",
+}
+_HTTP_MESSAGES = {
+    404: "Nothing here.",
+    405: "That method is not allowed here.",
+    413: f"The request body is larger than {MAX_CONTENT_LENGTH} bytes.",
+}
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    """What an app needs; the CLI (`provision serve`) builds it from its options."""
+
+    db_url: str
+    keyring_path: str | None
+    base_url: str
+    trusted_proxies: int = 0
+    rate_limit: str = DEFAULT_RATE_LIMIT
+
+
+@dataclass(frozen=True)
+class Services:
+    """What every request uses: the registry, and the keyring as the file holds it now.
+
+    The keyring is watched, not loaded once: a revoked or rotated key takes effect within
+    KEYRING_CHECK_SECONDS (plus one request), in every process, without a restart.
+    """
+
+    registry: Registry
+    keyrings: KeyringWatcher
+    settings: WebSettings
+
+    def keyring(self) -> Keyring:
+        return self.keyrings.current()
+
+    @classmethod
+    def open(
+        cls, settings: WebSettings, registry: Registry | None, keyring: Keyring | None
+    ) -> Services:
+        if keyring is not None:
+            keyrings = KeyringWatcher(keyring.path, KEYRING_CHECK_SECONDS, initial=keyring)
+        else:
+            if not settings.keyring_path:
+                raise KeyringError("no keyring given: set PROVISION_KEYRING (or --keyring)")
+            keyrings = KeyringWatcher(settings.keyring_path, KEYRING_CHECK_SECONDS)
+        first = keyrings.current()
+        registry = registry or Registry(settings.db_url, sealer=make_sealer(first))
+        return cls(registry, keyrings, settings)
+
+
+def services() -> Services:
+    """The running app's services."""
+    found: Services = current_app.extensions["provision"]
+    return found
+
+
+class _App(Flask):
+    """Flask, except that an unexpected error is logged without the token in the path."""
+
+    def log_exception(self, exc_info: Any) -> None:
+        self.logger.error(
+            "Exception on %s [%s]", redact_path(request.path), request.method, exc_info=exc_info
+        )
+
+
+def make_app(svc: Services) -> Flask:
+    """A Flask app with provision's configuration, headers, access log and error pages."""
+    app = _App("provision.web")  # templates and static files of provision/web
+    settings = svc.settings
+    app.config.update(
+        SECRET_KEY=hmac.new(svc.keyring().pepper, _SECRET_DOMAIN, hashlib.sha256).digest(),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.base_url.lower().startswith("https://"),
+        WTF_CSRF_TIME_LIMIT=3600,
+        WTF_CSRF_SSL_STRICT=False,  # the Referer is suppressed by our own Referrer-Policy
+        MAX_CONTENT_LENGTH=MAX_CONTENT_LENGTH,
+    )
+    app.extensions["provision"] = svc
+    if settings.trusted_proxies > 0:
+        # Only behind a proxy we run does X-Forwarded-For say who the client is.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
+    app.before_request(_nonce)
+    app.after_request(_headers)
+    app.register_error_handler(RateLimitExceeded, _too_many)
+    app.register_error_handler(CSRFError, _csrf)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(500, _internal)
+    app.register_error_handler(KeyringError, _no_keyring)
+    app.add_url_rule("/healthz", "healthz", _healthz, methods=["GET"])
+    return app
+
+
+def make_limiter(app: Flask) -> Limiter:
+    """Flask-Limiter on APP, its counters in this process's memory."""
+    return Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
+
+
+def page_error(reason: str, status: int, message: str) -> Any:
+    return render_template("error.html", reason=reason, message=message), status
+
+
+def api_error(reason: str, status: int, message: str) -> Any:
+    return jsonify({"error": {"reason": reason, "message": message}}), status
+
+
+def error(reason: str, status: int, message: str) -> Any:
+    """An error in the route's kind: JSON under /api/, a page elsewhere."""
+    return (api_error if request.path.startswith("/api/") else page_error)(reason, status, message)
+
+
+def bounded_int(text: str, low: int, high: int) -> int | None:
+    """TEXT as a whole number in LOW..HIGH, or None: a query parameter never reaches a query
+    unbounded (a 25-digit limit overflows every database integer)."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(high)):
+        return None
+    value = int(text)
+    return value if low <= value <= high else None
+
+
+def redact_path(path: str) -> str:
+    return _REDACT.sub(r"\1<token>", path)
+
+
+def _nonce() -> None:
+    g.csp_nonce = secrets.token_urlsafe(16)
+
+
+def _headers(resp: Response) -> Response:
+    nonce = getattr(g, "csp_nonce", "")
+    resp.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'self' 'nonce-" + nonce + "'; style-src 'self'; "
+        "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    )
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers.setdefault("Cache-Control", "no-store")
+    log.info(
+        "%s %s %s %s",
+        request.remote_addr,
+        request.method,
+        redact_path(request.path),
+        resp.status_code,
+    )
+    return resp
+
+
+def _too_many(exc: RateLimitExceeded) -> Any:
+    msg = "Too many activation attempts from your address; try again in a minute."
+    return error("rate_limited", 429, msg)
+
+
+def _csrf(exc: CSRFError) -> Any:
+    return page_error(
+        "csrf",
+        400,
+        "The form expired or did not come from this page; reload the page and try again.",
+    )
+
+
+def _http_error(exc: HTTPException) -> Any:
+    # Every error status has a body of the route's kind: JSON under /api/, a page elsewhere
+    # (a 413 from MAX_CONTENT_LENGTH included, which Flask would answer with HTML).
+    code = exc.code or 500
+    reason = HTTP_REASONS.get(code, "bad_request" if code < 500 else "internal")
+    return error(reason, code, _HTTP_MESSAGES.get(code) or exc.description or reason)
+
+
+def _internal(exc: Exception) -> Any:
+    return error("internal", 500, "Something went wrong on our side; please try again later.")
+
+
+def _no_keyring(exc: KeyringError) -> Any:
+    # The keyring file changed and does not load: refuse rather than use stale keys.
+    log.error("keyring unavailable: %s", exc)
+    return error("unavailable", 503, "The service cannot check activation codes right now.")
+
+
+def _healthz() -> Any:
+    return jsonify({"ok": True})
