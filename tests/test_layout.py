@@ -170,3 +170,24 @@ def test_no_command_calls_sys_exit_for_an_error() -> None:
     for name, path in modules().items():
         if inside(name, "provision.cli"):
             assert "sys.exit(" not in path.read_text(encoding="utf-8"), name
+
+
+def test_no_state_literal_remains_outside_the_enum_definitions() -> None:
+    from provision.states import DeviceStatus, KeyState, PairingResult, Reason
+
+    values = {str(m) for e in (DeviceStatus, KeyState, PairingResult, Reason) for m in e}
+    found = []
+    for name, path in modules().items():
+        if name == "provision.states" or inside(name, "provision.migrations"):
+            continue  # the definitions; migrations are frozen history
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # A JSON key that happens to spell a state ("rejected": 3 rows) is a name, not a state.
+        keys = {id(k) for n in ast.walk(tree) if isinstance(n, ast.Dict) for k in n.keys}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value in values and id(node) not in keys:
+                found.append(f"{name}:{node.lineno}: {node.value!r}")
+    templates = PACKAGE / "web" / "templates"
+    for page in sorted(templates.glob("*.html")):
+        for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), start=1):
+            found += [f"{page.name}:{number}: {v!r}" for v in values if f'"{v}"' in line]
+    assert found == []
