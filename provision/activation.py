@@ -74,7 +74,10 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def check_user(user: str) -> str:
+def check_user(user: str | None) -> str | None:
+    """The user to link, checked; None links no one (the original app's `activate PAYLOAD`)."""
+    if user is None:
+        return None
     user = user.strip()
     if not USER_RE.fullmatch(user) or BIDI_RE.search(user):
         # Bidi overrides count as control characters here: they make a name display as another.
@@ -90,7 +93,7 @@ def activate(
     registry: Registry,
     keyring: Keyring,
     payload: str,
-    user: str,
+    user: str | None,
     ip: str | None = None,
     user_agent: str | None = None,
     fingerprint: str | None = None,

@@ -33,9 +33,9 @@ from provision.registry import (
     Registry,
     utcnow,
 )
-from provision.serials import serial_hash
+from provision.serials import serial_hash, serial_problem
 from provision.states import DeviceStatus
-from provision.text import text_problem
+from provision.text import plural, text_problem
 
 if TYPE_CHECKING:
     from provision.checkpoint import Checkpoint
@@ -63,13 +63,58 @@ def find_device(
             raise ProvisionError("--serial needs the keyring")
         device = registry.devices.by_serial_hash(serial_hash(keyring.pepper, serial.strip()))
         if device is None:
-            raise DeviceError("no device registered with that serial")
+            hint = _serial_hint(registry, keyring, serial.strip())
+            raise DeviceError("no device registered with that serial" + hint)
         return device
     assert device_id is not None
-    device = registry.devices.get(device_id.strip().lower())
+    return resolve_device(registry, device_id)
+
+
+MIN_ID_PREFIX = 6
+
+
+def resolve_device(registry: Registry, text: str) -> DeviceRecord:
+    """The device an id names as support or a label gives it: the 16 hex characters, with or
+    without the label's `ID ` in front, any case, or a unique prefix of at least 6."""
+    wanted = text.strip()
+    if wanted[:3].upper() == "ID ":
+        wanted = wanted[3:]
+    wanted = "".join(wanted.split()).lower()
+    if not re.fullmatch(r"[0-9a-f]{1,16}", wanted):
+        raise DeviceError(f"no device with id {text!r}")
+    if len(wanted) < 16:
+        if len(wanted) < MIN_ID_PREFIX:
+            raise DeviceError(
+                f"device id {text!r} is too short: give at least {MIN_ID_PREFIX} of its 16 "
+                "characters"
+            )
+        found = registry.devices.ids_starting(wanted, limit=2)
+        if len(found) > 1:
+            raise DeviceError(
+                f"device id {text!r} fits several devices ({', '.join(found)}, ...); "
+                "give more of its characters"
+            )
+        if found:
+            wanted = found[0]
+    device = registry.devices.get(wanted)
     if device is None:
-        raise DeviceError(f"no device with id {device_id!r}")
+        raise DeviceError(f"no device with id {text!r}")
     return device
+
+
+def _serial_hint(registry: Registry, keyring: Keyring, serial: str) -> str:
+    """ "; did you mean 'TH200-...'?" when the serial matches a registered one after a change of
+    case or white space. Looked up through the keyed hash of each variant, so no plaintext
+    serial is ever stored or compared (serials are compared exactly, as GS1 has it)."""
+    squeezed = "".join(serial.split())
+    variants = {v for s in (serial, squeezed) for v in (s, s.upper(), s.lower())} - {serial}
+    candidates = sorted(v for v in variants if serial_problem(v) is None)
+    hashes = {serial_hash(keyring.pepper, v): v for v in candidates}
+    found = registry.devices.existing_by_hash(list(hashes))
+    matches = sorted(hashes[h] for h in found)
+    if not matches:
+        return ""
+    return f"; did you mean {matches[0]!r}? (serials are compared exactly: case and spaces count)"
 
 
 def log_action(
@@ -178,8 +223,8 @@ class AuditReport:
 
     def summary(self) -> str:
         return (
-            f"{self.devices} devices, {self.entries} entries, {self.events} pairing events "
-            "checked"
+            f"{plural(self.devices, 'device')}, {plural(self.entries, 'entry', 'entries')}, "
+            f"{plural(self.events, 'pairing event')} checked"
             + (f" against checkpoint {self.checkpoint}" if self.checkpoint else "")
             + ": "
             + ("all chains and seals intact" if self.ok else f"{len(self.problems)} broken")
@@ -203,10 +248,7 @@ def verify_chains(
     sealer = make_sealer(keyring)
     if device_id is not None:
         # Device ids are lower-case hex; accept them as typed, like `history` does.
-        wanted = device_id.strip().lower()
-        pk = registry.devices.pk_of(wanted)
-        if pk is None:
-            raise DeviceError(f"no device with id {device_id!r}")
+        pk = resolve_device(registry, device_id).id
         with registry.audit_snapshot() as snap:
             one = _verify_range(snap, sealer, pk, pk, checkpoint)
         one.checkpoint = checkpoint.name if checkpoint else None

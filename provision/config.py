@@ -56,6 +56,24 @@ SETTINGS: tuple[Setting, ...] = (
 
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
+TEMPLATES_ENV = "PROVISION_TEMPLATES"
+DEFAULT_TEMPLATES_DIR = "~/.config/provision/templates"
+"""The user template folder when PROVISION_TEMPLATES is unset and so is XDG_CONFIG_HOME (when
+that is set: $XDG_CONFIG_HOME/provision/templates)."""
+# Read from the environment wherever a template is looked up (provision.labels.templates), so
+# `labels`, `run`, `generate` and `stations set` all see it. Not in SETTINGS yet: each row there
+# becomes a global option, which the `provision` group (provision/cli/__init__.py) and
+# cli.common.Settings must then take.
+TEMPLATES_SETTING = Setting(
+    "templates",
+    TEMPLATES_ENV,
+    None,
+    "Your label template folders, separated by ':' (os.pathsep). `templates import` writes "
+    "into the first; a template name (`--template NAME`) is looked up in each in turn, then "
+    "among the built-in templates, so a file here named like a built-in replaces it. "
+    f"Default: $XDG_CONFIG_HOME/provision/templates, else {DEFAULT_TEMPLATES_DIR}.",
+)
+
 # Rows per transaction on the bulk paths: big enough to amortise commits, small enough that a
 # killed batch loses little work and memory stays flat.
 DEFAULT_CHUNK_SIZE = 5000

@@ -18,6 +18,8 @@ class ProvisionError(Exception):
 
     kind = "provision"
     exit_code = 1
+    label = "Error"
+    """The word the CLI's line starts with (`Error: ...`)."""
     reported = False
     """True when the command already printed the outcome (a check that failed): exit only."""
     json = True
@@ -103,6 +105,22 @@ class JobError(ProvisionError):
     """A job file is missing, malformed or names something that does not exist."""
 
     kind = "job"
+
+
+class UsageError(ProvisionError):
+    """An option's value cannot be used as given (exit code 2, as click's usage errors)."""
+
+    kind = "usage"
+    exit_code = 2
+
+
+class RowsRejected(ProvisionError):
+    """Rows went to the reject file; the good rows are registered (exit code 4, for cron)."""
+
+    kind = "rows_rejected"
+    exit_code = 4
+    json = False
+    label = "Warning"
 
 
 class ChecksFailed(ProvisionError):

@@ -85,17 +85,42 @@ class Keyring:
         self.keys.append(key)
         return key
 
-    def revoke(self, key_id: int) -> SigningKey:
-        """Revoke a key: its payloads fail with `revoked_key` and its secret is destroyed."""
+    def _key(self, key_id: int) -> SigningKey:
         key = self.get(key_id)
         if key is None:
             known = ", ".join(str(k.id) for k in self.keys)
             raise KeyringError(f"{self.path}: no key with id {key_id} (known: {known})")
-        if key.state == KeyState.REVOKED:
-            raise KeyringError(f"{self.path}: key {key_id} is already revoked")
+        return key
+
+    def retire(self, key_id: int) -> SigningKey:
+        """End a key's signing life: it verifies what it signed, and a new key signs from now
+        on (the normal end of a key; revoke is for a key that leaked). Returns the new key."""
+        key = self._key(key_id)
+        if key.state != KeyState.ACTIVE:
+            raise KeyringError(
+                f"{self.path}: key {key_id} is {key.state}, not the active key; it signs nothing"
+            )
+        return self.rotate()
+
+    def revoke(self, key_id: int) -> SigningKey:
+        """Revoke a key: its payloads fail with `revoked_key` and its secret is destroyed."""
+        key = self.revocable(key_id)
         key.state = KeyState.REVOKED
         key.secret = None
         key.revoked_at = _now()
+        return key
+
+    def revocable(self, key_id: int) -> SigningKey:
+        """The key, if it may be revoked: it exists, is not revoked, and is not the one key
+        that signs (then nothing could sign after it)."""
+        key = self._key(key_id)
+        if key.state == KeyState.REVOKED:
+            raise KeyringError(f"{self.path}: key {key_id} is already revoked")
+        if key.state == KeyState.ACTIVE:
+            raise KeyringError(
+                f"{self.path}: key {key_id} is the signing key, and nothing could sign after "
+                f"it; run `provision keys rotate` first, then `provision keys revoke {key_id}`"
+            )
         return key
 
     def to_json(self) -> dict[str, Any]:

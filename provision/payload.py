@@ -15,13 +15,15 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import re
 import struct
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from provision.errors import KeyringError
+from provision.errors import KeyringError, UsageError
 from provision.keys import Keyring
 from provision.states import KeyState, Reason
 
@@ -79,6 +81,44 @@ def device_token(keyring: Keyring, key_id: int, device_id: str, expires_at: date
             "it cannot be signed again"
         )
     return sign_token(key.id, key.secret, device_id, int(expires_at.timestamp()))
+
+
+def check_base_url(url: str) -> str:
+    """The activation service's base URL, as labels carry it: http(s)://HOST[:PORT][/PATH].
+
+    A label printed with a base URL a phone cannot open is a batch to print again, so a value
+    without scheme or host (`act.example.com`) is refused, not printed.
+    """
+    text = url.strip()
+    parts = urllib.parse.urlsplit(text)
+    problem = None
+    if parts.scheme.lower() not in ("http", "https"):
+        problem = "it needs http:// or https:// and a host, like https://act.example.com"
+    elif not parts.hostname:
+        problem = "it has no host"
+    elif parts.query or parts.fragment or "@" in parts.netloc:
+        problem = "it may not hold a query, a fragment or a user name"
+    elif any(c.isspace() for c in text):
+        problem = "it holds white space"
+    else:
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            problem = "its port is not a number from 0 to 65535"
+    if problem:
+        raise UsageError(f"--base-url {text!r}: {problem}")
+    return text.rstrip("/")
+
+
+def is_loopback(url: str) -> bool:
+    """True when URL's host is this machine (localhost, 127.x, ::1): no phone can open it."""
+    host = (urllib.parse.urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def payload_url(base_url: str, token: str) -> str:

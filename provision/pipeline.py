@@ -29,6 +29,7 @@ from provision.errors import (
 )
 from provision.files import atomic_writer, publish_revision, write_atomic
 from provision.keys import Keyring
+from provision.labels.layout import check_offsets
 from provision.labels.render import (
     LabelData,
     RenderPool,
@@ -58,7 +59,7 @@ from provision.serials import (
     serial_problem,
 )
 from provision.states import DeviceStatus
-from provision.text import text_problem
+from provision.text import plural, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def no_progress(stage: str, done: int, total: int) -> None:
 
 @dataclass
 class RegisterResult:
-    """What `register` did; `skipped` names every serial that belongs to another batch."""
+    """What `register` did. Rows whose serial another batch holds are counted by that batch
+    (`other_batches`); `skipped` keeps the first MAX_EXAMPLES of them as examples."""
 
     batch: str
     registered: int = 0
@@ -86,6 +88,7 @@ class RegisterResult:
     other_batch: int = 0
     components: int = 0
     skipped: list[RowError] = field(default_factory=list)
+    other_batches: dict[str, int] = field(default_factory=dict)
     reject_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -117,6 +120,9 @@ class LabelsResult:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+
+MAX_EXAMPLES = 10
+"""Rows shown as examples of one kind of warning; the rest are counted ("and N more")."""
 
 # A new device's sealed state between its status and its chains: no user, activation, token or
 # revocation yet.
@@ -258,15 +264,17 @@ def register_manifests(
                     result.already_registered += 1
                     continue
                 result.other_batch += 1
+                result.other_batches[other[2]] = result.other_batches.get(other[2], 0) + 1
                 skipped.add(h)
-                result.skipped.append(
-                    RowError(
-                        serials.name,
-                        line,
-                        "serial",
-                        f"already registered in batch {other[2]!r}; skipped",
+                if len(result.skipped) < MAX_EXAMPLES:
+                    result.skipped.append(
+                        RowError(
+                            serials.name,
+                            line,
+                            "serial",
+                            f"already registered in batch {other[2]!r}; skipped",
+                        )
                     )
-                )
                 continue
             did = device_id(pepper, serial)
             rows.append(
@@ -314,7 +322,11 @@ def register_manifests(
         result.registered += len(rows)
         on_progress("register", done, total)
     if comps is not None:
+        comp_done, comp_total = 0, comps.good
+        on_progress("components", 0, comp_total)
         for chunk in comps.chunks(chunk_size):
+            comp_done += len(chunk)
+            on_progress("components", comp_done, comp_total)
             comp_rows = _component_rows(registry, keyring, chunk, skipped)
             if not comp_rows:
                 continue
@@ -463,24 +475,24 @@ def render_batch_labels(
     """
     if fmt not in RENDERERS:
         raise BatchError(f"--format must be one of {', '.join(RENDERERS)}")
-    check_batch_name(batch)
-    batch_id = registry.batches.id_of(batch)
-    if batch_id is None:
-        recent = registry.batches.names()[-5:]
-        hint = f"; recent batches: {', '.join(recent)}" if recent else "; no batch registered yet"
-        raise BatchError(f"no batch named {batch!r}{hint}")
+    batch_id = _batch_id(registry, batch)
     total = registry.devices.count(batch_id)
     if total == 0:
         raise BatchError(f"batch {batch!r} has no devices")
+    # A pending device under a key that cannot sign (revoked) would get a label that never
+    # activates: refuse, and say how to fix it. An activated or revoked device under such a
+    # key is left off the sheets (it needs no label; its payload cannot be signed again).
     unusable = sorted(
         k
-        for k in registry.batches.key_ids(batch_id)
+        for k in registry.batches.pending_by_key(batch_id)
         if (key := keyring.get(k)) is None or not key.secret
     )
     if unusable:
+        keys = ", ".join(map(str, unusable))
         raise KeyringError(
-            f"batch {batch!r} has payloads signed with key {', '.join(map(str, unusable))}, "
-            "which the keyring can no longer sign with (revoked or missing)"
+            f"batch {batch!r} has pending devices whose payloads key {keys} signed, which is "
+            f"revoked (or not in the keyring): their labels would not activate; run "
+            f"`provision resign {batch}` to sign them under the active key"
         )
 
     labels = batch_labels(registry, batch_id, batch, template, base_url, keyring, on_progress)
@@ -604,6 +616,13 @@ def register_and_render(
     check_batch_name(batch)
     if fmt not in RENDERERS:
         raise BatchError(f"--format must be one of {', '.join(RENDERERS)}")
+    # Offsets that push labels off the page are refused before anything is registered.
+    if fmt == "zpl":
+        from provision.labels.zpl import check_zpl_offsets
+
+        check_zpl_offsets(template, offset_x_mm, offset_y_mm)
+    else:
+        check_offsets(template, offset_x_mm, offset_y_mm)
     existing = registry.batches.id_of(batch)
     fresh = existing is None or registry.devices.count(existing) == 0
     register_kwargs: dict[str, Any] = {
@@ -625,6 +644,8 @@ def register_and_render(
         registered = register_batch(
             registry, keyring, serials_path, on_progress=on_progress, **register_kwargs
         )
+        if registry.batches.id_of(batch) is None:
+            raise _nothing_registered(batch, registered, serials_path)
         rendered = render_batch_labels(
             registry,
             batch,
@@ -687,6 +708,8 @@ def register_and_render(
             done += len(item)
             on_progress("render", done, max(done, expected[0]))
         if not done:
+            if outcome and registry.batches.id_of(batch) is None:
+                raise _nothing_registered(batch, outcome[0], serials_path)
             raise BatchError(f"batch {batch!r} has no devices")
         # The register total counted rows found registered too: the last bar ends at what was drawn.
         on_progress("render", done, done)
@@ -712,6 +735,17 @@ def register_and_render(
     return outcome[0], result
 
 
+def _nothing_registered(batch: str, result: RegisterResult, serials: str | Path) -> BatchError:
+    """Why a run registered no device for its batch: one line, naming where the devices are."""
+    if result.other_batch:
+        where = ", ".join(f"{name} ({n})" for name, n in sorted(result.other_batches.items()))
+        return BatchError(
+            f"batch {batch!r} has no devices: all {plural(result.other_batch, 'row')} of "
+            f"{serials} are registered in other batches already: {where}"
+        )
+    return BatchError(f"batch {batch!r} has no devices: {serials} holds no row to register")
+
+
 def batch_labels(
     registry: Registry,
     batch_id: int,
@@ -727,6 +761,8 @@ def batch_labels(
     on_progress("render", 0, total)
     for chunk in registry.devices.labels(batch_id):
         for d in chunk:
+            if d.status != DeviceStatus.PENDING and not _can_sign(keyring, d.key_id):
+                continue  # in use already, under a key that can no longer sign: no label
             serial = (
                 decrypt_serial(keyring.data_key, d.device_id, d.serial_ct)
                 if template.prints_serial
@@ -774,6 +810,11 @@ def _label(
     )
 
 
+def _can_sign(keyring: Keyring, key_id: int) -> bool:
+    key = keyring.get(key_id)
+    return key is not None and key.secret is not None
+
+
 def _label_fields(row: dict[str, Any]) -> dict[str, Any]:
     """The label's fields of a device row as just inserted."""
     return {k: row[k] for k in _LABEL_FIELDS}
@@ -810,6 +851,94 @@ RENDERERS: dict[str, Callable[..., RenderResult]] = {
 }
 
 
+@dataclass
+class ResignResult:
+    """What `resign` did: how many pending devices got payloads under which key, and the
+    label revision that carries them."""
+
+    batch: str
+    resigned: int
+    key_id: int
+    labels: LabelsResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "resigned": self.resigned,
+            "key_id": self.key_id,
+            "labels": self.labels.to_json(),
+        }
+
+
+def resign_plan(registry: Registry, keyring: Keyring, batch: str) -> dict[int, int]:
+    """The batch's pending devices whose payloads another key than the active one signed,
+    counted by that key: what `resign` would sign again."""
+    batch_id = _batch_id(registry, batch)
+    active = keyring.active.id
+    return {k: n for k, n in registry.batches.pending_by_key(batch_id).items() if k != active}
+
+
+def resign_batch(
+    registry: Registry,
+    keyring: Keyring,
+    batch: str,
+    output_dir: str | Path,
+    base_url: str,
+    *,
+    actor: str,
+    now: datetime | None = None,
+    on_progress: Progress = no_progress,
+) -> ResignResult:
+    """Give the batch's pending devices payloads under the active key, then a label revision.
+
+    For labels under a revoked key, or a key being retired early. Each device's re-signing is
+    an action in its history; activated devices are untouched. The new labels are drawn with
+    the print settings of the batch's last summary (OUTPUT/BATCH.json), and published as the
+    next revision (BATCH.r2.pdf, ...): the payloads changed, so the content did.
+    """
+    from provision.labels.templates import load_template
+
+    batch_id = _batch_id(registry, batch)
+    key = keyring.active
+    moved = registry.events.resign(batch_id, key.id, actor, now or utcnow(), make_sealer(keyring))
+    last = _last_summary(Path(output_dir), batch)
+    labels = render_batch_labels(
+        registry,
+        batch,
+        load_template(str(last.get("template") or "avery-l7160")),
+        output_dir,
+        base_url,
+        keyring=keyring,
+        fmt=str(last.get("format") or "pdf"),
+        start_at=int(last.get("start_at") or 1),
+        copies=int(last.get("copies") or 1),
+        offset_x_mm=float(last.get("offset_x_mm") or 0.0),
+        offset_y_mm=float(last.get("offset_y_mm") or 0.0),
+        on_progress=on_progress,
+    )
+    log.info("batch %s: %d devices re-signed under key %d", batch, moved, key.id)
+    return ResignResult(batch, moved, key.id, labels)
+
+
+def _batch_id(registry: Registry, batch: str) -> int:
+    check_batch_name(batch)
+    batch_id = registry.batches.id_of(batch)
+    if batch_id is None:
+        recent = registry.batches.names()[-5:]
+        hint = f"; recent batches: {', '.join(recent)}" if recent else "; no batch registered yet"
+        raise BatchError(f"no batch named {batch!r}{hint}")
+    return batch_id
+
+
+def _last_summary(output_dir: Path, batch: str) -> dict[str, Any]:
+    """The batch's print summary as the last `labels` wrote it, or {} if there is none."""
+    try:
+        data = json.loads((output_dir / f"{batch}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def render_alignment(
     template: Template,
     output_dir: str | Path,
@@ -832,6 +961,7 @@ class GenerateResult:
     created: bool
     png: str
     pdf: str
+    device_type: str  # as registered: another TYPE, if the serial was registered before
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -888,4 +1018,6 @@ def generate_device(
     with atomic_writer(pdf) as fh:
         render_label_sheets([label], template, fh, title=f"provision device {did}")
     batch_name = batch if not before else next(iter(before.values()))[2]
-    return GenerateResult(did, url, batch_name, res.registered == 1, str(png), str(pdf))
+    return GenerateResult(
+        did, url, batch_name, res.registered == 1, str(png), str(pdf), dev.device_type
+    )

@@ -16,6 +16,7 @@ class DeviceStatus(StrEnum):
     PENDING = "pending"
     ACTIVATED = "activated"
     REVOKED = "revoked"
+    RESIGNED = "resigned"
 
 
 class PairingResult(StrEnum):
@@ -51,3 +52,4 @@ class SystemAction(StrEnum):
 
     ACTIVATED = "activated"
     REVOKED = "revoked"
+    RESIGNED = "resigned"

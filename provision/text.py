@@ -27,6 +27,11 @@ def text_problem(value: str) -> str | None:
     return f"contains a control character (U+{ord(c):04X})"
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """ "1 device", "2 devices": N with WORD, or WORDS (default WORD + "s") when N is not 1."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
 def escape_control(text: str) -> str:
     """TEXT safe to print on a terminal: control and bidi characters shown as escapes.
 

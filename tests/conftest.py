@@ -94,3 +94,12 @@ def run_cli(db_url: str, keyring_path: Path, output_dir: Path) -> RunCLI:
         )
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _own_templates_folder(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test sees the built-in templates only: a developer's own user templates
+    (~/.config/provision/templates) must not leak in."""
+    monkeypatch.setenv("PROVISION_TEMPLATES", str(tmp_path_factory.mktemp("user-templates")))

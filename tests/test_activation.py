@@ -511,7 +511,7 @@ def _payload_for(reason: str, factory: Factory, run_cli) -> tuple[str, dict[str,
         return sign_token(9, key.secret, dev["device_id"], in_future()), None
     if reason == "revoked_key":
         assert run_cli("keys", "rotate").exit_code == 0
-        assert run_cli("keys", "revoke", "1").exit_code == 0
+        assert run_cli("keys", "revoke", "1", "--yes").exit_code == 0
         return url(dev), None
     if reason == "expired":
         old = factory.one("SN000099", ttl_days=1, now=utcnow() - timedelta(days=2))

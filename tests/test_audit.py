@@ -261,11 +261,11 @@ def test_history_text_lists_pairing_and_actions(fleet: Fleet) -> None:
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"Device {fleet.did(s)}  thermostat TH-200 by Acme"
-    assert "Components (2):" in lines
+    assert "Components (2 of 2):" in lines
     assert "  mcu: STM32L4 (ST, lot L42)" in lines
     assert "Pairing events (1 of 1):" in lines
     assert "Actions (2 of 2):" in lines
-    assert lines[-1].endswith("  firmware_update  version=2.4.1")
+    assert lines[-1].endswith("  firmware_update  version=2.4.1  actor=- ip=-")
     assert lines[-1].startswith("  #2 ")
 
 
@@ -618,7 +618,7 @@ def test_audit_verify_device_id_checks_just_that_device(fleet: Fleet) -> None:
     clean = fleet.audit(fleet.did(b))
     assert (clean.exit_code, clean.stdout) == (
         0,
-        "1 devices, 4 entries, 1 pairing events checked: all chains and seals intact\n",
+        "1 device, 4 entries, 1 pairing event checked: all chains and seals intact\n",
     )
     broken = fleet.audit(fleet.did(a), "--json")
     report = ok_json_fail(broken)
@@ -627,7 +627,7 @@ def test_audit_verify_device_id_checks_just_that_device(fleet: Fleet) -> None:
     pending = fleet.audit(fleet.did(fleet.serials[2]))
     assert (pending.exit_code, pending.stdout) == (
         0,
-        "1 devices, 0 entries, 0 pairing events checked: all chains and seals intact\n",
+        "1 device, 0 entries, 0 pairing events checked: all chains and seals intact\n",
     )
 
 
@@ -636,7 +636,7 @@ def test_audit_verify_accepts_an_upper_case_device_id(fleet: Fleet) -> None:
     result = fleet.audit(fleet.did(a).upper())
     assert (result.exit_code, result.stdout) == (
         0,
-        "1 devices, 4 entries, 1 pairing events checked: all chains and seals intact\n",
+        "1 device, 4 entries, 1 pairing event checked: all chains and seals intact\n",
     )
 
 

@@ -95,7 +95,7 @@ def test_keys_rotate_and_revoke_keep_mode_0600_with_umask_0(
     assert invoke(tmp_path, path, "keys", "init").exit_code == 0
     assert invoke(tmp_path, path, "keys", "rotate").exit_code == 0
     assert mode(path) == 0o600
-    assert invoke(tmp_path, path, "keys", "revoke", "1").exit_code == 0
+    assert invoke(tmp_path, path, "keys", "revoke", "1", "--yes").exit_code == 0
     assert mode(path) == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".keyring.json.")]
 
@@ -209,7 +209,7 @@ def test_keys_list_json_never_contains_secrets_or_pepper(
 def test_keys_list_json_shows_ids_and_states(tmp_path: Path, keyring_path: Path) -> None:
     invoke(tmp_path, keyring_path, "keys", "rotate")
     invoke(tmp_path, keyring_path, "keys", "rotate")
-    invoke(tmp_path, keyring_path, "keys", "revoke", "1")
+    invoke(tmp_path, keyring_path, "keys", "revoke", "1", "--yes")
     result = invoke(tmp_path, keyring_path, "keys", "list", "--json")
     assert result.exit_code == 0
     data = json.loads(result.stdout)
@@ -283,7 +283,7 @@ def test_revoke_makes_that_keys_payloads_fail_with_revoked_key(
     assert run_cli("keys", "rotate").exit_code == 0
     new_url = generate(run_cli, "SN-NEW-0001")
 
-    result = run_cli("keys", "revoke", "1", "--json")
+    result = run_cli("keys", "revoke", "1", "--json", "--yes")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["key_id"] == 1
     key = load_keyring(keyring_path).get(1)
@@ -297,16 +297,17 @@ def test_revoke_makes_that_keys_payloads_fail_with_revoked_key(
     assert [json.loads(line)["valid"] for line in both.stdout.splitlines()] == [True, False]
 
 
-def test_revoking_the_only_key_leaves_nothing_to_sign_with(
+def test_the_signing_key_cannot_be_revoked_rotate_first(
     run_cli: RunCLI, keyring_path: Path
 ) -> None:
     url = generate(run_cli, "SN-000001")
-    assert run_cli("keys", "revoke", "1").exit_code == 0
-    assert verify(run_cli, url) == (1, {"valid": False, "reason": "revoked_key"})
-    result = run_cli("generate", "SN-000002", "sensor")
+    result = run_cli("keys", "revoke", "1", "--yes")
     assert result.exit_code == 1
-    assert "keys rotate" in error_line(result)
+    assert "keys rotate" in error_line(result) and "signing key" in error_line(result)
+    assert verify(run_cli, url)[0] == 0  # nothing changed
     assert run_cli("keys", "rotate").exit_code == 0
+    assert run_cli("keys", "revoke", "1", "--yes").exit_code == 0
+    assert verify(run_cli, url) == (1, {"valid": False, "reason": "revoked_key"})
     code, data = verify(run_cli, generate(run_cli, "SN-000003"))
     assert code == 0 and data["key_id"] == 2
 
@@ -326,8 +327,8 @@ def test_revoking_an_unknown_key_id_exits_1_with_an_error_line(
 
 def test_revoking_a_revoked_key_again_exits_1(tmp_path: Path, keyring_path: Path) -> None:
     invoke(tmp_path, keyring_path, "keys", "rotate")
-    assert invoke(tmp_path, keyring_path, "keys", "revoke", "1").exit_code == 0
-    result = invoke(tmp_path, keyring_path, "keys", "revoke", "1")
+    assert invoke(tmp_path, keyring_path, "keys", "revoke", "1", "--yes").exit_code == 0
+    result = invoke(tmp_path, keyring_path, "keys", "revoke", "1", "--yes")
     assert result.exit_code == 1
     assert "already revoked" in error_line(result)
 

@@ -143,6 +143,8 @@ ERROR_TYPES = {
     errors.RegistryError: "registry",
     errors.CheckpointError: "checkpoint",
     errors.JobError: "job",
+    errors.UsageError: "usage",
+    errors.RowsRejected: "rows_rejected",
     errors.ChecksFailed: "checks_failed",
     errors.FailOnHit: "fail_on",
     ActivationRejected: "activation_rejected",
@@ -153,7 +155,8 @@ ERROR_TYPES = {
 def test_each_error_carries_its_json_type_and_exit_code(cls: type[errors.ProvisionError]) -> None:
     assert cls.kind == ERROR_TYPES[cls]
     assert "kind" in vars(cls), f"{cls.__name__} inherits its kind: renaming would not show"
-    assert cls.exit_code == (3 if cls is errors.FailOnHit else 1)
+    codes = {errors.FailOnHit: 3, errors.UsageError: 2, errors.RowsRejected: 4}
+    assert cls.exit_code == codes.get(cls, 1)
 
 
 def test_every_error_class_is_pinned() -> None:

@@ -60,6 +60,14 @@ def ok_json(result: Result) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+def rejected_json(result: Result) -> dict[str, Any]:
+    """The summary of a run whose bad rows went to the reject file: exit code 4, for cron."""
+    assert result.exit_code == 4, result.output
+    assert result.stderr.splitlines()[-1].startswith("Warning: ")
+    assert "rejected, written to" in result.stderr
+    return json.loads(result.stdout)
+
+
 def assert_rejected(result: Result, rows: list[str], *files: str) -> None:
     """Exit 1; stderr is exactly every bad row, then the one-line summary."""
     assert result.exit_code == 1, result.output
@@ -372,7 +380,7 @@ def test_reject_file_lets_good_rows_through_and_lists_bad_ones_with_reason(
 ):
     s, c = "mixed_good_bad.csv", "mixed_good_bad_components.csv"
     rejects = tmp_path / "rejects.csv"
-    out = ok_json(
+    out = rejected_json(
         run_cli(
             "register",
             data(s),
@@ -483,7 +491,7 @@ def test_reject_file_lets_good_rows_through_and_lists_bad_ones_with_reason(
 
 def test_reject_file_keeps_undecodable_rows_readable_as_utf8(run_cli, db_url, tmp_path):
     rejects = tmp_path / "rejects.csv"
-    out = ok_json(
+    out = rejected_json(
         register(run_cli, "undecodable_bytes.csv", "--reject-file", str(rejects), "--json")
     )
     assert (out["registered"], out["rejected"]) == (1, 2)

@@ -484,6 +484,7 @@ def test_bad_shipments_file_names_each_line_and_writes_nothing(
 def test_bad_shipments_file_as_json(run_cli, tmp_path):
     ship = tmp_path / "shipments.csv"
     ship.write_bytes(BAD_ROWS)
+    assert run_cli("db", "upgrade").exit_code == 0
     result = reconcile(run_cli, ship, tmp_path / "r", "--json")
     assert result.exit_code == 1
     error = json.loads(result.stdout)["error"]
@@ -608,6 +609,7 @@ def test_empty_registry_makes_every_shipment_unknown(run_cli, tmp_path):
         [["X-1", "2026-11-01", "", "", "", ""], ["X-1", "2026-11-02", "", "", "", ""]],
     )
     report = tmp_path / "r"
+    assert run_cli("db", "upgrade").exit_code == 0  # an empty registry
     out = ok_json(reconcile(run_cli, ship, report, "--json"))
     assert out["counts"] == {name: 0 for name in CATEGORY_NAMES} | {
         "shipped_unknown_serial": 1,

@@ -75,7 +75,7 @@ def test_a_key_revoked_under_a_running_server_is_refused_at_the_next_activation(
             ok = fetch(opener, api, json_body={"payload": url(first), "user": "alice"})
             assert ok.status == 201, ok.body  # key 1 still verifies
 
-            assert run_cli("keys", "revoke", "1").exit_code == 0
+            assert run_cli("keys", "revoke", "1", "--yes").exit_code == 0
             time.sleep(2.0)  # the required bound: seen within 2 seconds, no restart
             refused = fetch(opener, api, json_body={"payload": url(second), "user": "bob"})
             assert (refused.status, refused.json()["error"]["reason"]) == (403, "revoked_key")
@@ -781,6 +781,7 @@ def test_text_history_escapes_control_characters_in_stored_values(
     assert len(actions) == 2  # no forged line
     assert actions[-1].endswith(
         "note  text=x\\n  #99 2026-01-01T00:00:00+00:00  factory_reset\\x1b[2J\\x9b31m\\u202e"
+        "  actor=- ip=-"
     )
 
 

@@ -221,7 +221,9 @@ def roll(request: pytest.FixtureRequest, tmp_path: Path) -> Template:
 def render(labels: list[LabelData], template: Template, **options: object) -> list[Format]:
     out = io.BytesIO()
     result = render_zpl(labels, template, out, **options)  # type: ignore[arg-type]
-    assert result.labels == result.pages == len(labels)
+    copies = options.get("copies", 1)
+    assert isinstance(copies, int)
+    assert result.labels == result.pages == len(labels) * copies
     return parse_zpl(out.getvalue())
 
 
@@ -350,7 +352,7 @@ def test_copies_add_pq_to_every_format(keyring: Keyring, roll: Template) -> None
         render(make_labels(keyring, 1), roll, copies=0)
 
 
-@pytest.mark.parametrize(("offset_x", "offset_y"), [(1.5, 0.0), (0.0, 2.0), (0.8, -0.5)])
+@pytest.mark.parametrize(("offset_x", "offset_y"), [(1.5, 0.0), (0.0, 1.0), (0.8, -0.5)])
 def test_offsets_move_every_field_origin(
     keyring: Keyring, roll: Template, offset_x: float, offset_y: float
 ) -> None:

@@ -56,6 +56,7 @@ for command in (
     batch.run,
     batch.verify,
     batch.generate,
+    batch.resign,
     printing.stations,
     printing.templates,
     devices.activate,

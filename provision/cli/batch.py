@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -22,8 +23,9 @@ from provision.config import (
     MAX_COPIES,
     MAX_TTL_DAYS,
 )
-from provision.errors import ChecksFailed, ProvisionError
+from provision.errors import ChecksFailed, ProvisionError, RowsRejected
 from provision.payload import verify_payload
+from provision.text import escape_control, plural
 
 # -- the batch -------------------------------------------------------------------------------
 
@@ -79,7 +81,7 @@ def register(
     from provision.pipeline import register_batch
 
     result = register_batch(
-        *settings.registry_with_keyring(),
+        *settings.registry_with_keyring(create=True),
         serials,
         components_path=components,
         batch=batch,
@@ -89,8 +91,7 @@ def register(
         chunk_size=chunk_size,
         on_progress=progress_bar(quiet),
     )
-    for row in result.skipped:
-        click.echo(f"warning: {row}", err=True)
+    warn_other_batches(result)
     data = {
         "batch": result.batch,
         "registered": result.registered,
@@ -106,9 +107,40 @@ def register(
         f"{result.already_registered} already registered, "
         f"{result.other_batch} in other batches (skipped), {result.rejected} rejected"
         + (f" (see {result.reject_file})" if result.reject_file and result.rejected else "")
-        + f"; {result.components} components."
+        + f"; {plural(result.components, 'component')}."
     )
     emit(as_json, data, text)
+    raise_if_rejected(result)
+
+
+def warn_other_batches(result: Any) -> None:
+    """One line naming the batches that hold rows of this manifest already, with counts; then
+    at most MAX_EXAMPLES of those rows, and how many more (stderr stays short at any size)."""
+    from provision.pipeline import MAX_EXAMPLES
+
+    if not result.other_batch:
+        return
+    where = ", ".join(f"{name} ({n:,})" for name, n in sorted(result.other_batches.items()))
+    click.echo(
+        f"warning: {plural(result.other_batch, 'row')} of this manifest "
+        f"{'is' if result.other_batch == 1 else 'are'} registered in other batches already, "
+        f"skipped: {where}",
+        err=True,
+    )
+    for row in result.skipped[:MAX_EXAMPLES]:
+        click.echo(f"warning: {escape_control(str(row))}", err=True)
+    more = result.other_batch - min(len(result.skipped), MAX_EXAMPLES)
+    if more > 0:
+        click.echo(f"warning: and {more:,} more", err=True)
+
+
+def raise_if_rejected(result: Any) -> None:
+    """Exit code 4 when rows went to the reject file, so that cron reports it."""
+    if result.rejected and result.reject_file:
+        raise RowsRejected(
+            f"{plural(result.rejected, 'row')} rejected, written to {result.reject_file}; "
+            "the other rows are registered"
+        )
 
 
 @click.command()
@@ -211,12 +243,13 @@ def labels(
         )
         return
     keyring = settings.keyring()  # each payload is signed again: none is stored
+    base_url = settings.label_base_url()
     result = render_batch_labels(
         settings.registry(),
         batch,
         tpl,
         settings.output,
-        settings.base_url,
+        base_url,
         keyring=keyring,
         start_at=start_at,
         fmt=fmt or profile.format or "pdf",
@@ -228,7 +261,8 @@ def labels(
     emit(
         as_json,
         result.to_json(),
-        f"{result.labels} labels on {result.pages} pages ({result.template}): {result.file}",
+        f"{plural(result.labels, 'label')} on {plural(result.pages, 'page')} "
+        f"({result.template}): {result.file}",
     )
 
 
@@ -248,23 +282,24 @@ def run(settings: Settings, job: str, as_json: bool, quiet: bool) -> None:
 
     parsed = load_job(job)
     result = run_job(
-        *settings.registry_with_keyring(),
+        *settings.registry_with_keyring(create=True),
         parsed,
-        base_url=settings.base_url,
+        base_url=settings.label_base_url(),
         output_dir=settings.output,
         stations_file=settings.stations,
         on_progress=progress_bar(quiet),
     )
-    for row in result.register.skipped:
-        click.echo(f"warning: {row}", err=True)
+    warn_other_batches(result.register)
     r, lab = result.register, result.labels
+    rejects = f" (see {r.reject_file})" if r.reject_file and r.rejected else ""
     text = (
         f"Batch {r.batch}: {r.registered} registered, {r.already_registered} already "
-        f"registered, {r.other_batch} in other batches, {r.rejected} rejected.\n"
-        f"Labels: {lab.labels} on {lab.pages} pages ({lab.template})\n"
+        f"registered, {r.other_batch} in other batches, {r.rejected} rejected{rejects}.\n"
+        f"Labels: {lab.labels} on {plural(lab.pages, 'page')} ({lab.template})\n"
         f"{lab.format.upper()}: {lab.file}\nSummary: {lab.summary}"
     )
     emit(as_json, result.to_json(), text)
+    raise_if_rejected(r)
 
 
 @click.command()
@@ -357,20 +392,81 @@ def generate(
             raise click.BadParameter(f"{c!r} is not TYPE=SPEC", param_hint="--component")
         parsed.append((t.strip(), spec.strip()))
     tpl = load_template(template)
+    base_url = settings.label_base_url()
     result = generate_device(
-        *settings.registry_with_keyring(),
+        *settings.registry_with_keyring(create=True),
         serial,
         device_type,
-        settings.base_url,
+        base_url,
         settings.output,
         tpl,
         components=parsed,
         ttl_days=ttl_days,
     )
     status = "registered" if result.created else "already registered"
+    if result.device_type != device_type.strip():
+        click.echo(
+            f"warning: this serial is registered as {result.device_type!r} "
+            f"(batch {result.batch}), not {device_type.strip()!r}; nothing was changed",
+            err=True,
+        )
     emit(
         as_json,
         result.to_json(),
         f"Device {result.device_id} ({status}, batch {result.batch})\n"
         f"URL: {result.url}\nPNG: {result.png}\nPDF: {result.pdf}",
+    )
+
+
+@click.command()
+@click.argument("batch")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@quiet_option
+@pass_settings
+def resign(settings: Settings, batch: str, yes: bool, as_json: bool, quiet: bool) -> None:
+    """Sign a batch's pending devices again under the active key, and draw new labels.
+
+    For labels under a revoked key (`keys revoke`) or a retired one. Each device's re-signing
+    is recorded in its history; activated devices are untouched. The labels they had stop
+    working: print the new revision (BATCH.r2.pdf, ...), drawn with the batch's last print
+    settings (OUTPUT/BATCH.json).
+
+    \b
+    Example:
+      provision keys rotate && provision keys revoke 1 --yes && provision resign line1-20261128
+    """
+    from provision.cli.common import operator
+    from provision.pipeline import resign_batch, resign_plan
+
+    registry, keyring = settings.registry_with_keyring()
+    base_url = settings.label_base_url()
+    plan = resign_plan(registry, keyring, batch)
+    total = sum(plan.values())
+    keys = ", ".join(f"key {k} ({n:,})" for k, n in sorted(plan.items()))
+    if total:
+        click.echo(
+            f"Batch {batch}: {plural(total, 'pending device')} with payloads under {keys} "
+            f"will get new payloads under key {keyring.active.id}; their printed labels stop "
+            "working.",
+            err=True,
+        )
+        if not yes:
+            click.confirm("Sign them again and draw new labels?", abort=True, err=True)
+    result = resign_batch(
+        registry,
+        keyring,
+        batch,
+        settings.output,
+        base_url,
+        actor=operator(),
+        on_progress=progress_bar(quiet),
+    )
+    lab = result.labels
+    emit(
+        as_json,
+        result.to_json(),
+        f"Batch {batch}: {plural(result.resigned, 'device')} re-signed under key "
+        f"{result.key_id}.\nLabels: {plural(lab.labels, 'label')} on {plural(lab.pages, 'page')}"
+        f" ({lab.template})\n{lab.format.upper()}: {lab.file}\nSummary: {lab.summary}",
     )

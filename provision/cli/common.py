@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ class Settings:
     _registry: Any = field(default=None, repr=False)
     _keyring: Keyring | None = field(default=None, repr=False)
 
-    def registry(self) -> Any:
+    def registry(self, *, create: bool = False) -> Any:
+        """The registry. Only the commands that make one (register, run, generate, db
+        upgrade) pass CREATE; any other finds a missing SQLite file an error."""
         if self._registry is None:
             from provision.audit import make_sealer
             from provision.registry import Registry
@@ -53,13 +56,34 @@ class Settings:
                 except ProvisionError:
                     keyring = None  # the command says so itself if it needs the keyring
             sealer = make_sealer(keyring) if keyring is not None else None
-            self._registry = Registry(self.db, sealer=sealer)
+            self._registry = Registry(self.db, sealer=sealer, create=create)
         return self._registry
 
-    def registry_with_keyring(self) -> tuple[Any, Keyring]:
+    def registry_with_keyring(self, *, create: bool = False) -> tuple[Any, Keyring]:
         """Both, the keyring first: a command that cannot sign must not create a database."""
         keyring = self.keyring()
-        return self.registry(), keyring
+        return self.registry(create=create), keyring
+
+    def label_base_url(self) -> str:
+        """The base URL labels carry, checked (exit 2 when it has no scheme or host); when it
+        is this machine's, a warning once the command is done (a phone cannot reach it)."""
+        from provision.payload import check_base_url, is_loopback
+
+        url = check_base_url(self.base_url)
+        if is_loopback(url):
+            ctx = click.get_current_context().find_root()  # closes after the error handler
+
+            def warn() -> None:
+                if not ctx.meta.get(_FAILED_META):
+                    click.echo(
+                        f"warning: the labels point at {url}, which a customer's phone cannot "
+                        "reach; set PROVISION_BASE_URL (or --base-url) to the activation "
+                        "service's address",
+                        err=True,
+                    )
+
+            ctx.call_on_close(warn)
+        return url
 
     def keyring(self) -> Keyring:
         if self._keyring is None:
@@ -81,8 +105,12 @@ class ProvisionGroup(click.Group):
             fail(ctx, exc)
 
 
+_FAILED_META = "provision.failed"
+
+
 def fail(ctx: click.Context, exc: ProvisionError) -> None:
     """The one place an error becomes output and an exit code (see provision.errors)."""
+    ctx.meta[_FAILED_META] = exc.exit_code not in (0, 4)  # exit 4: the labels exist
     if not exc.reported:
         if exc.json and _wants_json(ctx):
             click.echo(json.dumps({"error": exc.json_error()}))
@@ -90,7 +118,7 @@ def fail(ctx: click.Context, exc: ProvisionError) -> None:
             click.echo(escape_control(line), err=True)
         # A message may quote what was typed or stored: no control character reaches the
         # terminal raw.
-        click.echo(f"Error: {escape_control(str(exc))}", err=True)
+        click.echo(f"{exc.label}: {escape_control(str(exc))}", err=True)
     ctx.exit(exc.exit_code)
 
 
@@ -155,24 +183,38 @@ def emit(as_json: bool, data: Any, text: str) -> None:
         click.echo("\n".join(escape_control(line) for line in text.split("\n")))
 
 
+PROGRESS_DELAY = "PROVISION_PROGRESS_DELAY"
+"""Seconds a stage runs before its progress bar appears (default 2): quick stages stay quiet."""
+
+
 def progress_bar(quiet: bool) -> Callable[[str, int, int], None]:
-    """A tqdm bar per stage on stderr, shown only for long runs on a terminal."""
+    """A tqdm bar per stage on stderr, when stderr is a terminal and the stage lasts long."""
     bars: dict[str, tqdm[Any]] = {}
+    try:
+        delay = max(0.0, float(os.environ.get(PROGRESS_DELAY, "2")))
+    except ValueError:
+        delay = 2.0
 
     def update(stage: str, done: int, total: int) -> None:
-        if quiet:
+        if quiet or total <= 0:
             return
         bar = bars.get(stage)
         if bar is None:
-            if total < 2000:
-                return
             from tqdm import tqdm  # here, not at the top: quick commands need not load it
 
+            # disable=None: no bar at all when stderr is not a terminal (cron, pipes).
             bar = bars[stage] = tqdm(
-                total=total, desc=stage, unit="dev", file=sys.stderr, disable=None, leave=False
+                total=total,
+                desc=stage,
+                unit=" rows",
+                file=sys.stderr,
+                disable=None,
+                delay=delay,
+                mininterval=0.5,
+                dynamic_ncols=True,
             )
-        bar.n = done
-        bar.refresh()
+        bar.total = max(total, done)
+        bar.update(done - bar.n)  # update(), not refresh(): it honours the delay
         if done >= total:
             bar.close()
 

@@ -24,7 +24,10 @@ from provision.text import escape_control
 
 @click.command()
 @click.argument("payload", metavar="PAYLOAD_OR_URL")
-@click.option("--user", required=True, help="The customer the device is linked to.")
+@click.option(
+    "--user",
+    help="The customer the device is linked to (without it, the device is linked to no one).",
+)
 @click.option("--ip", help="Client address to record with the pairing event.")
 @click.option("--user-agent", help="Client user agent to record with the pairing event.")
 @json_option
@@ -32,7 +35,7 @@ from provision.text import escape_control
 def activate(
     settings: Settings,
     payload: str,
-    user: str,
+    user: str | None,
     ip: str | None,
     user_agent: str | None,
     as_json: bool,
@@ -55,8 +58,9 @@ def activate(
     emit(
         as_json,
         result.to_json(),
-        f"Activated device {result.device_id} ({result.device_type}) for {user}.\n"
-        f"Activation token (shown once): {result.activation_token}",
+        f"Activated device {result.device_id} ({result.device_type}) "
+        + (f"for {user}.\n" if user else "with no user linked.\n")
+        + f"Activation token (shown once): {result.activation_token}",
     )
 
 
@@ -162,10 +166,12 @@ def _history_text(h: dict[str, Any]) -> str:
     if d["manufactured_at"] or d["line"]:
         out.append(f"  manufactured {t(d['manufactured_at'] or '?')} on line {t(d['line'] or '?')}")
     if d["activated_at"]:
-        out.append(f"  activated {d['activated_at']} by {t(d['user'])}")
+        who = f"by {t(d['user'])}" if d["user"] else "with no user linked"
+        out.append(f"  activated {d['activated_at']} {who}")
     if d["revoked_at"]:
         out.append(f"  revoked {d['revoked_at']} by {t(d['revoked_by'])}: {t(d['revoked_reason'])}")
-    out.append(f"Components ({len(h['components'])}):")
+    n = len(h["components"])
+    out.append(f"Components ({n} of {n}):")
     for c in h["components"]:
         extra = ", ".join(t(x) for x in (c["supplier"], c["lot"] and f"lot {c['lot']}") if x)
         out.append(
@@ -176,12 +182,15 @@ def _history_text(h: dict[str, Any]) -> str:
     for e in h["pairing_events"]:
         why = f" {e['reason']}" if e["reason"] else ""
         out.append(
-            f"  {e['occurred_at']}  {e['result']}{why}  user={t(e['user'])} ip={t(e['ip'] or '-')}"
+            f"  {e['occurred_at']}  {e['result']}{why}  user={t(e['user'] or '-')} "
+            f"ip={t(e['ip'] or '-')} user_agent={t(e['user_agent'] or '-')} "
+            f"fingerprint={t(e['fingerprint'] or '-')}"
         )
     out.append(f"Actions ({len(h['actions'])} of {d['actions_total']}):")
     for a in h["actions"]:
         meta = " ".join(f"{t(k)}={t(v)}" for k, v in a["metadata"].items())
-        out.append(f"  #{a['seq']} {a['occurred_at']}  {a['action_type']}  {meta}".rstrip())
+        by = f"actor={t(a['actor'] or '-')} ip={t(a['ip'] or '-')}"
+        out.append(f"  #{a['seq']} {a['occurred_at']}  {a['action_type']}  {meta}  {by}")
     return "\n".join(out)
 
 

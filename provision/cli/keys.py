@@ -14,7 +14,9 @@ from provision.cli.common import (
     json_option,
     pass_settings,
 )
+from provision.errors import ConfigError
 from provision.keys import Keyring, init_keyring, load_keyring
+from provision.text import plural
 
 # -- keys ------------------------------------------------------------------------------------
 
@@ -90,19 +92,73 @@ def keys_rotate(settings: Settings, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id", type=int)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @pass_settings
-def keys_revoke(settings: Settings, key_id: int, as_json: bool) -> None:
-    """Revoke a key: payloads it signed fail with `revoked_key`; its secret is destroyed.
+def keys_revoke(settings: Settings, key_id: int, yes: bool, as_json: bool) -> None:
+    """Revoke a leaked key: payloads it signed fail with `revoked_key`; its secret is destroyed.
+
+    Says how many pending devices, in which batches, carry payloads under the key, and asks
+    first (or takes --yes). Their printed labels stop working; `provision resign BATCH` gives
+    them new payloads. The signing key itself cannot be revoked: rotate first. For the normal
+    end of a key's life, use `keys retire`.
 
     \b
     Example:
-      provision keys revoke 1
+      provision keys rotate && provision keys revoke 1 --yes && provision resign line1-20261128
     """
     keyring = settings.keyring()
+    keyring.revocable(key_id)  # before anything is asked or counted
+    try:
+        pending = settings.registry().devices.pending_by_batch(key_id)
+    except ConfigError as exc:
+        pending = {}
+        click.echo(f"warning: {exc}: pending devices under key {key_id} not counted", err=True)
+    total = sum(pending.values())
+    if total:
+        where = ", ".join(f"{name} ({n:,})" for name, n in pending.items())
+        click.echo(
+            f"Key {key_id} signed the payloads of {plural(total, 'pending device')}: {where}. "
+            "Their labels will fail with revoked_key until `provision resign BATCH` signs them "
+            "under the active key.",
+            err=True,
+        )
+    else:
+        click.echo(f"No pending device carries a payload under key {key_id}.", err=True)
+    if not yes:
+        click.confirm(f"Revoke key {key_id} and destroy its secret?", abort=True, err=True)
     key = keyring.revoke(key_id)
     keyring.save()
-    emit(as_json, {"key_id": key.id, "keys": _key_rows(keyring)}, f"Key {key.id} revoked.")
+    emit(
+        as_json,
+        {"key_id": key.id, "pending_devices": pending, "keys": _key_rows(keyring)},
+        f"Key {key.id} revoked."
+        + (f" Re-sign its batches: {', '.join(pending)}." if pending else ""),
+    )
+
+
+@keys.command("retire")
+@click.argument("key_id", type=int)
+@json_option
+@pass_settings
+def keys_retire(settings: Settings, key_id: int, as_json: bool) -> None:
+    """Retire the signing key: it stops signing and keeps verifying; a new key signs.
+
+    The normal end of a key's life (labels already printed keep working); `keys revoke` is
+    for a key that leaked.
+
+    \b
+    Example:
+      provision keys retire 1
+    """
+    keyring = settings.keyring()
+    new = keyring.retire(key_id)
+    keyring.save()
+    emit(
+        as_json,
+        {"retired": key_id, "key_id": new.id, "keys": _key_rows(keyring)},
+        f"Key {key_id} retired: it verifies only. Signing key {new.id} is now active.",
+    )
 
 
 @keys.command("list")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -87,6 +88,9 @@ def stations_list(settings: Settings, as_json: bool) -> None:
 def templates() -> None:
     """Label templates: list, show, import from gLabels.
 
+    Names are looked up in your template folders (PROVISION_TEMPLATES, ':'-separated; default
+    ~/.config/provision/templates), then among the built-ins; a path works too.
+
     \b
     Example:
       provision templates list
@@ -103,14 +107,24 @@ def templates_list(as_json: bool) -> None:
     Example:
       provision templates list --json
     """
-    from provision.labels.templates import list_templates, template_summary
+    from provision.labels.templates import list_templates, template_summary, user_template_dirs
 
     found = [template_summary(t) for t in list_templates(strict=False)]
     if as_json:
         click.echo(json.dumps({"templates": found}, indent=2))
         return
-    for t in list_templates(strict=False):
-        click.echo(f"{t.name:<28} {t.per_page:>3}/page  {t.dpi:>3} dpi  {t.description}")
+    for s in found:
+        qr = f"QR {s['qr']['module_mm']:.3f} mm ({s['qr']['module_dots']} dots)"
+        click.echo(
+            f"{s['name']:<28} {s['per_page']:>3}/page  {s['dpi']:>3} dpi  {qr:<22}  "
+            f"{s['description']}"
+        )
+    builtin = sum(s["builtin"] for s in found)
+    where = ", ".join(str(d) for d in user_template_dirs())
+    click.echo(
+        f"{builtin} built-in, {len(found) - builtin} from {where} "
+        "(QR: the module of a typical activation URL)"
+    )
 
 
 @templates.command("show")
@@ -139,7 +153,9 @@ def templates_show(name: str, as_json: bool) -> None:
 @click.option(
     "--dest",
     type=click.Path(file_okay=False),
-    help="Folder to write the TOML files to [default: the built-in templates folder].",
+    help="Folder to write the TOML files to [default: the first folder of PROVISION_TEMPLATES; "
+    "unset, ~/.config/provision/templates]. Templates resolve by name only in the folders "
+    "PROVISION_TEMPLATES lists; elsewhere, use --template DIR/NAME.toml.",
 )
 @click.option("--dpi", type=click.IntRange(min=72), help="Printer dpi to record.")
 @click.option("--force", is_flag=True, help="Replace an existing template file that differs.")
@@ -149,17 +165,24 @@ def templates_import(
 ) -> None:
     """Import gLabels template XML (rectangular and round labels, every unit, equiv aliases).
 
+    The templates go to your template folder (never into the installed package); use them by
+    name, e.g. `provision labels BATCH --template glabels-avery-5160`.
+
     \b
     Example:
       provision templates import /usr/share/libglabels-3.0/templates/avery-us-templates.xml
+      PROVISION_TEMPLATES=~/.config/provision/templates:/srv/labels \\
+        provision templates import sheets.xml --dest /srv/labels
     """
     from provision.labels.glabels import import_glabels
-    from provision.labels.templates import BUILTIN_DIRS
+    from provision.labels.templates import import_dir, is_searched
 
-    target = Path(dest) if dest else BUILTIN_DIRS[0]
+    target = import_dir(dest)
     results = import_glabels(Path(xml_file), part=part, dest_dir=target, dpi=dpi, overwrite=force)
+    searched = is_searched(target)
     if as_json:
-        click.echo(json.dumps({"results": [r.to_json() for r in results]}, indent=2))
+        data = {"results": [r.to_json() for r in results], "dest": str(target), "by_name": searched}
+        click.echo(json.dumps(data, indent=2))
         return
     imported = [r for r in results if r.imported]
     for r in results:
@@ -168,3 +191,11 @@ def templates_import(
             + ("" if r.imported else f": {r.reason}")
         )
     click.echo(f"{len(imported)} of {len(results)} imported into {target}")
+    if imported and searched:
+        click.echo(f"Use them by name: provision labels BATCH --template {imported[0].name}")
+    elif imported:
+        click.echo(
+            f"{target} is not one of your template folders (PROVISION_TEMPLATES), so these "
+            f"templates have no name: use --template {target / imported[0].name}.toml, or add "
+            f"the folder to PROVISION_TEMPLATES ({os.pathsep}-separated)."
+        )

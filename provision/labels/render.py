@@ -30,17 +30,17 @@ from reportlab.pdfgen.canvas import Canvas
 
 from provision.errors import TemplateError
 from provision.files import atomic_writer
+from provision.labels.layout import check_offsets, check_placement, place
 from provision.labels.pdf import FontError, FontMetrics, SheetWriter, merge_glyphs
 from provision.labels.pdf import pdf_number as _num
-from provision.labels.templates import Template
-from provision.qr import QUIET_ZONE, QRSymbol, encode_qr
+from provision.labels.templates import TYPICAL_QR_MODULES, Template
+from provision.qr import QRSymbol, encode_qr
 
 # Bitstream Vera ships inside reportlab; every PDF embeds the subset of it that its labels use,
 # so a print station without the font prints exactly what we drew.
 VERA = Path(reportlab.__file__).parent / "fonts"
 FONT, FONT_BOLD = "ProvisionVera", "ProvisionVeraBold"  # reportlab's names, alignment page
 MIN_FONT_SIZE = 4.0
-LINE_SPACING = 1.2
 FIT_SLACK_PT = 1e-6
 
 
@@ -137,7 +137,9 @@ def render_label_sheets(
     """Draw every label onto sheets of `template`; `start_at` skips used positions of page 1.
 
     `copies` prints each label that many times in a row; the offsets (right and down, in mm)
-    are a printer's calibration and move every label by that much. Pages are drawn by
+    are a printer's calibration and move every label by that much (an offset that would move
+    any label's content off the page is a TemplateError, raised before anything is written,
+    see provision.labels.layout). Pages are drawn by
     `workers` processes (default: one per CPU) when there are more than TASK_PAGES of them,
     or by an open `pool`, and written to `out` in order as they come, so memory stays flat
     however long the batch.
@@ -149,6 +151,14 @@ def render_label_sheets(
             f"--start-at must be between 1 and {template.per_page} for {template.name}"
         )
     regular, bold = label_fonts(template)
+    # An offset that moves a label off the page fails here, before a byte is written; the
+    # first label's code sizes the check (each label's own is checked again as it is drawn).
+    labels = iter(labels)
+    first = next(labels, None)
+    modules = encode_qr(first.url).size if first is not None else TYPICAL_QR_MODULES
+    check_offsets(template, offset_x_mm, offset_y_mm, modules=modules)
+    if first is not None:
+        labels = itertools.chain([first], labels)
     # A path is written atomically, as a print file must be; a file object is written as is.
     target = atomic_writer(out) if isinstance(out, str | Path) else contextlib.nullcontext(out)
     with target as fh:
@@ -367,7 +377,10 @@ def render_alignment_page(
 
     Print it on plain paper, hold it against a label sheet to the light, and measure how far
     the outlines sit from the die-cuts: those are the station's --offset-x/--offset-y.
+    An offset that would move a label's content off the page is refused, as the label sheets
+    refuse it, before anything is written.
     """
+    check_offsets(template, offset_x_mm, offset_y_mm)
     _register_fonts()
     t = template
     canvas = Canvas(
@@ -466,9 +479,8 @@ class _Slot:
 
 def _slot(job: SheetJob, position: int, symbol: QRSymbol, label: LabelData) -> _Slot:
     t = job.template
-    x0, y0 = t.label_origin(position)  # mm from the page's top-left
-    x0, y0 = x0 + job.offset[0], y0 + job.offset[1]
-    m = t.module_size(symbol.size)
+    placed = place(t, position, symbol.size, *job.offset)  # mm from the page's top-left
+    m = placed.module
     # The template was checked for a typical URL; a longer base URL makes a bigger symbol.
     least = t.least_module
     if m + 1e-9 < least:
@@ -478,23 +490,19 @@ def _slot(job: SheetJob, position: int, symbol: QRSymbol, label: LabelData) -> _
             f"{t.label_width} x {t.label_height} mm label, below the readable {least:.3f} mm; "
             "use a shorter base URL or a larger label"
         )
-    total = (symbol.size + 2 * QUIET_ZONE) * m
-    # The quiet zone sits inside the label; the dark area starts on a whole printer dot.
-    # A round label centres the code in the circle's inscribed square and prints no text.
-    left = (t.label_width - total) / 2 if t.shape == "round" else t.edge
-    qx = _snap(x0 + left + QUIET_ZONE * m, t.dot)
-    qy = _snap(y0 + (t.label_height - total) / 2 + QUIET_ZONE * m, t.dot)
+    # A symbol of another size than the first label's was not checked against the page yet.
+    check_placement(t, position, placed, *job.offset)
+    qx, qy = placed.qr_x, placed.qr_y
     page_h = t.page_height
     scale = m * mm
     qr_matrix = (
         f"q {_num(scale)} 0 0 {_num(-scale)} {_num(qx * mm)} {_num((page_h - qy) * mm)} cm\n"
     ).encode()
-    text_left = qx + (symbol.size + QUIET_ZONE) * m
-    text_width = x0 + t.label_width - t.edge - 0.5 - text_left
-    if t.shape == "round" or text_width <= 2:
+    if not placed.has_text:
         return _Slot(qr_matrix, b"", None, {})
     size = t.font_size
-    line_mm = size * LINE_SPACING / 72 * 25.4
+    line_mm = placed.line_mm
+    y0 = placed.y0
     baselines: dict[int, list[bytes]] = {}
     for n in range(len(t.fields) + 1):
         y = y0 + (t.label_height - n * line_mm) / 2
@@ -503,7 +511,8 @@ def _slot(job: SheetJob, position: int, symbol: QRSymbol, label: LabelData) -> _
             y += line_mm
             ys.append(_num((page_h - y + size * 0.25 / 72 * 25.4) * mm).encode())
         baselines[n] = ys
-    return _Slot(qr_matrix, _num(text_left * mm).encode() + b" ", text_width * mm, baselines)
+    text_left = _num(placed.text_left * mm).encode() + b" "
+    return _Slot(qr_matrix, text_left, placed.text_width * mm, baselines)
 
 
 def _text_op(
@@ -534,7 +543,3 @@ def _fit(text: str, font: FontMetrics, size: float, width_pt: float) -> tuple[st
     while text and font.width(text + "…", smaller) > room:
         text = text[:-1]
     return text + "…", smaller
-
-
-def _snap(value_mm: float, dot_mm: float) -> float:
-    return round(value_mm / dot_mm) * dot_mm

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from provision.errors import ConfigError
+from provision.errors import ConfigError, TemplateError
 from provision.files import write_atomic
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -76,9 +76,37 @@ def check_station(s: Station) -> Station:
     return s
 
 
+def check_station_offsets(s: Station) -> None:
+    """Refuse a profile whose offsets move the content of its template's labels off the page.
+
+    A profile naming no template is not checked here (each render checks the template it is
+    given). A roll template is checked for PDF and for ZPL, either of which the station may
+    print; a sheet template for PDF, the only format it prints in.
+    """
+    if not s.template:
+        return
+    # Here, not at the top: listing or reading profiles needs no renderer (nor reportlab).
+    from provision.labels.layout import check_offsets
+    from provision.labels.templates import load_template
+    from provision.labels.zpl import check_zpl_offsets
+
+    template = load_template(s.template)
+    try:
+        check_offsets(template, s.offset_x_mm, s.offset_y_mm)
+        if template.per_page == 1:
+            check_zpl_offsets(template, s.offset_x_mm, s.offset_y_mm)
+    except TemplateError as exc:
+        raise TemplateError(f"station {s.name}: {exc}") from None
+
+
 def save_station(path: str | Path, station: Station) -> None:
-    """Add or replace one station's profile; the file is rewritten atomically."""
+    """Add or replace one station's profile; the file is rewritten atomically.
+
+    A profile whose offsets would move the labels of its template off the page is refused
+    (TemplateError, see check_station_offsets), and the file is left as it was.
+    """
     check_station(station)
+    check_station_offsets(station)
     stations = load_stations(path) | {station.name: station}
     lines = ["# provision print station profiles (`provision stations set NAME ...`)", ""]
     for s in sorted(stations.values(), key=lambda s: s.name):

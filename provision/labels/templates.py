@@ -8,11 +8,14 @@ millimetres (`*_mm` keys) or, where a sheet is specified in inches, in inches (t
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from provision.config import DEFAULT_TEMPLATES_DIR, TEMPLATES_ENV
 from provision.errors import TemplateError
 from provision.qr import QUIET_ZONE
 
@@ -22,7 +25,11 @@ PT_PER_MM = 72 / MM_PER_INCH
 TYPICAL_QR_MODULES = 33
 FIELDS = ("device_id", "device_type", "model", "type_model", "manufacturer", "serial", "batch")
 SHAPES = ("rect", "round")
-BUILTIN_DIRS = (Path(__file__).resolve().parents[2] / "templates",)
+# The built-in templates: the checkout's top-level templates/ folder, which pyproject.toml maps
+# in as this package (an editable install reads the folder in place, a wheel carries a copy).
+BUILTIN_PACKAGE = "provision.templates_builtin"
+# An unknown name's error lists the templates of a folder up to this many; beyond, it counts them.
+MAX_NAMES_LISTED = 30
 # Below 300 dpi (thermal printers) a module must be at least 4 dots (0.5 mm at 203 dpi) for a
 # phone to read it off the label; at 300 dpi and up, 2 dots still print square edges and the
 # design's min_module_mm (0.3 mm by default) is the binding limit.
@@ -164,21 +171,95 @@ class Template:
 
 
 # -- finding and loading ----------------------------------------------------------------------
+#
+# A template's name is its file's stem. Names are looked up in the user template folders
+# (PROVISION_TEMPLATES, in order), then among the built-ins: the first folder holding NAME.toml
+# wins, so a user's file named like a built-in replaces it.
+
+
+def builtin_dir() -> Path:
+    """The folder of the built-in templates, wherever the package is installed."""
+    root = resources.files(BUILTIN_PACKAGE)
+    if not isinstance(root, Path):  # e.g. a zipped install: nothing to list or load files from
+        raise TemplateError(f"built-in templates: {root} is not a folder on disk")
+    return root
+
+
+def default_user_dir() -> Path:
+    """$XDG_CONFIG_HOME/provision/templates, else ~/.config/provision/templates."""
+    xdg = os.environ.get("XDG_CONFIG_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec ignores a relative value
+        return Path(xdg) / "provision" / "templates"
+    return Path(DEFAULT_TEMPLATES_DIR).expanduser()
+
+
+def user_template_dirs(value: str | None = None) -> list[Path]:
+    """The user template folders: `value`, else $PROVISION_TEMPLATES, split at os.pathsep (":"),
+    `~` expanded; when that names none, [default_user_dir()]. The first is where imports go."""
+    raw = os.environ.get(TEMPLATES_ENV, "") if value is None else value
+    dirs = [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
+    return dirs or [default_user_dir()]
+
+
+def template_dirs() -> list[Path]:
+    """Where names are looked up, in order: the user template folders, then the built-ins."""
+    return [*user_template_dirs(), builtin_dir()]
+
+
+def find_templates() -> dict[str, Path]:
+    """Every template name on the search path, sorted, and the file it stands for."""
+    found: dict[str, Path] = {}
+    for d in template_dirs():
+        if d.is_dir():
+            for p in sorted(d.glob("*.toml")):
+                found.setdefault(p.stem, p)
+    return dict(sorted(found.items()))
 
 
 def template_names() -> list[str]:
-    return sorted({p.stem for d in BUILTIN_DIRS if d.is_dir() for p in d.glob("*.toml")})
+    return list(find_templates())
+
+
+def is_builtin(t: Template) -> bool:
+    """Whether the template is one of the built-ins (not a user's file, not a path given)."""
+    return _same_dir(t.path.parent, builtin_dir())
+
+
+def is_searched(folder: str | Path) -> bool:
+    """Whether templates in `folder` can be named (it is one of the user template folders)."""
+    return any(_same_dir(Path(folder), d) for d in user_template_dirs())
+
+
+def import_dir(dest: str | Path | None = None) -> Path:
+    """Where `templates import` writes: `dest`, else the first user template folder; never the
+    built-in templates' folder (inside the installed package)."""
+    folder = Path(dest).expanduser() if dest is not None else user_template_dirs()[0]
+    builtin = builtin_dir().resolve()
+    resolved = folder.resolve()
+    if resolved == builtin or builtin in resolved.parents:
+        raise TemplateError(
+            f"{folder} holds the built-in templates (part of the installed package): import into "
+            f"a folder of your own (--dest DIR, or {TEMPLATES_ENV}; default {default_user_dir()})"
+        )
+    return folder
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def list_templates(*, strict: bool = True) -> list[Template]:
-    """Every template in the template folders, sorted by name.
+    """Every template on the search path (see find_templates), sorted by name.
 
     strict=False leaves out a file that does not load instead of raising its TemplateError.
     """
     out = []
-    for name in template_names():
+    for path in find_templates().values():
         try:
-            out.append(load_template(name))
+            out.append(load_template(path))
         except TemplateError:
             if strict:
                 raise
@@ -186,22 +267,45 @@ def list_templates(*, strict: bool = True) -> list[Template]:
 
 
 def load_template(name_or_path: str | Path) -> Template:
-    """A built-in template by name, or a template file by path."""
+    """A template by name (the user template folders first, then the built-ins), or a template
+    file by path."""
     p = Path(name_or_path)
     if p.suffix != ".toml" or not p.exists():
-        for d in BUILTIN_DIRS:
-            candidate = d / f"{name_or_path}.toml"
-            if candidate.exists():
-                p = candidate
-                break
-        else:
-            known = ", ".join(template_names())
-            raise TemplateError(f"no template {str(name_or_path)!r}; built-in templates: {known}")
+        p = _find_by_name(str(name_or_path))
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"{p}: cannot read template: {exc}") from None
     return parse_template(text, p)
+
+
+def _find_by_name(name: str) -> Path:
+    # A name is a file stem: "a/b" or "../b" is a path that does not exist, not a name.
+    stem = name.removesuffix(".toml")
+    if stem and Path(stem).name == stem and not stem.startswith("."):
+        for d in template_dirs():
+            candidate = d / f"{stem}.toml"
+            if candidate.is_file():
+                return candidate
+    raise TemplateError(f"no template {name!r}; {_known_templates()}")
+
+
+def _known_templates() -> str:
+    """What an unknown name's error lists: the templates of each folder on the search path."""
+    by_dir: dict[Path, list[str]] = {}
+    for name, path in find_templates().items():
+        by_dir.setdefault(path.parent, []).append(name)
+    builtin = builtin_dir()
+    parts = [f"built-in templates: {', '.join(by_dir.get(builtin, []))}"]
+    for d in user_template_dirs():
+        names = by_dir.get(d, [])
+        if len(names) > MAX_NAMES_LISTED:
+            parts.append(f"{len(names):,} templates in {d} (`provision templates list`)")
+        elif names:
+            parts.append(f"in {d}: {', '.join(names)}")
+        else:
+            parts.append(f"none in {d}")
+    return "; ".join(parts)
 
 
 def parse_template(text: str, path: Path, *, check: bool = True) -> Template:
@@ -481,6 +585,7 @@ def template_summary(t: Template, modules: int = TYPICAL_QR_MODULES) -> dict[str
         "name": t.name,
         "description": t.description,
         "path": str(t.path),
+        "builtin": is_builtin(t),
         "page": {"width_mm": _r(t.page_width), "height_mm": _r(t.page_height)},
         "label": {
             "width_mm": _r(t.label_width),

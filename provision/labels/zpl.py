@@ -11,6 +11,7 @@ References: Zebra ZPL II Programming Guide, ^BQ (QR Code Bar Code, and "QR Switc
 
 from __future__ import annotations
 
+import itertools
 import math
 import unicodedata
 from collections.abc import Iterable
@@ -20,8 +21,15 @@ from typing import BinaryIO
 from reportlab.pdfbase import pdfmetrics
 
 from provision.errors import ProvisionError, TemplateError
+from provision.labels.layout import (
+    EDGE_TOLERANCE_MM,
+    LINE_SPACING,
+    TEXT_RIGHT_MARGIN_MM,
+    Box,
+    offset_error,
+)
 from provision.labels.render import LabelData, RenderResult
-from provision.labels.templates import MM_PER_INCH, Template
+from provision.labels.templates import MM_PER_INCH, TYPICAL_QR_MODULES, Template
 from provision.qr import QUIET_ZONE, encode_qr
 
 # QR Code alphanumeric mode (ISO/IEC 18004): 45 characters. payload_url() uppercases the URL so
@@ -41,20 +49,21 @@ BY_COMMAND = f"^BY2,3,{BQ_TOP_OFFSET_DOTS}"  # module width 2 and ratio 3.0: the
 # ^FH hex escapes (indicator "_"): ^ starts a format command and ~ a control command even inside
 # ^FD, and once ^FH is on, "_" itself must be escaped.
 HEX_INDICATOR = "_"
-TEXT_RIGHT_MARGIN_MM = 0.5  # as the PDF renderer: the text stops 0.5 mm inside the edge
 # Scalable font 0 (CG Triumvirate Bold Condensed) has no metrics on this side of the cable. We
 # measure with Helvetica-Bold, which is wider than a condensed face, so a line that "fits" here
 # always fits on the printer.
 MEASURE_FONT = "Helvetica-Bold"
 ELLIPSIS = "..."  # font 0 has no U+2026 on every firmware
-LINE_SPACING = 1.2  # as the PDF renderer
 MIN_FONT_SIZE = 4.0  # points, as the PDF renderer: the narrowest a condensed line may get
+# The text stops TEXT_RIGHT_MARGIN_MM inside the edge margin and its lines are LINE_SPACING
+# apart, as in the PDF: both come from provision.labels.layout.
 
 
 @dataclass(frozen=True)
 class _Geometry:
     """Where one QR symbol size lands on the label, in dots from the label's top-left."""
 
+    size: int  # modules per side, without the quiet zone
     module: int  # dots per module = ^BQ magnification
     qr_x: int  # left edge of the dark area (the quiet zone is the 4 modules around it)
     qr_y: int  # top edge of the dark area
@@ -78,29 +87,116 @@ def render_zpl(
     """Write one ^XA ... ^XZ label format per label to `out` (UTF-8 bytes, ^CI28).
 
     `copies` prints each label that many times (^PQ); the offsets are a station's calibration,
-    applied by moving every field origin by the nearest whole number of dots.
+    applied by moving every field origin by the nearest whole number of dots. An offset that
+    would move a label's QR code or text off the label is a TemplateError, raised before the
+    first byte (see check_zpl_offsets). The result counts the labels the printer prints, copies
+    included, one a page, as the PDF renderer counts them on a roll.
     """
-    if template.per_page != 1:
-        raise TemplateError(
-            f"{template.name}: ZPL is for thermal rolls (one label across); this template has "
-            f"{template.per_page} labels a sheet: use --format pdf"
-        )
+    _check_roll(template)
     if copies < 1:
         raise ProvisionError("--copies must be at least 1")
     dx, dy = mm_to_dots(offset_x_mm, template.dpi), mm_to_dots(offset_y_mm, template.dpi)
+    labels = iter(labels)
+    first = next(labels, None)
+    if first is None:  # nothing to print, but offsets that lose the content are still wrong
+        check_zpl_offsets(template, offset_x_mm, offset_y_mm)
+    else:
+        labels = itertools.chain([first], labels)
     geometries: dict[int, _Geometry] = {}
     count = 0
     for label in labels:
         symbol = encode_qr(label.url)
         geo = geometries.get(symbol.size)
         if geo is None:
-            geo = geometries[symbol.size] = _geometry(template, symbol.size, label)
+            geo = geometries[symbol.size] = _geometry(template, symbol.size, label.url)
+            _check_content(template, geo, offset_x_mm, offset_y_mm)
         out.write(_format(template, label, geo, copies, dx, dy).encode("utf-8"))
-        count += 1
+        count += copies
     return RenderResult(labels=count, pages=count)
 
 
-def _geometry(t: Template, size: int, label: LabelData) -> _Geometry:
+def check_zpl_offsets(
+    template: Template,
+    offset_x_mm: float,
+    offset_y_mm: float,
+    *,
+    modules: int = TYPICAL_QR_MODULES,
+) -> None:
+    """Raise TemplateError if the offsets (mm, right and down) move the ZPL label's QR code
+    (with its quiet zone) or its text column past an edge of the label (^PW x ^LL).
+
+    `modules`: the QR symbol's size (the typical activation URL's, version 4, unless told).
+    A sheet template is refused as render_zpl refuses it.
+    """
+    _check_roll(template)
+    _check_content(template, _geometry(template, modules), offset_x_mm, offset_y_mm)
+
+
+def _check_roll(t: Template) -> None:
+    if t.per_page != 1:
+        raise TemplateError(
+            f"{t.name}: ZPL is for thermal rolls (one label across); this template has "
+            f"{t.per_page} labels a sheet: use --format pdf"
+        )
+
+
+def _check_content(t: Template, geo: _Geometry, offset_x_mm: float, offset_y_mm: float) -> None:
+    """Refuse offsets that move the content of `geo` (in dots, as _format draws it) off the
+    label, with the PDF renderer's message (provision.labels.layout)."""
+    if not offset_x_mm and not offset_y_mm:
+        return
+    dx, dy = mm_to_dots(offset_x_mm, t.dpi), mm_to_dots(offset_y_mm, t.dpi)
+    left, top, right, bottom = _content_dots(t, geo)
+    dot = t.dot
+    box = Box((left + dx) * dot, (top + dy) * dot, (right + dx) * dot, (bottom + dy) * dot)
+    width, height = mm_to_dots(t.label_width, t.dpi), mm_to_dots(t.label_height, t.dpi)
+    edge, by = box.overshoot(width * dot, height * dot)
+    if by > EDGE_TOLERANCE_MM:
+        raise offset_error(t, 0, edge, by, offset_x_mm, offset_y_mm, surface="label")
+
+
+def _content_dots(t: Template, geo: _Geometry) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) dots from the label's top-left, before any offset, of what
+    _format draws: the QR with its quiet zone, and the column of the template's text lines."""
+    zone = QUIET_ZONE * geo.module
+    side = (geo.size + 2 * QUIET_ZONE) * geo.module
+    left, top = geo.qr_x - zone, geo.qr_y - zone
+    right, bottom = left + side, top + side
+    if _has_text(t, geo) and t.fields:
+        rows = _text_rows(t, len(t.fields))
+        label_height = mm_to_dots(t.label_height, t.dpi)
+        text_top = max(0, rows.top)
+        text_bottom = min(label_height, rows.top + (len(t.fields) - 1) * rows.pitch + rows.height)
+        left, right = min(left, geo.text_left), max(right, geo.text_right)
+        top, bottom = min(top, text_top), max(bottom, text_bottom)
+    return left, top, right, bottom
+
+
+def _has_text(t: Template, geo: _Geometry) -> bool:
+    """Whether there is room for text lines (the PDF also drops text narrower than 2 mm)."""
+    return geo.text_right - geo.text_left > mm_to_dots(2, t.dpi)
+
+
+@dataclass(frozen=True)
+class _TextRows:
+    """The text lines of a label, in dots: glyph height, narrowest width, pitch, first top."""
+
+    height: int
+    least: int
+    pitch: int
+    top: int
+
+
+def _text_rows(t: Template, lines: int) -> _TextRows:
+    """`lines` text lines vertically centred on the label."""
+    height = mm_to_dots(t.font_size * MM_PER_INCH / 72, t.dpi)
+    least = max(1, mm_to_dots(MIN_FONT_SIZE * MM_PER_INCH / 72, t.dpi))
+    pitch = round(height * LINE_SPACING)
+    top = round((t.label_height / t.dot - lines * pitch) / 2) + (pitch - height) // 2
+    return _TextRows(height, least, pitch, top)
+
+
+def _geometry(t: Template, size: int, url: str | None = None) -> _Geometry:
     """The same module and placement as the PDF renderer, in whole printer dots."""
     dot = t.dot
     width, height = mm_to_dots(t.label_width, t.dpi), mm_to_dots(t.label_height, t.dpi)
@@ -109,8 +205,9 @@ def _geometry(t: Template, size: int, label: LabelData) -> _Geometry:
     # The template's least module: min_module_mm and min_dots (4 dots below 300 dpi).
     least = math.ceil(t.least_module / dot - 1e-9)
     if module < least:
+        what = "the QR URL" if url is None else f"the {len(url)}-character QR URL"
         raise TemplateError(
-            f"{t.name}: the {len(label.url)}-character QR URL needs a {size}-module code, whose "
+            f"{t.name}: {what} needs a {size}-module code, whose "
             f"modules would be {module} dots ({module * dot:.3f} mm) on this {t.label_width} x "
             f"{t.label_height} mm label at {t.dpi} dpi, below the readable {least} dots; "
             "use a shorter base URL or a larger label"
@@ -138,7 +235,7 @@ def _geometry(t: Template, size: int, label: LabelData) -> _Geometry:
     text_right = width - mm_to_dots(t.edge + TEXT_RIGHT_MARGIN_MM, t.dpi)
     if t.shape == "round":
         text_right = text_left  # no text lines
-    return _Geometry(module, qr_x, qr_y, text_left, text_right)
+    return _Geometry(size, module, qr_x, qr_y, text_left, text_right)
 
 
 def _format(t: Template, label: LabelData, geo: _Geometry, copies: int, dx: int, dy: int) -> str:
@@ -165,16 +262,14 @@ def _format(t: Template, label: LabelData, geo: _Geometry, copies: int, dx: int,
     ]
     texts = [s for s in (label.field_text(f) for f in t.fields) if s]
     room = geo.text_right - geo.text_left
-    if texts and room > mm_to_dots(2, t.dpi):  # the PDF also drops text narrower than 2 mm
-        height = mm_to_dots(t.font_size * MM_PER_INCH / 72, t.dpi)
-        least = max(1, mm_to_dots(MIN_FONT_SIZE * MM_PER_INCH / 72, t.dpi))
-        pitch = round(height * LINE_SPACING)
-        top = round((t.label_height / t.dot - len(texts) * pitch) / 2) + (pitch - height) // 2
+    if texts and _has_text(t, geo):
+        rows = _text_rows(t, len(texts))
+        height = rows.height
         for i, text in enumerate(texts):
-            fitted, width = _fit(text, height, least, room)
+            fitted, width = _fit(text, height, rows.least, room)
             lines.append(
                 f"^A0N,{height},{width}"
-                + origin(geo.text_left, top + i * pitch, "text")
+                + origin(geo.text_left, rows.top + i * rows.pitch, "text")
                 + _field_data(fitted)
                 + "^FS"
             )

@@ -73,10 +73,18 @@ class Registry:
     """A connection to the registry database; migrated to the latest schema on first use.
 
     SEALER (from the keyring) lets a migration seal the rows already there (revision 0003).
+    With CREATE false, a SQLite file that does not exist is an error, not a new registry.
     """
 
-    def __init__(self, url: str, *, migrate: bool = True, sealer: Sealer | None = None) -> None:
-        self.store = Store(url, migrate=migrate, sealer=sealer)
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate: bool = True,
+        sealer: Sealer | None = None,
+        create: bool = True,
+    ) -> None:
+        self.store = Store(url, migrate=migrate, sealer=sealer, create=create)
         self.batches = Batches(self.store)
         self.devices = Devices(self.store)
         self.events = Events(self.store)

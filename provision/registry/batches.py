@@ -34,6 +34,18 @@ class Batches:
         with self._store.connect() as conn:
             return {int(k) for k in conn.execute(q).scalars()}
 
+    def pending_by_key(self, batch_id: int) -> dict[int, int]:
+        """The batch's pending devices, counted by the key that signed their payloads."""
+        from provision.states import DeviceStatus
+
+        q = (
+            select(devices.c.key_id, func.count())
+            .where(devices.c.batch_id == batch_id, devices.c.status == DeviceStatus.PENDING)
+            .group_by(devices.c.key_id)
+        )
+        with self._store.connect() as conn:
+            return {int(k): int(n) for k, n in conn.execute(q)}
+
     def max_seq(self, batch_id: int) -> int:
         q = select(func.max(devices.c.batch_seq)).where(devices.c.batch_id == batch_id)
         with self._store.connect() as conn:

@@ -30,6 +30,34 @@ class Devices:
             row = conn.execute(select(devices).where(devices.c.serial_hash == serial_hash)).first()
         return DeviceRecord.from_row(row) if row is not None else None
 
+    def ids_starting(self, prefix: str, limit: int = 2) -> list[str]:
+        """Up to LIMIT device ids that start with PREFIX (lower-case hex), in id order.
+
+        A range on the unique index (`>= prefix` and `< prefix` + 1), not a LIKE: that one
+        neither PostgreSQL nor SQLite can run on the index without a special operator class.
+        """
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else ""
+        q = select(devices.c.device_id).where(devices.c.device_id >= prefix)
+        if upper:
+            q = q.where(devices.c.device_id < upper)
+        with self._store.connect() as conn:
+            return list(conn.execute(q.order_by(devices.c.device_id).limit(limit)).scalars())
+
+    def pending_by_batch(self, key_id: int) -> dict[str, int]:
+        """Pending devices whose payloads KEY_ID signed, counted by batch name."""
+        from provision.registry.schema import batches
+        from provision.states import DeviceStatus
+
+        q = (
+            select(batches.c.name, func.count())
+            .select_from(devices.join(batches, batches.c.id == devices.c.batch_id))
+            .where(devices.c.key_id == key_id, devices.c.status == DeviceStatus.PENDING)
+            .group_by(batches.c.name)
+            .order_by(batches.c.name)
+        )
+        with self._store.connect() as conn:
+            return {str(name): int(n) for name, n in conn.execute(q)}
+
     def pk_of(self, device_id: str) -> int | None:
         with self._store.connect() as conn:
             return conn.execute(

@@ -23,6 +23,8 @@ from provision.registry.schema import action_log, audit_chains, devices, pairing
 from provision.registry.store import Store
 from provision.states import DeviceStatus, PairingResult, Reason, SystemAction
 
+_RESIGN_CHUNK = 1000  # devices re-signed per transaction
+
 # Why an activation that lost the conditional UPDATE lost, by the status that beat it.
 _LOST_REASON = {
     DeviceStatus.ACTIVATED: Reason.ALREADY_ACTIVATED,
@@ -121,6 +123,46 @@ class Events:
                 _append_action(conn, device_pk, device_id, action, sealer)
                 _reseal(conn, device_pk, sealer)
         return bool(changed)
+
+    def resign(self, batch_id: int, key_id: int, actor: str, now: datetime, sealer: Sealer) -> int:
+        """Move the batch's pending devices signed by another key to KEY_ID; returns how many.
+
+        Each device's change is an action in its log (`resigned`, from and to which key), in
+        the same transaction as the new key id and seal; a device activated meanwhile is left
+        as it is (the UPDATE is conditional on `pending`). A transaction per chunk of devices.
+        """
+        moved = 0
+        while True:
+            with self._store.begin() as conn:
+                todo = conn.execute(
+                    select(devices.c.id, devices.c.device_id, devices.c.key_id)
+                    .where(
+                        devices.c.batch_id == batch_id,
+                        devices.c.status == DeviceStatus.PENDING,
+                        devices.c.key_id != key_id,
+                    )
+                    .order_by(devices.c.id)
+                    .limit(_RESIGN_CHUNK)
+                ).all()
+                for pk, device_id, old in todo:
+                    changed = conn.execute(
+                        update(devices)
+                        .where(
+                            devices.c.id == pk,
+                            devices.c.status == DeviceStatus.PENDING,
+                            devices.c.key_id == old,
+                        )
+                        .values(key_id=key_id)
+                    ).rowcount
+                    if not changed:
+                        continue
+                    meta = canonical_json({"from_key_id": old, "key_id": key_id})
+                    action = NewAction(SystemAction.RESIGNED, meta, None, actor, now)
+                    _append_action(conn, pk, device_id, action, sealer)
+                    _reseal(conn, pk, sealer)
+                    moved += 1
+            if len(todo) < _RESIGN_CHUNK:
+                return moved
 
     def append_action(
         self, device_pk: int, device_id: str, action: NewAction, sealer: Sealer

@@ -87,6 +87,7 @@ class LabelRow(_Record):
     key_id: int
     expires_at: datetime
     serial_ct: bytes
+    status: DeviceStatus
 
     _TIMES = ("expires_at",)
 

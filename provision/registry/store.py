@@ -40,7 +40,14 @@ def aware(value: datetime | None) -> datetime | None:
 class Store:
     """The database behind a registry: its engine, dialect and migrations."""
 
-    def __init__(self, url: str, *, migrate: bool = True, sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate: bool = True,
+        sealer: Sealer | None = None,
+        create: bool = True,
+    ) -> None:
         try:
             parsed = make_url(url)
         except ArgumentError:
@@ -53,7 +60,12 @@ class Store:
         self.lookup_chunk = 50_000 if self.is_postgresql else 900
         self._sealer = sealer
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
-            _create_private(Path(parsed.database))
+            path = Path(parsed.database)
+            if not create and not path.exists():
+                # Only the commands that make a registry create one: anything else, run in the
+                # wrong folder, would find an empty new registry and say "no such device".
+                raise ConfigError(f"no registry at {path} (set PROVISION_DB_URL or --db)")
+            _create_private(path)
         kwargs: dict[str, Any] = {}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 60}
