@@ -15,7 +15,7 @@ from provision.cli.common import (
     pass_settings,
 )
 from provision.errors import ChecksFailed
-from provision.text import escape_control
+from provision.text import escape_control, plural
 
 
 @click.group(cls=ProvisionGroup)
@@ -101,6 +101,7 @@ def audit_checkpoint(settings: Settings, output_file: str | None, as_json: bool)
     emit(
         as_json,
         info.to_json(),
-        f"Checkpoint {info.path}: {info.devices} devices, {info.actions} actions, "
-        f"{info.pairing_events} pairing events (sha256 {info.digest[:16]}...)",
+        f"Checkpoint {info.path}: {plural(info.devices, 'device')}, "
+        f"{plural(info.actions, 'action')}, "
+        f"{plural(info.pairing_events, 'pairing event')} (sha256 {info.digest[:16]}...)",
     )
