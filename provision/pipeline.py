@@ -52,6 +52,7 @@ from provision.qr import save_png
 from provision.registry import NewBatch, Registry, utcnow
 from provision.serials import (
     component_row_hash,
+    component_serial_hash,
     decrypt_serial,
     device_id,
     encrypt_serial,
@@ -237,10 +238,9 @@ def register_manifests(
     # The batch row is created by the transaction of the first chunk that stores anything, so
     # a run that fails or registers nothing leaves none behind.
     found = registry.batches.id_of(name)
-    target: int | NewBatch = (
-        found
-        if found is not None
-        else NewBatch(name, serials.sha256, comps.sha256 if comps else None)
+    # The first chunk's transaction creates the batch row, or updates its digests and rejects.
+    target: int | NewBatch = NewBatch(
+        name, serials.sha256, comps.sha256 if comps else None, rejected
     )
     batch_id = found
     expires = int(((now or utcnow()) + timedelta(days=ttl_days)).timestamp())
@@ -444,6 +444,11 @@ def _component_rows(
                 ),
                 "supplier": rec.supplier or None,
                 "lot": rec.lot or None,
+                "component_serial_hash": (
+                    component_serial_hash(keyring.pepper, rec.component_serial)
+                    if rec.component_serial
+                    else None
+                ),
                 "row_hash": rh,
                 "created_at": created,
             }
@@ -496,7 +501,7 @@ def render_batch_labels(
         )
 
     labels = batch_labels(registry, batch_id, batch, template, base_url, keyring, on_progress)
-    return _publish_labels(
+    result = _publish_labels(
         labels,
         batch,
         template,
@@ -507,6 +512,8 @@ def render_batch_labels(
         offset_x_mm=offset_x_mm,
         offset_y_mm=offset_y_mm,
     )
+    registry.batches.labels_published(batch_id, result.revision, utcnow())
+    return result
 
 
 def _publish_labels(
@@ -732,6 +739,9 @@ def register_and_render(
                     chunks.get(timeout=0.1)
             raise
         worker.join()
+    published = registry.batches.id_of(batch)
+    if published is not None:
+        registry.batches.labels_published(published, result.revision, utcnow())
     return outcome[0], result
 
 

@@ -67,6 +67,12 @@ def decrypt_serial(data_key: bytes, device_id_: str, blob: bytes) -> str:
 
 
 _COMPONENT_DOMAIN = b"provision/component-row/v1\x00"
+_COMPONENT_SERIAL_DOMAIN = b"provision/component-serial/v1\x00"
+
+
+def component_serial_hash(pepper: bytes, serial: str) -> str:
+    """HMAC-SHA256 of a component's own serial under the pepper: what `find` looks up."""
+    return hmac.new(pepper, _COMPONENT_SERIAL_DOMAIN + serial.encode(), hashlib.sha256).hexdigest()
 
 
 def component_row_hash(pepper: bytes, serial_hash_: str, *values: str) -> str:

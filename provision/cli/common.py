@@ -45,7 +45,6 @@ class Settings:
         """The registry. Only the commands that make one (register, run, generate, db
         upgrade) pass CREATE; any other finds a missing SQLite file an error."""
         if self._registry is None:
-            from provision.audit import make_sealer
             from provision.registry import Registry
 
             # With the keyring at hand, an upgrade can seal the rows already there (0003).
@@ -55,8 +54,7 @@ class Settings:
                     keyring = self.keyring()
                 except ProvisionError:
                     keyring = None  # the command says so itself if it needs the keyring
-            sealer = make_sealer(keyring) if keyring is not None else None
-            self._registry = Registry(self.db, sealer=sealer, create=create)
+            self._registry = Registry(self.db, keyring=keyring, create=create)
         return self._registry
 
     def registry_with_keyring(self, *, create: bool = False) -> tuple[Any, Keyring]:

@@ -20,10 +20,11 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
     from provision.chain import Sealer
+    from provision.keys import Keyring
 
 HERE = Path(__file__).parent
 # The newest revision in versions/; a test holds it to what Alembic reads from the scripts.
-HEAD = "0003"
+HEAD = "0004"
 
 
 def alembic_config() -> Config:
@@ -67,17 +68,21 @@ def _no_such_table(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) == "42P01" or "no such table" in str(exc.orig)
 
 
-def upgrade_to_head(engine: Engine, sealer: Sealer | None = None) -> str:
+def upgrade_to_head(
+    engine: Engine, sealer: Sealer | None = None, keyring: Keyring | None = None
+) -> str:
     """Migrate to the newest revision; a no-op (one query) when already there.
 
-    SEALER (from the keyring) lets a migration seal rows already in the registry (0003).
+    SEALER and KEYRING let a migration seal (0003) or hash (0004) rows already there.
     """
     if _stamped_revision(engine) == HEAD:
         return HEAD
-    return upgrade_to(engine, "head", sealer)
+    return upgrade_to(engine, "head", sealer, keyring)
 
 
-def upgrade_to(engine: Engine, target: str, sealer: Sealer | None = None) -> str:
+def upgrade_to(
+    engine: Engine, target: str, sealer: Sealer | None = None, keyring: Keyring | None = None
+) -> str:
     """Migrate to TARGET (a revision, or "head") in one transaction; returns the revision."""
     from alembic import command
 
@@ -85,6 +90,7 @@ def upgrade_to(engine: Engine, target: str, sealer: Sealer | None = None) -> str
     with engine.connect() as conn, _sqlite_migration(conn), conn.begin():
         cfg.attributes["connection"] = conn
         cfg.attributes["sealer"] = sealer
+        cfg.attributes["keyring"] = keyring
         command.upgrade(cfg, target)
         if conn.dialect.name == "sqlite":
             broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()

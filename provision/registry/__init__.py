@@ -19,6 +19,7 @@ from typing import Any
 
 from provision.chain import Sealer
 from provision.errors import ConflictError
+from provision.keys import Keyring
 from provision.registry.batches import Batches
 from provision.registry.devices import Devices
 from provision.registry.events import Events
@@ -72,7 +73,8 @@ __all__ = [
 class Registry:
     """A connection to the registry database; migrated to the latest schema on first use.
 
-    SEALER (from the keyring) lets a migration seal the rows already there (revision 0003).
+    KEYRING (or just a SEALER made from it) lets a migration seal (0003) or hash (0004) the
+    rows already there.
     With CREATE false, a SQLite file that does not exist is an error, not a new registry.
     """
 
@@ -83,8 +85,9 @@ class Registry:
         migrate: bool = True,
         sealer: Sealer | None = None,
         create: bool = True,
+        keyring: Keyring | None = None,
     ) -> None:
-        self.store = Store(url, migrate=migrate, sealer=sealer, create=create)
+        self.store = Store(url, migrate=migrate, sealer=sealer, create=create, keyring=keyring)
         self.batches = Batches(self.store)
         self.devices = Devices(self.store)
         self.events = Events(self.store)

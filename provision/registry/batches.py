@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
@@ -27,6 +29,15 @@ class Batches:
     def names(self) -> list[str]:
         with self._store.connect() as conn:
             return list(conn.execute(select(batches.c.name).order_by(batches.c.id)).scalars())
+
+    def labels_published(self, batch_id: int, revision: int, at: datetime) -> None:
+        """Record the label revision a render published."""
+        with self._store.begin() as conn:
+            conn.execute(
+                update(batches)
+                .where(batches.c.id == batch_id)
+                .values(label_revision=revision, labels_rendered_at=at)
+            )
 
     def key_ids(self, batch_id: int) -> set[int]:
         """The signing keys of the batch's payloads."""
@@ -69,6 +80,7 @@ def batch_in(conn: Connection, batch: int | NewBatch) -> int:
             .values(
                 manifest_sha256=batch.manifest_sha256,
                 components_sha256=batch.components_sha256,
+                rejected_rows=batch.rejected_rows,
                 updated_at=now,
             )
         )
@@ -78,6 +90,7 @@ def batch_in(conn: Connection, batch: int | NewBatch) -> int:
             name=batch.name,
             manifest_sha256=batch.manifest_sha256,
             components_sha256=batch.components_sha256,
+            rejected_rows=batch.rejected_rows,
             created_at=now,
             updated_at=now,
         )

@@ -151,11 +151,13 @@ class ActionEntry(_Record):
 
 @dataclass(frozen=True)
 class NewBatch:
-    """A batch whose row is created by the transaction of its first chunk (insert_devices)."""
+    """A batch whose row is created (or, when it exists, updated) by the transaction of the
+    first chunk a run stores (Devices.insert)."""
 
     name: str
     manifest_sha256: str
     components_sha256: str | None
+    rejected_rows: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 
 from provision.states import DeviceStatus, PairingResult
@@ -32,6 +34,8 @@ __all__ = [
     "devices",
     "metadata",
     "pairing_events",
+    "recall_devices",
+    "recalls",
 ]
 
 metadata = MetaData()
@@ -51,6 +55,10 @@ batches = Table(
     Column("components_sha256", String(64)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Rows the last run sent to its reject file, and the newest label revision published.
+    Column("rejected_rows", Integer, default=0, server_default="0", nullable=False),
+    Column("label_revision", Integer),
+    Column("labels_rendered_at", DateTime(timezone=True)),
 )
 
 # One device; its serial is stored only as a keyed hash and as AES-GCM ciphertext.
@@ -89,7 +97,10 @@ devices = Table(
     # Keyed seal over the row's state (provision.chain.SEALED_COLUMNS), written with each change.
     Column("seal", String(64), nullable=False),
     Index("ix_devices_batch_seq", "batch_id", "batch_seq"),
-    Index("ix_devices_status", "status"),
+    # `devices` lists in id order (keyset pagination): each filter's index ends in id.
+    Index("ix_devices_batch_id", "batch_id", "id"),
+    Index("ix_devices_status", "status", "id"),
+    Index("ix_devices_activated_at", "activated_at", "id"),
 )
 
 # A component fitted to a device; its own serial is kept encrypted like the device's.
@@ -113,6 +124,11 @@ components = Table(
     Column("lot", String(128)),
     Column("batch_id", Integer, ForeignKey("batches.id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # Keyed hash of the component's own serial, for `find` and `trace --component-serial`.
+    Column("component_serial_hash", String(64)),
+    Index("ix_device_components_lot", "lot", "supplier"),
+    Index("ix_device_components_supplier", "supplier", "lot"),
+    Index("ix_device_components_serial_hash", "component_serial_hash"),
 )
 
 # One activation attempt, accepted or rejected; chained per device (entry_hash over the event
@@ -134,6 +150,35 @@ pairing_events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("entry_hash", String(64), nullable=False),
     UniqueConstraint("device_pk", "seq", name="uq_device_pairing_events_device_seq"),
+)
+
+# Users are found case-insensitively (support types what the customer reads out).
+Index("ix_devices_user_lower", func.lower(devices.c.user_id))
+
+# A recall: the trace query it was made from, and whether it holds its pending devices.
+recalls = Table(
+    "recalls",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), unique=True, nullable=False),
+    Column("reason", String(1000), nullable=False),
+    Column("query_json", Text, nullable=False),
+    Column("hold", Boolean, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("closed_by", String(256)),
+)
+
+# The devices a recall matched when it was made; a released device is no longer held.
+recall_devices = Table(
+    "recall_devices",
+    metadata,
+    Column("recall_id", Integer, ForeignKey("recalls.id"), primary_key=True),
+    Column("device_pk", ROW_ID, ForeignKey("devices.id"), primary_key=True),
+    Column("released_at", DateTime(timezone=True)),
+    Column("released_by", String(256)),
+    Index("ix_recall_devices_device_pk", "device_pk"),
 )
 
 # Chains that belong to no device row: their count and sealed head (today the pairing chain of

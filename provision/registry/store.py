@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, Operationa
 
 from provision.chain import SEALED_COLUMNS, Sealer
 from provision.errors import ConfigError, ConflictError, RegistryError
+from provision.keys import Keyring
 
 log = logging.getLogger("provision.registry")
 
@@ -47,6 +48,7 @@ class Store:
         migrate: bool = True,
         sealer: Sealer | None = None,
         create: bool = True,
+        keyring: Keyring | None = None,
     ) -> None:
         try:
             parsed = make_url(url)
@@ -58,7 +60,9 @@ class Store:
         # PostgreSQL takes a whole chunk of keys as one array parameter; SQLite binds each one
         # (at most 32,766 variables a statement, 999 before SQLite 3.32).
         self.lookup_chunk = 50_000 if self.is_postgresql else 900
-        self._sealer = sealer
+        # A migration may need the keyring: 0003 seals existing rows, 0004 hashes serials.
+        self._keyring = keyring
+        self._sealer = sealer or (Sealer(keyring.pepper) if keyring is not None else None)
         if self.is_sqlite and parsed.database and parsed.database != ":memory:":
             path = Path(parsed.database)
             if not create and not path.exists():
@@ -80,7 +84,7 @@ class Store:
         from provision.migrations import upgrade_to_head
 
         try:
-            revision = upgrade_to_head(self.engine, self._sealer)
+            revision = upgrade_to_head(self.engine, self._sealer, self._keyring)
         except OperationalError as exc:
             raise ConfigError(
                 f"cannot open the registry database {self.safe_url}: {exc.orig}"

@@ -22,7 +22,6 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from provision.audit import make_sealer
 from provision.errors import KeyringError
 from provision.keys import Keyring, KeyringWatcher
 from provision.registry import Registry
@@ -96,7 +95,7 @@ class Services:
                 raise KeyringError("no keyring given: set PROVISION_KEYRING (or --keyring)")
             keyrings = KeyringWatcher(settings.keyring_path, KEYRING_CHECK_SECONDS)
         first = keyrings.current()
-        registry = registry or Registry(settings.db_url, sealer=make_sealer(first))
+        registry = registry or Registry(settings.db_url, keyring=first, create=False)
         return cls(registry, keyrings, settings)
 
 
