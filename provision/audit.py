@@ -33,8 +33,8 @@ from provision.registry import (
     Registry,
     utcnow,
 )
-from provision.serials import serial_hash, serial_problem
-from provision.states import DeviceStatus
+from provision.serials import serial_hash, serial_variants
+from provision.states import DeviceStatus, SystemAction
 from provision.text import plural, text_problem
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 ACTION_TYPE_RE = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 MAX_METADATA_BYTES = 8192
+RESERVED_ACTIONS = frozenset(SystemAction)
 MAX_REASON_LENGTH = 1000
 # Below this many devices one process checks them all; above, one process per CPU takes a share.
 PARALLEL_FROM = 20_000
@@ -106,10 +107,7 @@ def _serial_hint(registry: Registry, keyring: Keyring, serial: str) -> str:
     """ "; did you mean 'TH200-...'?" when the serial matches a registered one after a change of
     case or white space. Looked up through the keyed hash of each variant, so no plaintext
     serial is ever stored or compared (serials are compared exactly, as GS1 has it)."""
-    squeezed = "".join(serial.split())
-    variants = {v for s in (serial, squeezed) for v in (s, s.upper(), s.lower())} - {serial}
-    candidates = sorted(v for v in variants if serial_problem(v) is None)
-    hashes = {serial_hash(keyring.pepper, v): v for v in candidates}
+    hashes = {serial_hash(keyring.pepper, v): v for v in serial_variants(serial)}
     found = registry.devices.existing_by_hash(list(hashes))
     matches = sorted(hashes[h] for h in found)
     if not matches:
@@ -134,6 +132,10 @@ def log_action(
             f"action type {action_type!r}: use 1-64 lower-case letters, digits, '_', '.', ':' "
             "or '-', starting with a letter"
         )
+    if action_type in RESERVED_ACTIONS or action_type.startswith("recall."):
+        # Only provision writes these (activation, revocation, re-signing, recalls): a device
+        # app logging `activated` or `recall.released` would make its history lie.
+        raise ProvisionError(f"action type {action_type!r} is reserved for provision itself")
     meta = canonical_json(metadata or {})
     if len(meta.encode()) > MAX_METADATA_BYTES:
         raise ProvisionError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")

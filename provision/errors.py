@@ -89,6 +89,12 @@ class DeviceError(ProvisionError):
     kind = "device"
 
 
+class RecallError(ProvisionError):
+    """A recall cannot be found, made or changed as asked (a name taken, a recall closed)."""
+
+    kind = "recall"
+
+
 class RegistryError(ProvisionError):
     """The registry database cannot be reached or refused a statement."""
 

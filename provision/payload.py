@@ -134,6 +134,19 @@ def extract_token(payload_or_url: str) -> str:
     return token.translate(_ASCII_UPPER)
 
 
+def token_header(token: str) -> tuple[int, str, int] | None:
+    """(key id, device id, expiry) as a well-formed token states them, signature unchecked:
+    for support, who want the device a label names even when the label no longer verifies."""
+    if not _TOKEN_RE.fullmatch(token):
+        return None
+    try:
+        raw = base64.b32decode(token)
+    except binascii.Error:
+        return None
+    version, key_id, dev, expiry = _HEADER.unpack(raw[: _HEADER.size])
+    return (key_id, dev.hex(), expiry) if version == VERSION else None
+
+
 def verify_payload(
     payload_or_url: str, keyring: Keyring, now: datetime | None = None
 ) -> Verification:

@@ -32,6 +32,13 @@ def serial_problem(serial: str) -> str | None:
     return f"serial contains {describe_char(bad)}, outside the GS1 AI 82 character set"
 
 
+def serial_variants(serial: str) -> list[str]:
+    """What SERIAL might have been meant as: other case, no white space; valid serials only."""
+    squeezed = "".join(serial.split())
+    variants = {v for s in (serial.strip(), squeezed) for v in (s, s.upper(), s.lower())}
+    return sorted(v for v in variants - {serial} if serial_problem(v) is None)
+
+
 def describe_char(c: str) -> str:
     """Name a character so an engineer can find it, invisible ones included."""
     names = {" ": "a space", "\t": "a tab", "\n": "a line break", "\r": "a carriage return"}

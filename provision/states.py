@@ -16,7 +16,6 @@ class DeviceStatus(StrEnum):
     PENDING = "pending"
     ACTIVATED = "activated"
     REVOKED = "revoked"
-    RESIGNED = "resigned"
 
 
 class PairingResult(StrEnum):
@@ -45,6 +44,7 @@ class Reason(StrEnum):
     UNKNOWN_DEVICE = "unknown_device"
     REVOKED_DEVICE = "revoked_device"
     ALREADY_ACTIVATED = "already_activated"
+    RECALLED = "recalled"
 
 
 class SystemAction(StrEnum):
@@ -53,3 +53,6 @@ class SystemAction(StrEnum):
     ACTIVATED = "activated"
     REVOKED = "revoked"
     RESIGNED = "resigned"
+    RECALL_CREATED = "recall.created"
+    RECALL_RELEASED = "recall.released"
+    RECALL_CLOSED = "recall.closed"

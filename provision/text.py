@@ -27,6 +27,15 @@ def text_problem(value: str) -> str | None:
     return f"contains a control character (U+{ord(c):04X})"
 
 
+def formula_safe(cell: object) -> str:
+    """A CSV cell a spreadsheet will not run: text starting with = + - @ tab or CR gets a
+    leading apostrophe (OWASP CSV injection); None is empty."""
+    if cell is None:
+        return ""
+    text = str(cell)
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
 def plural(n: int, word: str, words: str | None = None) -> str:
     """ "1 device", "2 devices": N with WORD, or WORDS (default WORD + "s") when N is not 1."""
     return f"{n:,} {word if n == 1 else (words or word + 's')}"

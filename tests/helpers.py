@@ -23,6 +23,7 @@ REASON_STATUS = {
     "unknown_device": 404,
     "revoked_device": 403,
     "already_activated": 409,
+    "recalled": 403,
 }
 
 
@@ -83,3 +84,41 @@ def with_payload(keyring: Any, device: Any) -> Any:
     token = device_token(keyring, device.key_id, device.device_id, device.expires_at)
     fields = {f.name: getattr(device, f.name) for f in dataclasses.fields(DeviceRecord)}
     return Labelled(**fields, payload=token)
+
+
+COMPONENT_COLUMNS = [
+    "serial",
+    "component_type",
+    "component_spec",
+    "component_serial",
+    "supplier",
+    "lot",
+]
+
+
+def register_with_components(
+    registry: Any,
+    keyring: Any,
+    folder: Path,
+    batch: str,
+    components: list[list[str]],
+    *,
+    line: str = "line-1",
+    model: str = "M-1",
+) -> dict[str, Any]:
+    """Register a batch from a components manifest (rows in COMPONENT_COLUMNS order; each
+    device once in the serials manifest): serial -> device record with its payload."""
+    from provision.pipeline import register_batch
+    from provision.serials import device_id
+
+    serials = list(dict.fromkeys(row[0] for row in components))
+    manifest = write_csv(
+        folder / f"{batch}-serials.csv",
+        ["serial", "device_type", "manufacturer", "model", "line"],
+        [[s, "sensor", "Acme", model, line] for s in serials],
+    )
+    comps = write_csv(folder / f"{batch}-components.csv", COMPONENT_COLUMNS, components)
+    register_batch(registry, keyring, manifest, components_path=comps, batch=batch)
+    found = {s: registry.devices.get(device_id(keyring.pepper, s)) for s in serials}
+    assert all(d is not None for d in found.values())
+    return {s: with_payload(keyring, d) for s, d in found.items()}

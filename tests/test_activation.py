@@ -38,7 +38,7 @@ from provision.keys import Keyring, load_keyring
 from provision.payload import payload_url, sign_token
 from provision.registry import Registry, action_log, devices, pairing_events, utcnow
 from provision.serials import device_id
-from tests.helpers import REASON_STATUS, with_payload
+from tests.helpers import REASON_STATUS, register_with_components, with_payload
 
 BASE_URL = "http://localhost:5001"  # what the run_cli fixture sets as PROVISION_BASE_URL
 SUCCESS_KEYS = {"device_id", "device_type", "activation_token", "activated_at"}
@@ -51,6 +51,7 @@ ALL_REASONS = [
     "unknown_device",
     "revoked_device",
     "already_activated",
+    "recalled",
 ]
 URLSAFE_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{22,}")
 
@@ -525,6 +526,19 @@ def _payload_for(reason: str, factory: Factory, run_cli) -> tuple[str, dict[str,
     if reason == "already_activated":
         assert run_cli("activate", url(dev), "--user", "first").exit_code == 0
         return url(dev), dev
+    if reason == "recalled":
+        held = register_with_components(
+            factory.registry,
+            factory.keyring,
+            factory.tmp_path,
+            "held",
+            [["SN-HELD-1", "battery", "CR2032", "", "ACME", "L-HELD"]],
+        )["SN-HELD-1"]
+        made = run_cli(
+            "recall", "create", "r1", "--lot", "L-HELD", "--reason", "cells swell", "--hold"
+        )
+        assert made.exit_code == 0, made.output
+        return url(held), held
     raise AssertionError(reason)
 
 

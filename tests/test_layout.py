@@ -140,6 +140,7 @@ ERROR_TYPES = {
     errors.BatchError: "batch",
     errors.ConflictError: "conflict",
     errors.DeviceError: "device",
+    errors.RecallError: "recall",
     errors.RegistryError: "registry",
     errors.CheckpointError: "checkpoint",
     errors.JobError: "job",

@@ -40,7 +40,7 @@ from provision.pipeline import register_batch
 from provision.registry import Registry
 from provision.web import WebSettings, create_app
 from provision.web.activation import REASON_STATUS as WEB_REASON_STATUS
-from tests.helpers import REASON_STATUS, serials_csv, with_payload
+from tests.helpers import REASON_STATUS, register_with_components, serials_csv, with_payload
 
 BASE_URL = "http://localhost:5001"
 OPEN_LIMIT = "1000 per minute"  # for tests that are not about the rate limit
@@ -188,7 +188,34 @@ def payload_for(site: Site, reason: str) -> str:
         first = api_activate(site.client(), url(device))
         assert first.status_code == 201
         return url(device)
+    if reason == "recalled":
+        return url(held_device(site))
     raise AssertionError(reason)
+
+
+def held_device(site: Site, name: str = "r-held") -> dict[str, Any]:
+    """A pending device that an open recall with --hold matched."""
+    from provision.recalls import create_recall
+    from provision.trace import TraceQuery
+
+    batch = f"held-{next(_batches)}"
+    device = register_with_components(
+        site.registry,
+        site.keyring,
+        site.tmp_path,
+        batch,
+        [[f"HELD-{batch}", "battery", "CR2032", "", "ACME", f"L-{batch}"]],
+    )[f"HELD-{batch}"]
+    create_recall(
+        site.registry,
+        site.keyring,
+        name,
+        TraceQuery(lot=f"L-{batch}"),
+        "cells swell",
+        hold=True,
+        actor="qa",
+    )
+    return device
 
 
 def test_every_reason_code_has_the_status_the_issue_names() -> None:

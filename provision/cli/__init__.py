@@ -1,6 +1,7 @@
 """The `provision` command: each command parses, makes one library call, formats the result.
 
-One module per command group (keys, db, batch, printing, devices, audit, shipments, servers);
+One module per command group (keys, db, batch, printing, devices, audit, quality, shipments,
+servers);
 what they share is in common.py. Each module imports what its commands need inside them, so
 `provision --help` loads none of the library behind them.
 """
@@ -13,7 +14,7 @@ import sys
 import click
 
 from provision import __version__
-from provision.cli import audit, batch, db, devices, keys, printing, servers, shipments
+from provision.cli import audit, batch, db, devices, keys, printing, quality, servers, shipments
 from provision.cli.common import ProvisionGroup, Settings, settings_options
 
 
@@ -63,7 +64,12 @@ for command in (
     devices.log_cmd,
     devices.history,
     devices.revoke_cmd,
+    devices.batches,
+    devices.devices_cmd,
+    devices.find_cmd,
     audit.audit,
+    quality.trace,
+    quality.recall,
     shipments.reconcile,
     servers.serve,
 ):

@@ -1,12 +1,18 @@
-"""One device's life: activate, log, history, revoke."""
+"""Devices: one device's life (activate, log, history, revoke) and the questions about many
+(batches, devices, find)."""
 
 from __future__ import annotations
 
+import csv
+import json
+import sys
+from datetime import date, datetime
 from typing import Any
 
 import click
 
 from provision.cli.common import (
+    ProvisionGroup,
     Settings,
     device_selector,
     emit,
@@ -16,8 +22,15 @@ from provision.cli.common import (
     operator,
     pass_settings,
 )
+from provision.errors import ChecksFailed
 from provision.states import DeviceStatus
-from provision.text import escape_control
+from provision.text import escape_control, formula_safe
+
+
+def t(value: Any) -> str:
+    """A stored value, safe to print on a terminal."""
+    return escape_control(str(value))
+
 
 # -- activation and lifetime tracking ---------------------------------------------------------
 
@@ -188,7 +201,10 @@ def _history_text(h: dict[str, Any]) -> str:
         )
     out.append(f"Actions ({len(h['actions'])} of {d['actions_total']}):")
     for a in h["actions"]:
-        meta = " ".join(f"{t(k)}={t(v)}" for k, v in a["metadata"].items())
+        meta = " ".join(
+            f"{t(k)}={t(v if isinstance(v, str) else json.dumps(v))}"
+            for k, v in a["metadata"].items()
+        )
         by = f"actor={t(a['actor'] or '-')} ip={t(a['ip'] or '-')}"
         out.append(f"  #{a['seq']} {a['occurred_at']}  {a['action_type']}  {meta}  {by}")
     return "\n".join(out)
@@ -223,3 +239,217 @@ def revoke_cmd(
         },
         f"Device {device.device_id} revoked by {by}: {reason}",
     )
+
+
+# -- questions: batches, devices, find ---------------------------------------------------------
+
+
+@click.group(invoke_without_command=True, cls=ProvisionGroup)
+@json_option
+@pass_settings
+@click.pass_context
+def batches(ctx: click.Context, settings: Settings, as_json: bool) -> None:
+    """List every batch: created, devices by status, rejected rows, label revision, keys.
+
+    \b
+    Example:
+      provision batches
+      provision batches show line1-20261128 --json
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from provision.queries import batch_json, batches_overview
+
+    found = batches_overview(settings.registry())
+    header = f"{'BATCH':<32} {'CREATED':<20} {'DEVICES':>8} {'PENDING':>8} {'ACTIVE':>8}"
+    header += f" {'REVOKED':>8} {'REJECTED':>8} {'LABELS':>6} KEYS"
+    lines = [header]
+    for b in found:
+        pending, active, revoked = (b.by_status[s] for s in DeviceStatus)
+        lines.append(
+            f"{t(b.name):<32} {b.created_at:%Y-%m-%d %H:%M:%S} {b.devices:>8,} "
+            f"{pending:>8,} {active:>8,} {revoked:>8,} {b.rejected_rows:>8,} "
+            f"{('r' + str(b.label_revision)) if b.label_revision else '-':>6} "
+            f"{','.join(map(str, b.key_ids)) or '-'}"
+        )
+    if not found:
+        lines = ["no batch registered yet"]
+    emit(as_json, {"batches": [batch_json(b) for b in found]}, "\n".join(lines))
+
+
+@batches.command("show")
+@click.argument("name")
+@json_option
+@pass_settings
+def batches_show(settings: Settings, name: str, as_json: bool) -> None:
+    """Show one batch.
+
+    \b
+    Example:
+      provision batches show line1-20261128
+    """
+    from provision.queries import batch_json, batch_overview
+
+    data = batch_json(batch_overview(settings.registry(), name))
+    text = "\n".join(
+        f"{key}: {json.dumps(value) if isinstance(value, dict | list) else value}"
+        for key, value in data.items()
+    )
+    emit(as_json, data, text)
+
+
+@click.command("devices")
+@click.option("--batch", help="Only this batch's devices.")
+@click.option("--status", type=click.Choice([s.value for s in DeviceStatus]), help="Only these.")
+@click.option("--type", "device_type", metavar="T", help="Only this device type.")
+@click.option("--model", metavar="M", help="Only this model.")
+@click.option("--line", metavar="L", help="Only this production line.")
+@click.option("--user", metavar="U", help="Only devices linked to this user (any case).")
+@click.option(
+    "--activated-since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Activated at or after DATE (UTC).",
+)
+@click.option(
+    "--activated-until",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Activated before the end of DATE (UTC; a date includes that whole day).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 10_000),
+    help="Rows a page [default: 50 for table and json; every row for csv].",
+)
+@click.option(
+    "--after", "cursor", metavar="CURSOR", help="The next page: the cursor a page printed."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
+@pass_settings
+def devices_cmd(
+    settings: Settings,
+    batch: str | None,
+    status: str | None,
+    device_type: str | None,
+    model: str | None,
+    line: str | None,
+    user: str | None,
+    activated_since: datetime | None,
+    activated_until: datetime | None,
+    limit: int | None,
+    cursor: str | None,
+    fmt: str,
+    as_json: bool,
+) -> None:
+    """List devices, filtered, in registration order, a page at a time (or all, as CSV).
+
+    Pages are keyset-paged: `--after CURSOR` continues where a page ended, at the same cost
+    however deep. CSV streams every matching row in flat memory, formula-safe.
+
+    \b
+    Example:
+      provision devices --batch line1-20261128 --status pending
+      provision devices --user alice@example.com --format json
+      provision devices --activated-since 2026-11-01 --format csv > november.csv
+    """
+    from provision.queries import (
+        DEVICE_COLUMNS,
+        DeviceFilter,
+        batch_names,
+        device_row,
+        iter_devices,
+        list_devices,
+    )
+
+    def day(value: datetime | None) -> date | datetime | None:
+        if value is None:
+            return None
+        return value.date() if value.time() == datetime.min.time() else value
+
+    flt = DeviceFilter(
+        batch=batch,
+        status=DeviceStatus(status) if status else None,
+        device_type=device_type,
+        model=model,
+        line=line,
+        user=user,
+        activated_since=day(activated_since),
+        activated_until=day(activated_until),
+    )
+    fmt = "json" if as_json else fmt
+    registry = settings.registry()
+    if fmt == "csv" and limit is None:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(DEVICE_COLUMNS)
+        names = batch_names(registry)
+        for device in iter_devices(registry, flt):
+            row = device_row(device, names)
+            out.writerow([formula_safe(row[c]) for c in DEVICE_COLUMNS])
+        return
+    page = list_devices(registry, flt, after=cursor, limit=limit or 50)
+    rows = [device_row(d, page.batch_names) for d in page.devices]
+    if fmt == "json":
+        click.echo(json.dumps({"devices": rows, "next": page.next_cursor}, indent=2, default=str))
+    elif fmt == "csv":
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(DEVICE_COLUMNS)
+        out.writerows([formula_safe(r[c]) for c in DEVICE_COLUMNS] for r in rows)
+        if page.next_cursor:
+            click.echo(f"next: --after {page.next_cursor}", err=True)
+    else:
+        lines = [
+            f"{'DEVICE':<16}  {'BATCH':<24} {'STATUS':<9} {'TYPE':<16} {'MODEL':<12} "
+            f"{'ACTIVATED':<19} USER"
+        ]
+        lines += [
+            f"{r['device_id']:<16}  {t(r['batch']):<24} {r['status']:<9} "
+            f"{t(r['device_type']):<16} {t(r['model'] or '-'):<12} "
+            f"{(r['activated_at'] or '-')[:19]:<19} {t(r['user'] or '-')}"
+            for r in rows
+        ]
+        if not rows:
+            lines = ["no device matches"]
+        if page.next_cursor:
+            lines.append(f"next: --after {page.next_cursor}")
+        click.echo("\n".join(lines))
+
+
+@click.command("find")
+@click.argument("text")
+@json_option
+@pass_settings
+def find_cmd(settings: Settings, text: str, as_json: bool) -> None:
+    """Find devices from whatever a customer reads out or a scanner gives.
+
+    A device id (or a unique prefix of 6 or more, or `ID xxxx` as the label prints it), a QR
+    URL or token, a serial (through the keyed hash; a case or space difference gets a hint),
+    a user name or e-mail (exact, any case), or a component serial. Each hit says what it
+    matched on.
+
+    \b
+    Example:
+      provision find "ID 83d38b0c"
+      provision find alice@example.com --json
+      provision find TH200-2611-00001
+    """
+    from provision.queries import batch_names, find, find_json
+
+    registry, keyring = settings.registry_with_keyring()
+    result = find(registry, keyring, text)
+    data = find_json(result, batch_names(registry))
+    lines = [
+        f"{h['device_id']}  {h['matched_on']:<17} {t(h['batch']):<24} {h['status']:<9} "
+        f"{t(h['device_type'])} {t(h['model'] or '')}".rstrip()
+        + (f"  ({h['detail']})" if h["matched_on"] in ("payload", "serial_variant") else "")
+        for h in data["hits"]
+    ] or [f"nothing found for {t(result.query)!r}"]
+    lines += [f"hint: {hint}" for hint in result.hints]
+    emit(as_json, data, "\n".join(lines))
+    if not result.hits:
+        raise ChecksFailed("nothing found")

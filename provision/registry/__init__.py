@@ -1,14 +1,15 @@
 """The registry: the only package that queries the database.
 
 `Registry(url)` opens it (migrating the schema on first use) and hands out one object per
-subject, as sqlite-utils' `db[table]` does: `registry.batches`, `registry.devices` and
-`registry.events`. They return frozen dataclasses (provision.registry.records) and raise
+subject, as sqlite-utils' `db[table]` does: `registry.batches`, `registry.devices`,
+`registry.events` and `registry.recalls`. They return frozen dataclasses
+(provision.registry.records, and the trace and recall records of recalls.py) and raise
 ProvisionError subclasses, never SQLAlchemy's exceptions.
 
     schema.py   the tables; states come from provision.states
     store.py    engine, dialect specifics, bulk paths, error translation, audit reads
     records.py  the dataclasses the subjects return
-    batches.py, devices.py, events.py   one module per subject
+    batches.py, devices.py, events.py, recalls.py   one module per subject
     frames.py   pandas frames for reconcile (pandas stays out of the rest)
 """
 
@@ -23,10 +24,21 @@ from provision.keys import Keyring
 from provision.registry.batches import Batches
 from provision.registry.devices import Devices
 from provision.registry.events import Events
+from provision.registry.recalls import (
+    ComponentFilter,
+    OwnerRow,
+    RecallCounts,
+    RecallMember,
+    RecallRecord,
+    Recalls,
+    TraceRow,
+)
 from provision.registry.records import (
     ActionEntry,
     Attempt,
+    BatchRecord,
     ComponentRecord,
+    DeviceFilter,
     DeviceRecord,
     LabelRow,
     NewAction,
@@ -49,16 +61,24 @@ __all__ = [
     "ActionEntry",
     "Attempt",
     "AuditSnapshot",
+    "BatchRecord",
+    "ComponentFilter",
     "ComponentRecord",
     "ConflictError",
+    "DeviceFilter",
     "DeviceRecord",
     "DeviceStatus",
     "LabelRow",
     "NewAction",
     "NewBatch",
+    "OwnerRow",
     "PairingEvent",
     "PairingResult",
+    "RecallCounts",
+    "RecallMember",
+    "RecallRecord",
     "Registry",
+    "TraceRow",
     "action_log",
     "audit_chains",
     "batches",
@@ -91,6 +111,7 @@ class Registry:
         self.batches = Batches(self.store)
         self.devices = Devices(self.store)
         self.events = Events(self.store)
+        self.recalls = Recalls(self.store)
 
     @property
     def url(self) -> str:

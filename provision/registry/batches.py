@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, true, update
 from sqlalchemy.engine import Connection
 
-from provision.registry.records import NewBatch
+from provision.registry.records import BatchRecord, NewBatch
 from provision.registry.schema import batches, devices
-from provision.registry.store import Store, utcnow
+from provision.registry.store import Store, aware, utcnow
 
 
 class Batches:
@@ -26,6 +26,10 @@ class Batches:
         with self._store.connect() as conn:
             return conn.execute(select(batches.c.name).where(batches.c.id == batch_id)).scalar()
 
+    def names_by_id(self) -> dict[int, str]:
+        with self._store.connect() as conn:
+            return {int(i): str(n) for i, n in conn.execute(select(batches.c.id, batches.c.name))}
+
     def names(self) -> list[str]:
         with self._store.connect() as conn:
             return list(conn.execute(select(batches.c.name).order_by(batches.c.id)).scalars())
@@ -38,6 +42,50 @@ class Batches:
                 .where(batches.c.id == batch_id)
                 .values(label_revision=revision, labels_rendered_at=at)
             )
+
+    def overview(self, name: str | None = None) -> list[BatchRecord]:
+        """Every batch (or the one named), oldest first, with its device counts by status and
+        the keys its payloads are signed with."""
+        from provision.states import DeviceStatus
+
+        q = select(batches).order_by(batches.c.id)
+        if name is not None:
+            q = q.where(batches.c.name == name)
+        with self._store.connect() as conn:
+            rows = conn.execute(q).all()
+            ids = [r.id for r in rows]
+            counts: dict[int, dict[str, int]] = {i: {} for i in ids}
+            keys: dict[int, set[int]] = {i: set() for i in ids}
+            if ids:
+                only = devices.c.batch_id == ids[0] if name is not None else true()
+                for bid, status, key_id, n in conn.execute(
+                    select(devices.c.batch_id, devices.c.status, devices.c.key_id, func.count())
+                    .where(only)
+                    .group_by(devices.c.batch_id, devices.c.status, devices.c.key_id)
+                ):
+                    by_status = counts[bid]
+                    by_status[status] = by_status.get(status, 0) + int(n)
+                    keys[bid].add(int(key_id))
+        out = []
+        for r in rows:
+            status_counts = {s.value: counts[r.id].get(s.value, 0) for s in DeviceStatus}
+            out.append(
+                BatchRecord(
+                    id=r.id,
+                    name=r.name,
+                    created_at=aware(r.created_at),  # type: ignore[arg-type]
+                    updated_at=aware(r.updated_at),  # type: ignore[arg-type]
+                    manifest_sha256=r.manifest_sha256,
+                    components_sha256=r.components_sha256,
+                    rejected_rows=r.rejected_rows,
+                    label_revision=r.label_revision,
+                    labels_rendered_at=aware(r.labels_rendered_at),
+                    devices=sum(status_counts.values()),
+                    by_status=status_counts,
+                    key_ids=tuple(sorted(keys[r.id])),
+                )
+            )
+        return out
 
     def key_ids(self, batch_id: int) -> set[int]:
         """The signing keys of the batch's payloads."""

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select
 
 from provision.registry.batches import batch_in
-from provision.registry.records import ComponentRecord, DeviceRecord, LabelRow, NewBatch
+from provision.registry.records import (
+    ComponentRecord,
+    DeviceFilter,
+    DeviceRecord,
+    LabelRow,
+    NewBatch,
+)
 from provision.registry.schema import components, devices
 from provision.registry.store import Store, chunks
+from provision.states import DeviceStatus
 
 
 class Devices:
@@ -36,12 +44,8 @@ class Devices:
         A range on the unique index (`>= prefix` and `< prefix` + 1), not a LIKE: that one
         neither PostgreSQL nor SQLite can run on the index without a special operator class.
         """
-        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else ""
-        q = select(devices.c.device_id).where(devices.c.device_id >= prefix)
-        if upper:
-            q = q.where(devices.c.device_id < upper)
         with self._store.connect() as conn:
-            return list(conn.execute(q.order_by(devices.c.device_id).limit(limit)).scalars())
+            return list(conn.execute(id_prefix_query(prefix, limit)).scalars())
 
     def pending_by_batch(self, key_id: int) -> dict[str, int]:
         """Pending devices whose payloads KEY_ID signed, counted by batch name."""
@@ -57,6 +61,27 @@ class Devices:
         )
         with self._store.connect() as conn:
             return {str(name): int(n) for name, n in conn.execute(q)}
+
+    def page(
+        self, flt: DeviceFilter, batch_id: int | None, after: int | None, limit: int
+    ) -> list[DeviceRecord]:
+        """Up to LIMIT devices FLT selects (its batch as BATCH_ID), in id order, after the
+        device row AFTER: keyset pagination, so page 1,000 costs what page 1 does. Each filter
+        has an index ending in id (schema.py), so the order needs no sort."""
+        q = page_query(flt, batch_id, after, limit)
+        with self._store.connect() as conn:
+            return [DeviceRecord.from_row(r) for r in conn.execute(q)]
+
+    def by_user(self, user: str, limit: int = 100) -> list[DeviceRecord]:
+        """Devices linked to USER, compared case-insensitively (the lower(user_id) index)."""
+        with self._store.connect() as conn:
+            return [DeviceRecord.from_row(r) for r in conn.execute(by_user_query(user, limit))]
+
+    def by_component_serial(self, serial_hash: str, limit: int = 100) -> list[DeviceRecord]:
+        """Devices carrying a component whose serial has this keyed hash."""
+        q = by_component_serial_query(serial_hash, limit)
+        with self._store.connect() as conn:
+            return [DeviceRecord.from_row(r) for r in conn.execute(q)]
 
     def pk_of(self, device_id: str) -> int | None:
         with self._store.connect() as conn:
@@ -174,3 +199,74 @@ class Devices:
                     return
                 yield rows
                 last = (rows[-1].batch_seq, rows[-1].id)
+
+
+# The statements of the look-ups, apart so that tests can ask each database for its plan.
+
+
+def page_query(flt: DeviceFilter, batch_id: int | None, after: int | None, limit: int) -> Any:
+    by_time = flt.activated_since is not None or flt.activated_until is not None
+    key: Any = devices.c.id
+    if by_time and batch_id is None and flt.status is None and flt.user is None:
+        # `id + 0`, which no index serves: SQLite would otherwise walk every device in id
+        # order (or range) rather than sort the ones activated in the period, which the
+        # activated_at index finds directly.
+        key = devices.c.id + 0
+    q = select(devices).where(*_conditions(flt, batch_id))
+    if after is not None:
+        q = q.where(key > after)
+    return q.order_by(key).limit(limit)
+
+
+def by_user_query(user: str, limit: int) -> Any:
+    q = select(devices).where(func.lower(devices.c.user_id) == user.lower())
+    return q.order_by(devices.c.id).limit(limit)
+
+
+def by_component_serial_query(serial_hash: str, limit: int) -> Any:
+    owners = (
+        select(components.c.device_pk)
+        .where(components.c.component_serial_hash == serial_hash)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return select(devices).where(devices.c.id.in_(owners)).order_by(devices.c.id)
+
+
+def id_prefix_query(prefix: str, limit: int) -> Any:
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1) if prefix else ""
+    q = select(devices.c.device_id).where(devices.c.device_id >= prefix)
+    if upper:
+        q = q.where(devices.c.device_id < upper)
+    return q.order_by(devices.c.device_id).limit(limit)
+
+
+def _conditions(flt: DeviceFilter, batch_id: int | None) -> list[Any]:
+    c = devices.c
+    where: list[Any] = []
+    if batch_id is not None:
+        where.append(c.batch_id == batch_id)
+    if flt.status is not None:
+        where.append(c.status == DeviceStatus(flt.status))
+    if flt.device_type is not None:
+        where.append(c.device_type == flt.device_type)
+    if flt.model is not None:
+        where.append(c.model == flt.model)
+    if flt.line is not None:
+        where.append(c.production_line == flt.line)
+    if flt.user is not None:
+        where.append(func.lower(c.user_id) == flt.user.lower())
+    if flt.activated_since is not None:
+        where.append(c.activated_at >= _moment(flt.activated_since))
+    if flt.activated_until is not None:
+        until = flt.activated_until
+        end = _moment(until) + (timedelta(0) if isinstance(until, datetime) else timedelta(days=1))
+        where.append(c.activated_at < end)
+    return where
+
+
+def _moment(value: date | datetime) -> datetime:
+    """A datetime in UTC; a date is its first moment."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.combine(value, time.min, UTC)

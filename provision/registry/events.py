@@ -1,12 +1,14 @@
 """A device's life after registration: activation attempts (pairing events), the action log,
-revocation. Every change writes its chain entry and the device's new seal in one transaction."""
+revocation. Every change writes its chain entry and the device's new seal in one transaction;
+append_actions does that for many devices at once (recalls, resign)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from provision.chain import (
@@ -19,17 +21,30 @@ from provision.chain import (
 )
 from provision.errors import DeviceError
 from provision.registry.records import ActionEntry, Attempt, NewAction, PairingEvent
-from provision.registry.schema import action_log, audit_chains, devices, pairing_events
+from provision.registry.schema import (
+    action_log,
+    audit_chains,
+    devices,
+    pairing_events,
+    recall_devices,
+    recalls,
+)
 from provision.registry.store import Store
 from provision.states import DeviceStatus, PairingResult, Reason, SystemAction
 
-_RESIGN_CHUNK = 1000  # devices re-signed per transaction
+# Devices per statement of the bulk paths on PostgreSQL (one array parameter); SQLite binds
+# each id, so there a chunk is the store's lookup chunk.
+_PG_CHUNK = 5000
 
-# Why an activation that lost the conditional UPDATE lost, by the status that beat it.
+# Why an activation that lost the conditional UPDATE lost, by the status that beat it; a
+# device still pending lost to a recall's hold.
 _LOST_REASON = {
     DeviceStatus.ACTIVATED: Reason.ALREADY_ACTIVATED,
     DeviceStatus.REVOKED: Reason.REVOKED_DEVICE,
+    DeviceStatus.PENDING: Reason.RECALLED,
 }
+_COUNT = SEALED_COLUMNS.index("action_count")
+_HEAD = SEALED_COLUMNS.index("action_head")
 
 
 class Events:
@@ -64,16 +79,23 @@ class Events:
         token_hash: str,
         attempt: Attempt,
         sealer: Sealer,
-    ) -> DeviceStatus | None:
+    ) -> Reason | None:
         """Pending -> activated with one conditional UPDATE; None if this call won, else the
-        status that made it lose. The pairing event, the `activated` action and the device's
-        new seal are written in the same transaction."""
+        reason it lost (activated or revoked meanwhile, or held by a recall). The pairing
+        event, the `activated` action and the device's new seal are written in the same
+        transaction."""
         now = attempt.occurred_at
         with self._store.begin() as conn:
             won = (
                 conn.execute(
                     update(devices)
-                    .where(devices.c.id == device_pk, devices.c.status == DeviceStatus.PENDING)
+                    .where(
+                        devices.c.id == device_pk,
+                        devices.c.status == DeviceStatus.PENDING,
+                        # In the UPDATE itself, not only checked before: a hold committed
+                        # between the check and this statement still stops the activation.
+                        ~held(device_pk).exists(),
+                    )
                     .values(
                         status=DeviceStatus.ACTIVATED,
                         activated_at=now,
@@ -83,15 +105,15 @@ class Events:
                 ).rowcount
                 == 1
             )
-            status = None
+            reason = None
             if not won:
                 status = DeviceStatus(
                     conn.execute(
                         select(devices.c.status).where(devices.c.id == device_pk)
                     ).scalar_one()
                 )
+                reason = _LOST_REASON.get(status, Reason.ALREADY_ACTIVATED)
             result = PairingResult.ACCEPTED if won else PairingResult.REJECTED
-            reason = None if won else _LOST_REASON.get(status, Reason.ALREADY_ACTIVATED)  # type: ignore[arg-type]
             _append_pairing(conn, device_pk, device_id, attempt, result, reason, sealer)
             if won:
                 action = NewAction(
@@ -99,7 +121,7 @@ class Events:
                 )
                 _append_action(conn, device_pk, device_id, action, sealer)
             _reseal(conn, device_pk, sealer)
-        return status
+        return reason
 
     def revoke(
         self, device_pk: int, device_id: str, by: str, reason: str, now: datetime, sealer: Sealer
@@ -129,39 +151,44 @@ class Events:
 
         Each device's change is an action in its log (`resigned`, from and to which key), in
         the same transaction as the new key id and seal; a device activated meanwhile is left
-        as it is (the UPDATE is conditional on `pending`). A transaction per chunk of devices.
+        as it is (the UPDATE is conditional on `pending` and on the key it was read with). A
+        transaction per chunk of devices, its actions appended in bulk (append_actions).
         """
+        store = self._store
+        size = _chunk_size(store)
         moved = 0
         while True:
-            with self._store.begin() as conn:
+            with store.begin() as conn:
                 todo = conn.execute(
-                    select(devices.c.id, devices.c.device_id, devices.c.key_id)
+                    select(devices.c.id, devices.c.key_id)
                     .where(
                         devices.c.batch_id == batch_id,
                         devices.c.status == DeviceStatus.PENDING,
                         devices.c.key_id != key_id,
                     )
                     .order_by(devices.c.id)
-                    .limit(_RESIGN_CHUNK)
+                    .limit(size)
                 ).all()
-                for pk, device_id, old in todo:
+                by_old: dict[int, list[int]] = {}
+                for pk, old in todo:
+                    by_old.setdefault(old, []).append(pk)
+                items: list[tuple[int, NewAction]] = []
+                for old, pks in sorted(by_old.items()):
                     changed = conn.execute(
                         update(devices)
                         .where(
-                            devices.c.id == pk,
+                            among_ids(store, devices.c.id, pks),
                             devices.c.status == DeviceStatus.PENDING,
                             devices.c.key_id == old,
                         )
                         .values(key_id=key_id)
-                    ).rowcount
-                    if not changed:
-                        continue
+                        .returning(devices.c.id)
+                    ).scalars()
                     meta = canonical_json({"from_key_id": old, "key_id": key_id})
                     action = NewAction(SystemAction.RESIGNED, meta, None, actor, now)
-                    _append_action(conn, pk, device_id, action, sealer)
-                    _reseal(conn, pk, sealer)
-                    moved += 1
-            if len(todo) < _RESIGN_CHUNK:
+                    items += [(pk, action) for pk in sorted(changed)]
+                moved += append_actions(conn, store, items, sealer)
+            if len(todo) < size:
                 return moved
 
     def append_action(
@@ -220,6 +247,159 @@ class Events:
         q = select(func.count()).select_from(action_log).where(action_log.c.device_pk == device_pk)
         with self._store.connect() as conn:
             return int(conn.execute(q).scalar_one())
+
+
+def held(device_pk: Any) -> Any:
+    """The recall rows that hold DEVICE_PK (a value or a column): an open recall with --hold
+    that matched it, and it not released."""
+    return (
+        select(recall_devices.c.recall_id)
+        .join(recalls, recalls.c.id == recall_devices.c.recall_id)
+        .where(
+            recall_devices.c.device_pk == device_pk,
+            recall_devices.c.released_at.is_(None),
+            recalls.c.hold.is_(True),
+            recalls.c.closed_at.is_(None),
+        )
+    )
+
+
+def among_ids(store: Store, column: Any, ids: Sequence[int]) -> Any:
+    """`column IN (ids)` for integer keys: one array parameter on PostgreSQL."""
+    if store.is_postgresql:
+        # Here, not at the top: the dialect (and asyncio with it) costs 25 ms to import.
+        from sqlalchemy import BigInteger, any_
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        return column == any_(bindparam(None, list(ids), type_=ARRAY(BigInteger)))
+    return column.in_(list(ids))
+
+
+def _chunk_size(store: Store) -> int:
+    return store.lookup_chunk if store.is_sqlite else _PG_CHUNK
+
+
+def append_actions(
+    conn: Connection, store: Store, items: Sequence[tuple[int, NewAction]], sealer: Sealer
+) -> int:
+    """Append one action to each device's chain and seal it again, in CONN's transaction.
+
+    ITEMS are (device pk, action) pairs, one per device. The entries, heads and seals are
+    exactly those _append_action and _reseal would write one device at a time, but a chunk of
+    devices costs four statements instead of six per device: lock the rows and read their
+    sealed state, read the newest entries' hashes, insert the new entries in bulk (COPY on
+    PostgreSQL), write the counts, heads and seals. Returns how many actions were appended.
+    """
+    size = _chunk_size(store)
+    for start in range(0, len(items), size):
+        _append_chunk(conn, store, items[start : start + size], sealer)
+    return len(items)
+
+
+def _append_chunk(
+    conn: Connection, store: Store, items: Sequence[tuple[int, NewAction]], sealer: Sealer
+) -> None:
+    actions = dict(items)
+    if len(actions) != len(items):
+        raise ValueError("append_actions takes one action per device")
+    if not actions:
+        return
+    pks = sorted(actions)
+    sealed = (devices.c.id, *(devices.c[c] for c in SEALED_COLUMNS))
+    if store.is_postgresql:
+        # FOR UPDATE in id order: concurrent appends queue up (as behind _append_action's
+        # counter bump) and never deadlock; the one UPDATE below writes each row once.
+        rows = conn.execute(
+            select(*sealed)
+            .where(among_ids(store, devices.c.id, pks))
+            .order_by(devices.c.id)
+            .with_for_update()
+        )
+        states = {row[0]: list(row[1:]) for row in rows}
+        for state in states.values():
+            state[_COUNT] += 1
+        bumped = 0
+    else:
+        # SQLite: bumping the counters first takes the database's write lock, so nothing
+        # changes between this read and the writes below.
+        rows = conn.execute(
+            update(devices)
+            .where(among_ids(store, devices.c.id, pks))
+            .values(action_count=devices.c.action_count + 1)
+            .returning(*sealed)
+        )
+        states = {row[0]: list(row[1:]) for row in rows}
+        bumped = 1
+    if missing := [pk for pk in pks if pk not in states]:
+        raise DeviceError(f"no device row {missing[0]}; nothing appended")
+    later = [pk for pk, state in states.items() if state[_COUNT] > 1]
+    prev_of: dict[int, str] = {}
+    if later:
+        # Each device's newest entry: (device_pk, seq) is the unique index's key.
+        newest = and_(
+            action_log.c.device_pk == devices.c.id,
+            action_log.c.seq == devices.c.action_count - bumped,
+        )
+        prev_of = {
+            int(pk): str(h)
+            for pk, h in conn.execute(
+                select(action_log.c.device_pk, action_log.c.entry_hash)
+                .select_from(devices.join(action_log, newest))
+                .where(among_ids(store, devices.c.id, later))
+            )
+        }
+    entries: list[dict[str, Any]] = []
+    heads: list[tuple[int, int, str, str]] = []  # (pk, count, head, seal)
+    for pk in pks:
+        state = states[pk]
+        did, seq = state[0], state[_COUNT]
+        prev = genesis_hash(did) if seq == 1 else prev_of.get(pk)
+        if prev is None:
+            raise DeviceError(
+                f"the action log of device {did} is broken at entry #{seq - 1}; "
+                "nothing appended (run `provision audit verify`)"
+            )
+        a = actions[pk]
+        now = a.occurred_at.astimezone(UTC)
+        entry = sealer.action(did, seq, now, a.action_type, a.metadata_json, a.ip, a.actor, prev)
+        entries.append(
+            {
+                "device_pk": pk,
+                "seq": seq,
+                "occurred_at": now,
+                "action_type": a.action_type,
+                "metadata_json": a.metadata_json,
+                "ip": a.ip,
+                "actor": a.actor,
+                "prev_hash": prev,
+                "entry_hash": entry,
+            }
+        )
+        # The head is keyed too: rewinding it by hand after deleting entries needs the keyring.
+        state[_HEAD] = sealer.action_head(did, seq, now, entry)
+        heads.append((pk, seq, state[_HEAD], sealer.device_values(*state)))
+    store.insert_rows(conn, action_log, entries)
+    if store.is_postgresql:
+        # One statement for the chunk (arrays joined as a table) that writes each row once:
+        # a counter bump and an executemany of heads and seals took 0.6 s for 10,000 devices,
+        # this 0.3 s (each new row version updates every index of devices either way).
+        ids, counts, new_heads, seals = (list(col) for col in zip(*heads, strict=True))
+        conn.execute(
+            text(
+                "UPDATE devices SET action_count = v.count, action_head = v.head, seal = v.seal "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:counts AS integer[]), "
+                "CAST(:heads AS varchar[]), CAST(:seals AS varchar[])) AS v(id, count, head, seal) "
+                "WHERE devices.id = v.id"
+            ),
+            {"ids": ids, "counts": counts, "heads": new_heads, "seals": seals},
+        )
+    else:
+        conn.execute(
+            update(devices)
+            .where(devices.c.id == bindparam("b_pk"))
+            .values(action_head=bindparam("b_head"), seal=bindparam("b_seal")),
+            [{"b_pk": pk, "b_head": h, "b_seal": seal} for pk, _, h, seal in heads],
+        )
 
 
 def _append_action(

@@ -7,7 +7,7 @@ JSON a command or the API prints is built from these fields where it is printed.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Self
 
 from provision.registry.store import aware
@@ -72,6 +72,39 @@ class DeviceRecord(_Record):
         record = super().from_row(row)
         object.__setattr__(record, "status", DeviceStatus(record.status))
         return record
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    """What `provision devices` lists; every field given narrows it (None: any). A date-only
+    `activated_until` includes that whole day."""
+
+    batch: str | None = None
+    status: DeviceStatus | None = None
+    device_type: str | None = None
+    model: str | None = None
+    line: str | None = None
+    user: str | None = None
+    activated_since: date | datetime | None = None
+    activated_until: date | datetime | None = None
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """A batch as `provision batches` shows it: its devices by status, keys and labels."""
+
+    id: int
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    manifest_sha256: str
+    components_sha256: str | None
+    rejected_rows: int
+    label_revision: int | None
+    labels_rendered_at: datetime | None
+    devices: int
+    by_status: dict[str, int]
+    key_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)

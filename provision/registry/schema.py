@@ -129,6 +129,7 @@ components = Table(
     Index("ix_device_components_lot", "lot", "supplier"),
     Index("ix_device_components_supplier", "supplier", "lot"),
     Index("ix_device_components_serial_hash", "component_serial_hash"),
+    Index("ix_device_components_type", "component_type", "lot"),
 )
 
 # One activation attempt, accepted or rejected; chained per device (entry_hash over the event

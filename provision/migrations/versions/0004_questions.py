@@ -66,6 +66,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_device_components_serial_hash", "device_components", ["component_serial_hash"]
     )
+    op.create_index("ix_device_components_type", "device_components", ["component_type", "lot"])
     op.drop_index("ix_devices_status", "devices")
     op.create_index("ix_devices_status", "devices", ["status", "id"])
     op.create_index("ix_devices_batch_id", "devices", ["batch_id", "id"])
@@ -119,6 +120,7 @@ def downgrade() -> None:
     op.drop_index("ix_devices_batch_id", "devices")
     op.drop_index("ix_devices_status", "devices")
     op.create_index("ix_devices_status", "devices", ["status"])
+    op.drop_index("ix_device_components_type", "device_components")
     op.drop_index("ix_device_components_serial_hash", "device_components")
     op.drop_index("ix_device_components_supplier", "device_components")
     op.drop_index("ix_device_components_lot", "device_components")

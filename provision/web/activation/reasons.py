@@ -18,6 +18,8 @@ REASON_STATUS: dict[Reason, int] = {
     Reason.UNKNOWN_DEVICE: 404,
     Reason.REVOKED_DEVICE: 403,
     Reason.ALREADY_ACTIVATED: 409,
+    # Forbidden for now, not gone: the hold ends when the recall releases the device.
+    Reason.RECALLED: 403,
 }
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, render_template, request
 
-from provision.activation import ActivationRejected, activate
+from provision.activation import ActivationRejected, activate, recalled
 from provision.errors import ProvisionError, RegistryError
 from provision.payload import extract_token, verify_payload
 from provision.states import DeviceStatus, Reason
@@ -24,6 +24,8 @@ def scan_page(token: str) -> Any:
     device = svc.registry.devices.get(check.device_id or "")
     if device is None:
         return refused_page(Reason.UNKNOWN_DEVICE)
+    if device.status == DeviceStatus.PENDING and recalled(svc.registry, device):
+        return refused_page(Reason.RECALLED)  # say so now, not after the customer types
     return render_template(
         "scan.html",
         device=device,
