@@ -62,6 +62,16 @@ def populated(registry: Registry, keyring_path: Path, tmp_path: Path) -> Registr
                 "'@example.com', activated_at = created_at WHERE MOD(id, 100) = 0"
             )
         )
+        # One component a device: 40 lots, 7 suppliers, 2 types, each serial its own hash.
+        conn.execute(
+            sa.text(
+                "INSERT INTO device_components (device_pk, component_type, component_spec, "
+                "row_hash, supplier, lot, batch_id, created_at, component_serial_hash) "
+                "SELECT id, CASE WHEN MOD(id, 2) = 0 THEN 'mcu' ELSE 'battery' END, 'X', "
+                "serial_hash, 'S' || MOD(id, 7), 'L' || MOD(id, 40), batch_id, created_at, "
+                "device_id || device_id || device_id || device_id FROM devices"
+            )
+        )
     if registry.is_postgresql:
         with registry.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             c.exec_driver_sql("ANALYZE")
@@ -123,3 +133,32 @@ def test_find_by_component_serial_uses_its_hash_index(populated: Registry) -> No
 
 def test_find_by_id_prefix_is_a_range_on_the_unique_id_index(populated: Registry) -> None:
     uses(populated, id_prefix_query("83d38b", 2), unique_index(populated, "device_id"))
+
+
+@pytest.mark.parametrize(
+    "wanted, index",
+    [
+        ({"lot": "L7"}, "ix_device_components_lot"),
+        ({"lot": "L7", "supplier": "S3"}, "ix_device_components_lot|ix_device_components_supplier"),
+        ({"supplier": "S3"}, "ix_device_components_supplier"),
+        ({"component_type": "mcu"}, "ix_device_components_type"),
+        ({"component_serial_hash": "0" * 64}, "ix_device_components_serial_hash"),
+    ],
+    ids=["lot", "lot+supplier", "supplier", "type", "serial"],
+)
+def test_trace_and_recall_find_their_components_through_an_index(
+    populated: Registry, wanted: dict[str, str], index: str
+) -> None:
+    from provision.registry import ComponentFilter
+
+    text = plan(populated, ComponentFilter(**wanted)._devices())
+    assert any(name in text for name in index.split("|")), text  # either composite serves
+    assert "SCAN device_components" not in text and "Seq Scan" not in text, text
+
+
+def test_the_hold_check_finds_a_devices_recalls_through_its_index(populated: Registry) -> None:
+    from provision.registry.events import held
+
+    text = plan(populated, held(1234))
+    assert "ix_recall_devices_device_pk" in text or "recall_devices_pkey" in text, text
+    assert "SCAN recall_devices" not in text, text
