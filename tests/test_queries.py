@@ -245,3 +245,33 @@ def test_component_serials_are_stored_hashed_and_encrypted_never_in_clear(fleet:
     flat = repr(rows)
     assert "MCU-0001" not in flat and "MCU-0002" not in flat
     assert all(r._mapping["component_serial_hash"] for r in rows)
+
+
+def test_an_upgrade_hashes_the_component_serials_already_registered(
+    db_url: str, keyring_path: Path, tmp_path: Path
+) -> None:
+    from provision.errors import ConfigError
+    from provision.migrations import downgrade_to
+    from provision.queries import find
+
+    keyring = load_keyring(keyring_path)
+    registry = Registry(db_url, keyring=keyring)
+    comps = write_csv(
+        tmp_path / "c.csv",
+        ["serial", "component_type", "component_spec", "component_serial"],
+        [["OLD-1", "mcu", "STM32", "MCU-OLD-1"]],
+    )
+    serials = write_csv(tmp_path / "s.csv", ["serial", "device_type"], [["OLD-1", "sensor"]])
+    register_batch(registry, keyring, serials, components_path=comps, batch="old")
+    downgrade_to(registry.engine, "0003")  # back to the registry as revision 0003 had it
+    registry.close()
+    with pytest.raises(ConfigError, match=r"\(0004\) hashes the component serials"):
+        Registry(db_url)
+    upgraded = Registry(db_url, keyring=keyring)
+    try:
+        found = find(upgraded, keyring, "MCU-OLD-1")
+        assert [(h.matched_on, h.device.device_id) for h in found.hits] == [
+            ("component_serial", device_id(keyring.pepper, "OLD-1"))
+        ]
+    finally:
+        upgraded.close()

@@ -99,6 +99,17 @@ def upgrade_to(
     return head_revision() if target == "head" else target
 
 
+def downgrade_to(engine: Engine, target: str) -> str:
+    """Migrate down to TARGET in one transaction (as upgrade_to, foreign keys off on SQLite)."""
+    from alembic import command
+
+    cfg = alembic_config()
+    with engine.connect() as conn, _sqlite_migration(conn), conn.begin():
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, target)
+    return target
+
+
 @contextlib.contextmanager
 def _sqlite_migration(conn: Connection) -> Iterator[None]:
     """On SQLite: one real transaction for the whole migration, with foreign keys off.
