@@ -173,6 +173,11 @@ class Recalls:
             .order_by(devices.c.id)
         )
         with self._store.connect() as conn:
+            if self._store.is_postgresql:
+                # A server-side cursor is planned for its first rows (cursor_tuple_fraction
+                # 0.1): walking every device in id order and probing its components. A trace
+                # reads every row, so plan for all of them: the lot's components first.
+                conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
             rows = conn.execution_options(stream_results=True, yield_per=_STREAM_ROWS).execute(q)
             for did, batch, line, model, status, activated, user, last in rows:
                 yield TraceRow(
@@ -258,6 +263,11 @@ class Recalls:
             .order_by(devices.c.id)
         )
         with self._store.connect() as conn:
+            if self._store.is_postgresql:
+                # A server-side cursor is planned for its first rows (cursor_tuple_fraction
+                # 0.1): walking every device in id order and probing its components. A trace
+                # reads every row, so plan for all of them: the lot's components first.
+                conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
             rows = conn.execution_options(stream_results=True, yield_per=_STREAM_ROWS).execute(q)
             for did, user, activated in rows:
                 yield OwnerRow(did, user, aware(activated))
