@@ -47,6 +47,21 @@ class Reason(StrEnum):
     RECALLED = "recalled"
 
 
+class AlertSeverity(StrEnum):
+    """How urgent an alert is; `--fail-on warning` also fails on critical ones."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class AlertStatus(StrEnum):
+    """An alert is open until acknowledged, and open again when new evidence arrives."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+
+
 class SystemAction(StrEnum):
     """The action types provision itself writes to a device's log."""
 

@@ -28,7 +28,10 @@ __all__ = [
     "DeviceStatus",
     "PairingResult",
     "action_log",
+    "alert_marks",
+    "alerts",
     "audit_chains",
+    "audit_runs",
     "batches",
     "components",
     "devices",
@@ -151,6 +154,9 @@ pairing_events = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("entry_hash", String(64), nullable=False),
     UniqueConstraint("device_pk", "seq", name="uq_device_pairing_events_device_seq"),
+    # Alerts look at attempts by time, and by the address they came from.
+    Index("ix_device_pairing_events_occurred_at", "occurred_at"),
+    Index("ix_device_pairing_events_ip", "ip", "occurred_at"),
 )
 
 # Users are found case-insensitively (support types what the customer reads out).
@@ -212,4 +218,52 @@ action_log = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("entry_hash", String(64), nullable=False),
     UniqueConstraint("device_pk", "seq", name="uq_device_action_log_device_seq"),
+    # Usage statistics and alerts read recent actions by time.
+    Index("ix_device_action_log_occurred_at", "occurred_at"),
+)
+
+# One alert: a rule's finding about one subject (a device, an IP, a user, a batch). Its id is
+# stable (a hash of rule and subject), so the same situation is the same alert on every run.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("rule", String(64), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("subject_kind", String(16), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("evidence_json", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("acked_by", String(256)),
+    Column("acked_at", DateTime(timezone=True)),
+    Column("ack_note", String(1000)),
+    Column("notified_at", DateTime(timezone=True)),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_alerts_status", "status", "severity"),
+)
+
+# Where the last alerts run stopped reading (the newest pairing event and action it saw), so
+# that the next run reads only what came after.
+alert_marks = Table(
+    "alert_marks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# What each `audit verify` found: the alerts' audit_chain_broken rule reads the newest run.
+audit_runs = Table(
+    "audit_runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ran_at", DateTime(timezone=True), nullable=False),
+    Column("ok", Boolean, nullable=False),
+    Column("devices", Integer, nullable=False),
+    Column("entries", BigInteger, nullable=False),
+    Column("events", BigInteger, nullable=False),
+    Column("problems_json", Text, nullable=False),
 )
