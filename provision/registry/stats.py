@@ -1,0 +1,180 @@
+"""The aggregates behind `provision stats`: counted by the database, grouped by one key.
+
+Each function takes the registry's Store and a grouping (a column of the devices, the batch's
+name, or the ISO week or month of registration) and returns plain rows; provision.stats turns
+them into figures. Week and month are computed by the database, each in its own dialect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Integer, and_, case, cast, func, literal, select
+
+from provision.registry.schema import action_log, batches, devices, pairing_events
+from provision.registry.store import Store, aware
+from provision.states import DeviceStatus, SystemAction
+
+GROUPINGS = ("batch", "model", "type", "line", "manufacturer", "week", "month")
+NONE_GROUP = "(none)"
+
+
+def _key(store: Store, by: str) -> Any:
+    """The SQL expression of a device's group."""
+    c = devices.c
+    if by == "batch":
+        return batches.c.name
+    if by in ("model", "type", "line", "manufacturer"):
+        column = {"model": c.model, "type": c.device_type, "line": c.production_line}.get(
+            by, c.manufacturer
+        )
+        return func.coalesce(column, literal(NONE_GROUP))
+    if by not in ("week", "month"):
+        raise ValueError(by)
+    if store.is_postgresql:
+        utc = func.timezone("UTC", c.created_at)
+        return func.to_char(utc, 'IYYY-"W"IW' if by == "week" else "YYYY-MM")
+    # SQLite keeps UTC text: the month is its first 7 characters; the ISO week is that of the
+    # week's Thursday (ISO 8601: a week belongs to the year of its Thursday).
+    if by == "month":
+        return func.strftime("%Y-%m", c.created_at)
+    thursday = func.date(c.created_at, "-3 days", "weekday 4")
+    week = (cast(func.strftime("%j", thursday), Integer) - 1) // 7 + 1
+    return func.strftime("%Y", thursday) + "-W" + func.printf("%02d", week)
+
+
+def _devices_from(by: str) -> Any:
+    return devices.join(batches, batches.c.id == devices.c.batch_id) if by == "batch" else devices
+
+
+def _period(since: datetime | None, until: datetime | None) -> list[Any]:
+    where = []
+    if since is not None:
+        where.append(devices.c.created_at >= since)
+    if until is not None:
+        where.append(devices.c.created_at < until)
+    return where
+
+
+def device_counts(
+    store: Store, by: str, since: datetime | None, until: datetime | None
+) -> list[tuple[str, int, int, int]]:
+    """(group, registered, activated, revoked) of the devices registered in the period."""
+    key = _key(store, by).label("g")
+    q = (
+        select(
+            key,
+            func.count(),
+            func.count(devices.c.activated_at),
+            func.sum(case((devices.c.status == DeviceStatus.REVOKED, 1), else_=0)),
+        )
+        .select_from(_devices_from(by))
+        .where(*_period(since, until))
+        .group_by(key)
+    )
+    with store.connect() as conn:
+        return [(str(g), int(n), int(a), int(r or 0)) for g, n, a, r in conn.execute(q)]
+
+
+def activation_delays(
+    store: Store, by: str, since: datetime | None, until: datetime | None
+) -> Iterator[tuple[str, datetime, datetime]]:
+    """(group, registered at, activated at) of each activated device, streamed."""
+    key = _key(store, by).label("g")
+    q = (
+        select(key, devices.c.created_at, devices.c.activated_at)
+        .select_from(_devices_from(by))
+        .where(devices.c.activated_at.is_not(None), *_period(since, until))
+    )
+    with store.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=20_000).execute(q)
+        for g, created, activated in result:
+            yield str(g), aware(created), aware(activated)  # type: ignore[misc]
+
+
+def scan_counts(
+    store: Store, by: str, since: datetime | None, until: datetime | None
+) -> list[tuple[str, str, str | None, int]]:
+    """(group, result, reason, attempts) of the pairing events of the period's devices."""
+    key = _key(store, by).label("g")
+    joined = pairing_events.join(devices, devices.c.id == pairing_events.c.device_pk)
+    if by == "batch":
+        joined = joined.join(batches, batches.c.id == devices.c.batch_id)
+    q = (
+        select(key, pairing_events.c.result, pairing_events.c.reason, func.count())
+        .select_from(joined)
+        .where(*_period(since, until))
+        .group_by(key, pairing_events.c.result, pairing_events.c.reason)
+    )
+    with store.connect() as conn:
+        return [(str(g), str(res), rea, int(n)) for g, res, rea, n in conn.execute(q)]
+
+
+def unattached_scans(store: Store) -> list[tuple[str, str | None, int]]:
+    """(result, reason, attempts) of the attempts that named no registered device."""
+    q = (
+        select(pairing_events.c.result, pairing_events.c.reason, func.count())
+        .where(pairing_events.c.device_pk.is_(None))
+        .group_by(pairing_events.c.result, pairing_events.c.reason)
+    )
+    with store.connect() as conn:
+        return [(str(res), rea, int(n)) for res, rea, n in conn.execute(q)]
+
+
+def _recent_actions(start: datetime, end: datetime) -> Any:
+    """The device actions (not provision's own) from START to END."""
+    return and_(
+        action_log.c.occurred_at >= start,
+        action_log.c.occurred_at < end,
+        action_log.c.action_type.not_in([a.value for a in SystemAction]),
+    )
+
+
+def _action_join(by: str) -> Any:
+    joined = action_log.join(devices, devices.c.id == action_log.c.device_pk)
+    if by == "batch":
+        joined = joined.join(batches, batches.c.id == devices.c.batch_id)
+    return joined
+
+
+def action_type_counts(
+    store: Store,
+    by: str,
+    since: datetime | None,
+    until: datetime | None,
+    start: datetime,
+    end: datetime,
+) -> list[tuple[str, str, int]]:
+    """(group, action type, actions) from START to END, for the period's devices."""
+    key = _key(store, by).label("g")
+    q = (
+        select(key, action_log.c.action_type, func.count())
+        .select_from(_action_join(by))
+        .where(_recent_actions(start, end), *_period(since, until))
+        .group_by(key, action_log.c.action_type)
+    )
+    with store.connect() as conn:
+        return [(str(g), str(t), int(n)) for g, t, n in conn.execute(q)]
+
+
+def active_devices(
+    store: Store,
+    by: str,
+    since: datetime | None,
+    until: datetime | None,
+    start: datetime,
+    end: datetime,
+) -> dict[str, int]:
+    """Group -> devices with at least one action from START to END."""
+    key = _key(store, by).label("g")
+    q = (
+        select(key, func.count(func.distinct(action_log.c.device_pk)))
+        .select_from(_action_join(by))
+        .where(_recent_actions(start, end), *_period(since, until))
+        .group_by(key)
+    )
+    with store.connect() as conn:
+        return {str(g): int(n) for g, n in conn.execute(q)}
+
