@@ -177,4 +177,3 @@ def active_devices(
     )
     with store.connect() as conn:
         return {str(g): int(n) for g, n in conn.execute(q)}
-
