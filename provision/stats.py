@@ -189,43 +189,30 @@ def fleet_stats(
     return FleetStats(by, start, end, at, ordered, totals, unattached)
 
 
-CSV_COLUMNS = (
-    "group",
-    "registered",
-    "activated",
-    "revoked",
-    "activation_rate",
-    "days_to_activation_p50",
-    "days_to_activation_p90",
-    "scans",
-    "scans_by_result",
-    "scans_by_reason",
-    "active_7d",
-    "active_30d",
-    "actions_per_active_device_per_day",
-    "top_action_types",
-)
-
-
-def csv_row(g: GroupStats) -> list[Any]:
-    """One group as a CSV row (counters as `key=n;key=n`)."""
+def csv_row(g: GroupStats) -> dict[str, Any]:
+    """One group as a CSV row (counters as `key=n;key=n`); its keys are the CSV's columns."""
 
     def pairs(c: Counter[str]) -> str:
         return ";".join(f"{k}={n}" for k, n in sorted(c.items()))
 
-    return [
-        g.group,
-        g.registered,
-        g.activated,
-        g.revoked,
-        g.activation_rate,
-        g.percentile(50),
-        g.percentile(90),
-        sum(g.scans_by_result.values()),
-        pairs(g.scans_by_result),
-        pairs(g.scans_by_reason),
-        g.active_7d,
-        g.active_30d,
-        g.actions_per_active_device_per_day,
-        ";".join(f"{t['action_type']}={t['actions']}" for t in g.top_action_types()),
-    ]
+    return {
+        "group": g.group,
+        "registered": g.registered,
+        "activated": g.activated,
+        "revoked": g.revoked,
+        "activation_rate": g.activation_rate,
+        "days_to_activation_p50": g.percentile(50),
+        "days_to_activation_p90": g.percentile(90),
+        "scans": sum(g.scans_by_result.values()),
+        "scans_by_result": pairs(g.scans_by_result),
+        "scans_by_reason": pairs(g.scans_by_reason),
+        "active_7d": g.active_7d,
+        "active_30d": g.active_30d,
+        "actions_per_active_device_per_day": g.actions_per_active_device_per_day,
+        "top_action_types": ";".join(
+            f"{t['action_type']}={t['actions']}" for t in g.top_action_types()
+        ),
+    }
+
+
+CSV_COLUMNS = tuple(csv_row(GroupStats("")))
