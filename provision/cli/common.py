@@ -168,6 +168,18 @@ def json_option(f: F) -> F:
     )(f)
 
 
+def format_option(*choices: str, help: str | None = None) -> Callable[[F], F]:
+    """--format CHOICE (into `fmt`), the first choice by default."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(choices)),
+        default=choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
 def quiet_option(f: F) -> F:
     return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(f)
 

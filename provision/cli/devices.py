@@ -18,6 +18,7 @@ from provision.cli.common import (
     emit,
     find_device_arg,
     find_device_for_write,
+    format_option,
     json_option,
     operator,
     pass_settings,
@@ -323,13 +324,7 @@ def batches_show(settings: Settings, name: str, as_json: bool) -> None:
 @click.option(
     "--after", "cursor", metavar="CURSOR", help="The next page: the cursor a page printed."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "csv", "json"]),
-    default="table",
-    show_default=True,
-)
+@format_option("table", "csv", "json")
 @click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @pass_settings
 def devices_cmd(

@@ -13,6 +13,7 @@ from provision.cli.common import (
     ProvisionGroup,
     Settings,
     emit,
+    format_option,
     json_option,
     operator,
     pass_settings,
@@ -53,13 +54,8 @@ def _query(
 
 @click.command()
 @trace_filters
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="table",
-    show_default=True,
-    help="Report format; csv and json stream, pdf (with charts) needs --output.",
+@format_option(
+    *FORMATS, help="Report format; csv and json stream, pdf (with charts) needs --output."
 )
 @click.option(
     "--output",
