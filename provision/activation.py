@@ -155,13 +155,19 @@ def recalled(registry: Registry, device: DeviceRecord) -> bool:
     return registry.recalls.holding(device.id) is not None
 
 
-def authenticate(registry: Registry, device_id: str, token: str | None) -> DeviceRecord | None:
-    """The device if `token` is its activation token, else None."""
+def authenticate(
+    registry: Registry, device_id: str, token: str | None, *, revoked: bool = False
+) -> DeviceRecord | None:
+    """The device if `token` is its activation token, else None.
+
+    A revoked device's token no longer logs actions or reads history: None, unless REVOKED
+    (the caller records the refused attempt)."""
     if not token:
         return None
     device = registry.devices.get(device_id.strip().lower())
-    # A revoked device's token no longer logs actions or reads history.
-    if device is None or not device.activation_token_hash or device.status == DeviceStatus.REVOKED:
+    if device is None or not device.activation_token_hash:
+        return None
+    if device.status == DeviceStatus.REVOKED and not revoked:
         return None
     if not hmac.compare_digest(device.activation_token_hash, token_hash(token)):
         return None

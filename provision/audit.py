@@ -15,7 +15,7 @@ import json
 import multiprocessing
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,7 @@ from provision.registry import (
     utcnow,
 )
 from provision.serials import serial_hash, serial_variants
-from provision.states import DeviceStatus, SystemAction
+from provision.states import DeviceStatus, Reason, SystemAction
 from provision.text import plural, text_problem
 
 if TYPE_CHECKING:
@@ -140,6 +140,27 @@ def log_action(
     if len(meta.encode()) > MAX_METADATA_BYTES:
         raise ProvisionError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
     action = NewAction(action_type, meta, ip, actor, now or utcnow())
+    return registry.events.append_action(device.id, device.device_id, action, make_sealer(keyring))
+
+
+def record_refused_action(
+    registry: Registry,
+    keyring: Keyring,
+    device: DeviceRecord,
+    action_type: object,
+    *,
+    ip: str | None = None,
+    now: datetime | None = None,
+) -> ActionEntry:
+    """A revoked device's token tried to log an action: refused, and recorded in the device's
+    chain as action.refused (the revoked_device_activity alert reads it)."""
+    tried = (
+        action_type
+        if isinstance(action_type, str) and ACTION_TYPE_RE.fullmatch(action_type)
+        else None
+    )
+    meta = canonical_json({"action_type": tried, "reason": Reason.REVOKED_DEVICE.value})
+    action = NewAction(SystemAction.ACTION_REFUSED, meta, ip, device.user_id, now or utcnow())
     return registry.events.append_action(device.id, device.device_id, action, make_sealer(keyring))
 
 
@@ -294,6 +315,17 @@ def verify_chains(
             )
             for did in checkpoint.missing(found)
         ]
+    return report
+
+
+def verify_devices(registry: Registry, keyring: Keyring, pks: Sequence[int]) -> AuditReport:
+    """Verify the chains and seals of the devices with row ids PKS (those an alerts run saw
+    new rows for), each through its index, in one snapshot."""
+    sealer = make_sealer(keyring)
+    report = AuditReport()
+    with registry.audit_snapshot() as snap:
+        for pk in sorted(set(pks)):
+            report.add(_verify_range(snap, sealer, pk, pk, None))
     return report
 
 

@@ -95,6 +95,18 @@ class RecallError(ProvisionError):
     kind = "recall"
 
 
+class AlertError(ProvisionError):
+    """No such alert, an id prefix that names more than one, or a bad acknowledgement."""
+
+    kind = "alert"
+
+
+class NotifyFailed(ProvisionError):
+    """Some alerts could not be delivered to the webhook; the next run sends them again."""
+
+    kind = "notify_failed"
+
+
 class RegistryError(ProvisionError):
     """The registry database cannot be reached or refused a statement."""
 

@@ -68,6 +68,8 @@ class SystemAction(StrEnum):
     ACTIVATED = "activated"
     REVOKED = "revoked"
     RESIGNED = "resigned"
+    # A revoked device's token tried to log an action: refused, and recorded here.
+    ACTION_REFUSED = "action.refused"
     RECALL_CREATED = "recall.created"
     RECALL_RELEASED = "recall.released"
     RECALL_CLOSED = "recall.closed"

@@ -1,7 +1,7 @@
 """The `provision` command: each command parses, makes one library call, formats the result.
 
-One module per command group (keys, db, batch, printing, devices, audit, quality, shipments,
-servers);
+One module per command group (keys, db, batch, printing, devices, audit, quality, fleet,
+shipments, servers);
 what they share is in common.py. Each module imports what its commands need inside them, so
 `provision --help` loads none of the library behind them.
 """
@@ -14,7 +14,18 @@ import sys
 import click
 
 from provision import __version__
-from provision.cli import audit, batch, db, devices, keys, printing, quality, servers, shipments
+from provision.cli import (
+    audit,
+    batch,
+    db,
+    devices,
+    fleet,
+    keys,
+    printing,
+    quality,
+    servers,
+    shipments,
+)
 from provision.cli.common import ProvisionGroup, Settings, settings_options
 
 
@@ -70,6 +81,8 @@ for command in (
     audit.audit,
     quality.trace,
     quality.recall,
+    fleet.stats,
+    fleet.alerts,
     shipments.reconcile,
     servers.serve,
 ):

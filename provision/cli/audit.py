@@ -44,19 +44,23 @@ def audit_verify(
     """Recompute every chain and seal (or one device's) and name the first break of each.
 
     Exit code 1 when anything is broken, or when a chain is shorter than the checkpoint
-    recorded (a rollback) or does not extend it.
+    recorded (a rollback) or does not extend it. Each run is recorded in the registry, and
+    `provision alerts` raises audit_chain_broken for each device a run found broken.
 
     \b
     Example:
       provision audit verify 3f9a0c1d2e4b5a69
       provision audit verify --checkpoint /mnt/audit/checkpoint-20261201T0300Z.txt
     """
+    from provision.alerts import record_audit_run
     from provision.audit import verify_chains
     from provision.checkpoint import load_checkpoint
 
     registry, keyring = settings.registry_with_keyring()
     checkpoint = load_checkpoint(checkpoint_file, keyring) if checkpoint_file else None
     report = verify_chains(registry, keyring, device_id, checkpoint=checkpoint)
+    # Recorded for the audit_chain_broken alert (`provision alerts`).
+    record_audit_run(registry, report, "device" if device_id else "all")
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

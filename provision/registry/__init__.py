@@ -2,14 +2,14 @@
 
 `Registry(url)` opens it (migrating the schema on first use) and hands out one object per
 subject, as sqlite-utils' `db[table]` does: `registry.batches`, `registry.devices`,
-`registry.events` and `registry.recalls`. They return frozen dataclasses
+`registry.events`, `registry.recalls` and `registry.alerts`. They return frozen dataclasses
 (provision.registry.records, and the trace and recall records of recalls.py) and raise
 ProvisionError subclasses, never SQLAlchemy's exceptions.
 
     schema.py   the tables; states come from provision.states
     store.py    engine, dialect specifics, bulk paths, error translation, audit reads
     records.py  the dataclasses the subjects return
-    batches.py, devices.py, events.py, recalls.py   one module per subject
+    batches.py, devices.py, events.py, recalls.py, alerts.py   one module per subject
     frames.py   pandas frames for reconcile (pandas stays out of the rest)
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 from provision.chain import Sealer
 from provision.errors import ConflictError
 from provision.keys import Keyring
+from provision.registry.alerts import Alerts
 from provision.registry.batches import Batches
 from provision.registry.devices import Devices
 from provision.registry.events import Events
@@ -112,6 +113,7 @@ class Registry:
         self.devices = Devices(self.store)
         self.events = Events(self.store)
         self.recalls = Recalls(self.store)
+        self.alerts = Alerts(self.store)
 
     @property
     def url(self) -> str:

@@ -229,8 +229,9 @@ class AuditSnapshot:
         self._pg = is_postgresql
         self._names = itertools.count()
 
-    def _stream(self, sql: str) -> Iterator[tuple[Any, ...]]:
-        if self._pg:
+    def _stream(self, sql: str, *, server: bool = True) -> Iterator[tuple[Any, ...]]:
+        # One device's rows (lo == hi) are few: a plain cursor spares the named one's set-up.
+        if self._pg and server:
             # A server-side cursor: PostgreSQL sends the rows as they are read, not all at once.
             cur = self._raw.driver_connection.cursor(name=f"provision_audit_{next(self._names)}")
             cur.itersize = self.BATCH
@@ -256,19 +257,22 @@ class AuditSnapshot:
     def devices(self, lo: int, hi: int) -> Iterator[tuple[Any, ...]]:
         return self._stream(
             f"SELECT {', '.join(AUDIT_DEVICE_COLUMNS)} FROM devices "
-            f"WHERE id BETWEEN {int(lo)} AND {int(hi)} ORDER BY id"
+            f"WHERE id BETWEEN {int(lo)} AND {int(hi)} ORDER BY id",
+            server=lo != hi,
         )
 
     def actions(self, lo: int, hi: int) -> Iterator[tuple[Any, ...]]:
         return self._stream(
             f"SELECT {', '.join(AUDIT_ACTION_COLUMNS)} FROM device_action_log "
-            f"WHERE device_pk BETWEEN {int(lo)} AND {int(hi)} ORDER BY device_pk, seq, id"
+            f"WHERE device_pk BETWEEN {int(lo)} AND {int(hi)} ORDER BY device_pk, seq, id",
+            server=lo != hi,
         )
 
     def pairings(self, lo: int, hi: int) -> Iterator[tuple[Any, ...]]:
         return self._stream(
             f"SELECT {', '.join(AUDIT_PAIRING_COLUMNS)} FROM device_pairing_events "
-            f"WHERE device_pk BETWEEN {int(lo)} AND {int(hi)} ORDER BY device_pk, seq, id"
+            f"WHERE device_pk BETWEEN {int(lo)} AND {int(hi)} ORDER BY device_pk, seq, id",
+            server=lo != hi,
         )
 
     def unattached(self) -> Iterator[tuple[Any, ...]]:

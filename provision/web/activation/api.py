@@ -8,10 +8,10 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from provision.activation import ActivationRejected, activate, authenticate
-from provision.audit import log_action, owner_history
+from provision.audit import log_action, owner_history, record_refused_action
 from provision.errors import ProvisionError, RegistryError
 from provision.registry import DeviceRecord
-from provision.states import Reason
+from provision.states import DeviceStatus, Reason
 from provision.web.activation.reasons import refused_api
 from provision.web.common import api_error, bounded_int, services
 
@@ -56,12 +56,12 @@ def api_activate() -> Any:
     ), 201
 
 
-def bearer_device(device_id: str) -> DeviceRecord | None:
+def bearer_device(device_id: str, *, revoked: bool = False) -> DeviceRecord | None:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer":
         return None
-    return authenticate(services().registry, device_id, token.strip())
+    return authenticate(services().registry, device_id, token.strip(), revoked=revoked)
 
 
 def unauthorized() -> Any:
@@ -71,10 +71,17 @@ def unauthorized() -> Any:
 
 
 def api_log_action(device_id: str) -> Any:
-    device = bearer_device(device_id)
+    device = bearer_device(device_id, revoked=True)
     if device is None:
         return unauthorized()
     body = request.get_json(silent=True)
+    if device.status == DeviceStatus.REVOKED:
+        # Its token is genuine, its device revoked: refused as any bad token is, and recorded
+        # in the device's chain (the revoked_device_activity alert).
+        svc = services()
+        tried = body.get("action_type") if isinstance(body, dict) else None
+        record_refused_action(svc.registry, svc.keyring(), device, tried, ip=request.remote_addr)
+        return unauthorized()
     if not isinstance(body, dict) or not isinstance(body.get("action_type"), str):
         return api_error("bad_request", 400, 'send JSON {"action_type": "...", "metadata": {...}}')
     metadata = body.get("metadata") or {}
