@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Integer, and_, case, cast, func, literal, select
 
 from provision.registry.schema import action_log, batches, devices, pairing_events
-from provision.registry.store import Store, aware
+from provision.registry.store import Store
 from provision.states import DeviceStatus, SystemAction
 
 GROUPINGS = ("batch", "model", "type", "line", "manufacturer", "week", "month")
@@ -39,7 +39,7 @@ def _key(store: Store, by: str) -> Any:
     # SQLite keeps UTC text: the month is its first 7 characters; the ISO week is that of the
     # week's Thursday (ISO 8601: a week belongs to the year of its Thursday).
     if by == "month":
-        return func.strftime("%Y-%m", c.created_at)
+        return func.substr(c.created_at, 1, 7)  # "2026-11-30 ...": strftime costs 4 s at 1M
     thursday = func.date(c.created_at, "-3 days", "weekday 4")
     week = (cast(func.strftime("%j", thursday), Integer) - 1) // 7 + 1
     return func.strftime("%Y", thursday) + "-W" + func.printf("%02d", week)
@@ -80,18 +80,24 @@ def device_counts(
 
 def activation_delays(
     store: Store, by: str, since: datetime | None, until: datetime | None
-) -> Iterator[tuple[str, datetime, datetime]]:
-    """(group, registered at, activated at) of each activated device, streamed."""
+) -> Iterator[tuple[str, float]]:
+    """(group, days from registration to activation) of each activated device, streamed; the
+    database subtracts (parsing 700,000 pairs of timestamps in Python took 2 s)."""
     key = _key(store, by).label("g")
+    c = devices.c
+    if store.is_postgresql:
+        days = func.extract("epoch", c.activated_at - c.created_at) / 86400.0
+    else:
+        days = func.julianday(c.activated_at) - func.julianday(c.created_at)
     q = (
-        select(key, devices.c.created_at, devices.c.activated_at)
+        select(key, days)
         .select_from(_devices_from(by))
-        .where(devices.c.activated_at.is_not(None), *_period(since, until))
+        .where(c.activated_at.is_not(None), *_period(since, until))
     )
     with store.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=20_000).execute(q)
-        for g, created, activated in result:
-            yield str(g), aware(created), aware(activated)  # type: ignore[misc]
+        for g, d in result:
+            yield str(g), float(d)
 
 
 def scan_counts(
@@ -132,8 +138,9 @@ def _recent_actions(start: datetime, end: datetime) -> Any:
     )
 
 
-def _action_join(by: str) -> Any:
-    joined = action_log.join(devices, devices.c.id == action_log.c.device_pk)
+def _per_device(inner: Any, by: str) -> Any:
+    """INNER (rows keyed by device_pk) joined to their devices, and batches for --by batch."""
+    joined = inner.join(devices, devices.c.id == inner.c.device_pk)
     if by == "batch":
         joined = joined.join(batches, batches.c.id == devices.c.batch_id)
     return joined
@@ -147,13 +154,23 @@ def action_type_counts(
     start: datetime,
     end: datetime,
 ) -> list[tuple[str, str, int]]:
-    """(group, action type, actions) from START to END, for the period's devices."""
+    """(group, action type, actions) from START to END, for the period's devices.
+
+    Counted per device and type first, from the time index alone (migration 0006); only those
+    counts meet the devices table."""
+    a = action_log.c
+    inner = (
+        select(a.device_pk, a.action_type, func.count().label("n"))
+        .where(_recent_actions(start, end))
+        .group_by(a.device_pk, a.action_type)
+        .subquery()
+    )
     key = _key(store, by).label("g")
     q = (
-        select(key, action_log.c.action_type, func.count())
-        .select_from(_action_join(by))
-        .where(_recent_actions(start, end), *_period(since, until))
-        .group_by(key, action_log.c.action_type)
+        select(key, inner.c.action_type, func.sum(inner.c.n))
+        .select_from(_per_device(inner, by))
+        .where(*_period(since, until))
+        .group_by(key, inner.c.action_type)
     )
     with store.connect() as conn:
         return [(str(g), str(t), int(n)) for g, t, n in conn.execute(q)]
@@ -165,15 +182,23 @@ def active_devices(
     since: datetime | None,
     until: datetime | None,
     start: datetime,
+    week: datetime,
     end: datetime,
-) -> dict[str, int]:
-    """Group -> devices with at least one action from START to END."""
+) -> dict[str, tuple[int, int]]:
+    """Group -> (devices with an action from START to END, those with one from WEEK on)."""
+    a = action_log.c
+    inner = (
+        select(a.device_pk, func.max(a.occurred_at).label("newest"))
+        .where(_recent_actions(start, end))
+        .group_by(a.device_pk)
+        .subquery()
+    )
     key = _key(store, by).label("g")
     q = (
-        select(key, func.count(func.distinct(action_log.c.device_pk)))
-        .select_from(_action_join(by))
-        .where(_recent_actions(start, end), *_period(since, until))
+        select(key, func.count(), func.sum(case((inner.c.newest >= week, 1), else_=0)))
+        .select_from(_per_device(inner, by))
+        .where(*_period(since, until))
         .group_by(key)
     )
     with store.connect() as conn:
-        return {str(g): int(n) for g, n in conn.execute(q)}
+        return {str(g): (int(n), int(w or 0)) for g, n, w in conn.execute(q)}
