@@ -155,6 +155,17 @@ def recalled(registry: Registry, device: DeviceRecord) -> bool:
     return registry.recalls.holding(device.id) is not None
 
 
+def device_of_token(registry: Registry, token: str | None) -> DeviceRecord | None:
+    """The device whose activation token this is, unless revoked (the device client's
+    `GET /api/v1/device`); None for any other token."""
+    if not token:
+        return None
+    device = registry.devices.by_token_hash(token_hash(token))
+    if device is None or device.status == DeviceStatus.REVOKED:
+        return None
+    return device
+
+
 def authenticate(
     registry: Registry, device_id: str, token: str | None, *, revoked: bool = False
 ) -> DeviceRecord | None:

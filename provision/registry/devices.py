@@ -33,6 +33,14 @@ class Devices:
             row = conn.execute(select(devices).where(devices.c.device_id == device_id)).first()
         return DeviceRecord.from_row(row) if row is not None else None
 
+    def by_token_hash(self, token_hash: str) -> DeviceRecord | None:
+        """The device whose activation token has this hash, or None."""
+        with self._store.connect() as conn:
+            row = conn.execute(
+                select(devices).where(devices.c.activation_token_hash == token_hash)
+            ).first()
+        return DeviceRecord.from_row(row) if row is not None else None
+
     def by_serial_hash(self, serial_hash: str) -> DeviceRecord | None:
         with self._store.connect() as conn:
             row = conn.execute(select(devices).where(devices.c.serial_hash == serial_hash)).first()

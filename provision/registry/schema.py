@@ -104,6 +104,8 @@ devices = Table(
     Index("ix_devices_batch_id", "batch_id", "id"),
     Index("ix_devices_status", "status", "id"),
     Index("ix_devices_activated_at", "activated_at", "id"),
+    # The device client names its device by its token alone (GET /api/v1/device).
+    Index("ix_devices_activation_token_hash", "activation_token_hash"),
 )
 
 # A component fitted to a device; its own serial is kept encrypted like the device's.

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from provision.activation import ActivationRejected, activate, authenticate
+from provision.activation import ActivationRejected, activate, authenticate, device_of_token
 from provision.audit import log_action, owner_history, record_refused_action
 from provision.errors import ProvisionError, RegistryError
 from provision.registry import DeviceRecord
@@ -106,6 +106,26 @@ def api_log_action(device_id: str) -> Any:
     return jsonify({"action_id": entry.id, "seq": entry.seq, "device_id": device.device_id}), 201
 
 
+def api_device() -> Any:
+    """The device the bearer token belongs to: how a device app learns its own id."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    device = (
+        device_of_token(services().registry, token.strip()) if scheme.lower() == "bearer" else None
+    )
+    if device is None:
+        return unauthorized()
+    return jsonify(
+        {
+            "device_id": device.device_id,
+            "device_type": device.device_type,
+            "model": device.model,
+            "status": device.status,
+            "activated_at": device.activated_at.isoformat() if device.activated_at else None,
+        }
+    )
+
+
 def api_history(device_id: str) -> Any:
     device = bearer_device(device_id)
     if device is None:
@@ -126,4 +146,5 @@ def blueprint(activation_limit: Callable[..., Any]) -> Blueprint:
     bp.add_url_rule("/activations", "activate", activation_limit(api_activate), methods=["POST"])
     bp.add_url_rule("/devices/<device_id>/actions", "log_action", api_log_action, methods=["POST"])
     bp.add_url_rule("/devices/<device_id>/history", "history", api_history, methods=["GET"])
+    bp.add_url_rule("/device", "device", api_device, methods=["GET"])
     return bp
