@@ -7,15 +7,28 @@ them into figures. Week and month are computed by the database, each in its own 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Integer, and_, case, cast, func, literal, select
+from sqlalchemy.engine import Connection
 
 from provision.registry.schema import action_log, batches, devices, pairing_events
 from provision.registry.store import Store
 from provision.states import DeviceStatus, SystemAction
+
+
+@contextlib.contextmanager
+def _reading(store: Store) -> Iterator[Connection]:
+    """A connection for one aggregate; on PostgreSQL without JIT (compiling each of these
+    queries, run once, costs more than it saves)."""
+    with store.connect() as conn:
+        if store.is_postgresql:
+            conn.exec_driver_sql("SET LOCAL jit = off")
+        yield conn
+
 
 GROUPINGS = ("batch", "model", "type", "line", "manufacturer", "week", "month")
 NONE_GROUP = "(none)"
@@ -74,7 +87,7 @@ def device_counts(
         .where(*_period(since, until))
         .group_by(key)
     )
-    with store.connect() as conn:
+    with _reading(store) as conn:
         return [(str(g), int(n), int(a), int(r or 0)) for g, n, a, r in conn.execute(q)]
 
 
@@ -94,7 +107,7 @@ def activation_delays(
         .select_from(_devices_from(by))
         .where(c.activated_at.is_not(None), *_period(since, until))
     )
-    with store.connect() as conn:
+    with _reading(store) as conn:
         result = conn.execution_options(stream_results=True, yield_per=20_000).execute(q)
         for g, d in result:
             yield str(g), float(d)
@@ -114,7 +127,7 @@ def scan_counts(
         .where(*_period(since, until))
         .group_by(key, pairing_events.c.result, pairing_events.c.reason)
     )
-    with store.connect() as conn:
+    with _reading(store) as conn:
         return [(str(g), str(res), rea, int(n)) for g, res, rea, n in conn.execute(q)]
 
 
@@ -125,7 +138,7 @@ def unattached_scans(store: Store) -> list[tuple[str, str | None, int]]:
         .where(pairing_events.c.device_pk.is_(None))
         .group_by(pairing_events.c.result, pairing_events.c.reason)
     )
-    with store.connect() as conn:
+    with _reading(store) as conn:
         return [(str(res), rea, int(n)) for res, rea, n in conn.execute(q)]
 
 
@@ -156,23 +169,36 @@ def action_type_counts(
 ) -> list[tuple[str, str, int]]:
     """(group, action type, actions) from START to END, for the period's devices.
 
-    Counted per device and type first, from the time index alone (migration 0006); only those
-    counts meet the devices table."""
+    The actions are read from the time index alone (migration 0006). SQLite counts them per
+    device and type before they meet the devices table (each meeting is a B-tree probe);
+    PostgreSQL hashes the devices once and joins every action to them, which is three times
+    faster there than grouping 2.5M actions by device first."""
     a = action_log.c
-    inner = (
-        select(a.device_pk, a.action_type, func.count().label("n"))
-        .where(_recent_actions(start, end))
-        .group_by(a.device_pk, a.action_type)
-        .subquery()
-    )
     key = _key(store, by).label("g")
-    q = (
-        select(key, inner.c.action_type, func.sum(inner.c.n))
-        .select_from(_per_device(inner, by))
-        .where(*_period(since, until))
-        .group_by(key, inner.c.action_type)
-    )
-    with store.connect() as conn:
+    if store.is_postgresql:
+        joined = action_log.join(devices, devices.c.id == a.device_pk)
+        if by == "batch":
+            joined = joined.join(batches, batches.c.id == devices.c.batch_id)
+        q = (
+            select(key, a.action_type, func.count())
+            .select_from(joined)
+            .where(_recent_actions(start, end), *_period(since, until))
+            .group_by(key, a.action_type)
+        )
+    else:
+        inner = (
+            select(a.device_pk, a.action_type, func.count().label("n"))
+            .where(_recent_actions(start, end))
+            .group_by(a.device_pk, a.action_type)
+            .subquery()
+        )
+        q = (
+            select(key, inner.c.action_type, func.sum(inner.c.n))
+            .select_from(_per_device(inner, by))
+            .where(*_period(since, until))
+            .group_by(key, inner.c.action_type)
+        )
+    with _reading(store) as conn:
         return [(str(g), str(t), int(n)) for g, t, n in conn.execute(q)]
 
 
@@ -200,5 +226,5 @@ def active_devices(
         .where(*_period(since, until))
         .group_by(key)
     )
-    with store.connect() as conn:
+    with _reading(store) as conn:
         return {str(g): (int(n), int(w or 0)) for g, n, w in conn.execute(q)}
