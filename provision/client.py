@@ -70,8 +70,10 @@ class Unauthorized(ApiError):
 
 
 class ActivationRefused(ApiError):
-    """403, 404, 409, 410 on activation: forged, unknown_key, revoked_key, revoked_device,
-    recalled, unknown_device, already_activated, expired (see `.reason`)."""
+    """The activation was refused (403, 404, 409 or 410); `.reason` says why.
+
+    forged, unknown_key, revoked_key, revoked_device, recalled (403), unknown_device (404),
+    already_activated (409), expired (410)."""
 
 
 class NotFound(ApiError):
@@ -117,8 +119,10 @@ class LoggedAction:
 
 @dataclass(frozen=True)
 class DeviceHistory:
-    """The owner's view of a device: itself, its components, its own actions and its own
-    activation; everybody else's attempts only as counts (`other_attempts`)."""
+    """The owner's view of a device's history, as the service sends it.
+
+    The device, its components, its own actions and its own activation; everybody else's
+    attempts only as counts (`other_attempts`)."""
 
     device: dict[str, Any]
     components: list[dict[str, Any]]

@@ -79,8 +79,10 @@ def no_progress(stage: str, done: int, total: int) -> None:
 
 @dataclass
 class RegisterResult:
-    """What `register` did. Rows whose serial another batch holds are counted by that batch
-    (`other_batches`); `skipped` keeps the first MAX_EXAMPLES of them as examples."""
+    """What `register` did: devices registered, already there, rejected, in other batches.
+
+    Rows whose serial another batch holds are counted by that batch (`other_batches`);
+    `skipped` keeps the first MAX_EXAMPLES of them as examples."""
 
     batch: str
     registered: int = 0

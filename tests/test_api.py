@@ -110,21 +110,27 @@ def test_from_env_reads_the_settings_the_cli_reads(db_url: str, keyring_path: Pa
         Provision.from_env({"PROVISION_DB_URL": db_url})
 
 
+def summary_line(obj: object) -> str:
+    """The docstring's first paragraph, which must be one line."""
+    doc = inspect.getdoc(obj) or ""
+    first = doc.split("\n\n")[0]
+    assert first.strip() and "\n" not in first, f"{obj!r}: {first!r}"
+    return first
+
+
 def test_everything_public_is_listed_and_documented_in_one_line() -> None:
     for module in (api, client):
         for name in module.__all__:
-            obj = getattr(module, name)
-            doc = inspect.getdoc(obj)
-            assert doc and doc.strip(), f"{module.__name__}.{name} has no docstring"
-            assert "\n" not in doc.split("\n\n")[0].strip() or len(doc.split("\n")[0]) <= 100
+            summary_line(getattr(module, name))
         public = {n for n, v in vars(module).items() if not n.startswith("_")}
         defined_here = {
             n for n in public if getattr(vars(module)[n], "__module__", None) == module.__name__
         }
         assert defined_here <= set(module.__all__), defined_here - set(module.__all__)
-    for name, member in inspect.getmembers(api.Provision, inspect.isfunction):
-        if not name.startswith("_") or name in ("__init__", "__enter__", "__exit__"):
-            assert inspect.getdoc(member), f"Provision.{name} has no docstring"
+    for cls in (api.Provision, client.DeviceClient):
+        for name, member in vars(cls).items():
+            if not name.startswith("_") or name in ("__init__", "__enter__", "__exit__"):
+                summary_line(member.fget if isinstance(member, property) else member)
     assert provision.Provision is api.Provision
 
 
