@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -58,10 +58,12 @@ class ActivationRejected(ProvisionError):
 
 @dataclass(frozen=True)
 class Activation:
+    """A device activated, and its activation token (shown once; never in its repr)."""
+
     device_id: str
     device_type: str
     model: str | None
-    activation_token: str
+    activation_token: str = field(repr=False)
     activated_at: datetime
 
     def to_json(self) -> dict[str, Any]:

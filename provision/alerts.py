@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
+import math
 import time
 import tomllib
 import urllib.error
@@ -222,7 +224,7 @@ def _check(where: str | None, rule: str, key: str, value: Any) -> Any:
 
 
 def _duration(value: Any, bad: Callable[[str], ConfigError]) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < math.inf:
         return float(value)
     if isinstance(value, str):
         text = value.strip().lower()
@@ -232,7 +234,7 @@ def _duration(value: Any, bad: Callable[[str], ConfigError]) -> float:
             seconds = float(number) * _KINDS[unit]
         except ValueError:
             seconds = 0.0
-        if seconds > 0:
+        if 0 < seconds < math.inf:
             return seconds
     raise bad(f'{value!r}: must be a duration such as 600, "10m", "24h" or "2d"')
 
@@ -345,7 +347,7 @@ def _start(since: datetime | date | None) -> datetime | None:
         return None
     if not isinstance(since, datetime):
         return datetime(since.year, since.month, since.day, tzinfo=UTC)
-    return since if since.tzinfo else since.replace(tzinfo=UTC)
+    return since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
 
 
 def _overlap(marks: Mapping[str, int]) -> datetime | None:
@@ -583,25 +585,33 @@ class _Evaluator:
     def _broken(
         self, runs: Sequence[tuple[Any, ...]], stored: Mapping[str, AlertRecord]
     ) -> list[Finding]:
-        """audit_chain_broken: one alert per device a run found broken; its count is the
-        number of runs that found it (added to the stored count: runs are read once)."""
-        per: dict[str, list[tuple[int, datetime]]] = {}
+        """audit_chain_broken: one alert per device a run found broken. Its count is the number
+        of distinct breaks found (chain, entry, problem), so a nightly `audit verify` finding
+        the same break again is no new evidence; its evidence, the runs and the breaks."""
+        per: dict[str, list[tuple[int, datetime, str]]] = {}
         for run_id, ran_at, _ok, doc in runs:
-            for did in sorted({p["device_id"] for p in doc.get("problems", [])}):
-                per.setdefault(did, []).append((run_id, _utc(ran_at)))
+            for p in doc.get("problems", []):
+                key = f"{p.get('chain')}#{p.get('seq')}: {p.get('problem')}"
+                per.setdefault(p["device_id"], []).append((run_id, _utc(ran_at), key))
         out = []
         for did, found in sorted(per.items()):
             kind = "device"
             old = stored.get(self._id("audit_chain_broken", kind, did))
-            times = [t for _, t in found]
-            ids = [i for i, _ in found]
+            times = [t for _, t, _ in found]
+            ids = {i for i, _, _ in found}
+            keys = {k for _, _, k in found}
             if old is not None:
                 times += [old.first_seen, old.last_seen]
-                ids += list(old.evidence.get("audit_runs", []))
-            count = len(found) + (old.count if old else 0)
+                ids |= set(old.evidence.get("audit_runs", []))
+                keys |= set(old.evidence.get("problems", []))
             out.append(
                 self._finding(
-                    "audit_chain_broken", kind, did, times, {"audit_runs": ids}, count=count
+                    "audit_chain_broken",
+                    kind,
+                    did,
+                    times,
+                    {"audit_runs": ids, "problems": keys},
+                    count=len(keys),
                 )
             )
         return out
@@ -729,6 +739,7 @@ def _made_at(text: str | None) -> datetime | None:
 # -- audit runs, acknowledgement --------------------------------------------------------------
 
 MAX_PROBLEMS_KEPT = 1000
+MIN_ALERT_PREFIX = 6  # as for device ids
 
 
 def _problems_doc(report: Any, scope: str) -> dict[str, Any]:
@@ -758,6 +769,11 @@ def find_alert(registry: Registry, alert_id: str) -> AlertRecord:
     text = alert_id.strip().lower()
     if not text or any(c not in "0123456789abcdef" for c in text):
         raise AlertError(f"{alert_id!r} is not an alert id (16 hexadecimal characters)")
+    if len(text) < MIN_ALERT_PREFIX:
+        raise AlertError(
+            f"alert id {alert_id!r} is too short: give at least {MIN_ALERT_PREFIX} of its 16 "
+            "characters"
+        )
     found = registry.alerts.by_prefix(text)
     if not found:
         raise AlertError(f"no alert {text}")
@@ -801,10 +817,13 @@ def sign_body(secret: bytes, body: bytes, timestamp: int) -> str:
 
 @dataclass(frozen=True)
 class Delivery:
+    """One alert's delivery: delivered or not, after how many attempts, and why not."""
+
     alert_id: str
     ok: bool
     attempts: int
     error: str | None = None
+    unreachable: bool = False
 
 
 def notify(
@@ -817,41 +836,76 @@ def notify(
     timeout: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Delivery]:
-    """POST each open alert not yet delivered, once, as signed JSON; retried with backoff
-    (BACKOFF, then twice that, ...) on a network error, a 429 or a 5xx. A delivered alert is
-    marked so and never sent again until it is reopened; one that failed is tried again by the
-    next run."""
+    """POST each open alert not yet delivered, once, as signed JSON.
+
+    A network error, a 429 or a 5xx is retried with backoff (BACKOFF, then twice that, ...).
+    An alert is claimed before it is sent, so two overlapping runs never send it twice; a
+    delivered alert is not sent again until it is reopened, and one that failed is released
+    for the next run. When the receiver cannot be reached at all, the alerts after it are not
+    tried (each would wait out the same timeouts): they count as failed, for the next run.
+    """
     check_webhook_url(url)
     secret = webhook_secret(keyring)
     pending = [a for a in registry.alerts.listed(status=AlertStatus.OPEN) if a.notified_at is None]
     pending.sort(key=lambda a: (a.first_seen, a.id))
-    out = []
+    out: list[Delivery] = []
+    down: str | None = None
     for alert in pending:
+        if down is not None:
+            out.append(Delivery(alert.id, False, 0, f"not tried: {down}"))
+            continue
+        if not registry.alerts.claim_delivery(alert.id, utcnow()):
+            continue  # another run is sending it, or has sent it
         event = "alert.reopened" if alert.acked_at is not None else "alert.raised"
         body = json.dumps(
             {"event": event, "alert": alert_json(alert), "sent_at": utcnow().isoformat()},
             sort_keys=True,
         ).encode()
         delivery = _post(url, body, secret, alert.id, event, attempts, backoff, timeout, sleep)
-        if delivery.ok:
-            registry.alerts.mark_notified(alert.id, utcnow())
+        if not delivery.ok:
+            registry.alerts.release_delivery(alert.id)
+            if delivery.unreachable:
+                down = "the receiver was unreachable"
         out.append(delivery)
     return out
 
 
 def check_webhook_url(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
+    """URL, if it is one a webhook can be POSTed to (http or https, a host, a valid port)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise ConfigError("--notify: not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"--notify {safe_url(url)!r}: give an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            f"--notify {safe_url(url)!r}: a user or password in the URL is not sent; the "
+            "receiver checks the X-Provision-Signature header instead"
+        )
     return url
 
 
 def safe_url(url: str) -> str:
     """URL without its user, password or query (which may carry a token), for messages."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(not a valid URL)"
     return urllib.parse.urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A webhook answering with a redirect has not taken the body: a failure, not a GET."""
+
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def _post(
@@ -875,8 +929,9 @@ def _post(
             },
         )
         retry = True
+        unreachable = False
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
+            with _OPENER.open(request, timeout=timeout) as response:
                 if 200 <= response.status < 300:
                     return Delivery(alert_id, True, attempt)
                 error = f"HTTP {response.status}"
@@ -886,8 +941,12 @@ def _post(
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             error = f"{type(reason).__name__}: {reason}" if not isinstance(reason, str) else reason
+            unreachable = True
+        except (http.client.HTTPException, ValueError) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            retry = False
         if not retry:
             return Delivery(alert_id, False, attempt, error)
         if attempt < attempts:
             sleep(backoff * 2 ** (attempt - 1))
-    return Delivery(alert_id, False, attempts, error)
+    return Delivery(alert_id, False, attempts, error, unreachable)

@@ -27,12 +27,16 @@ from typing import Any, Self
 from provision.activation import Activation, ActivationRejected
 from provision.config import DEFAULT_BASE_URL, DEFAULT_DB_URL, DEFAULT_OUTPUT, DEFAULT_TTL_DAYS
 from provision.errors import (
+    BatchError,
     ConfigError,
+    ConflictError,
     DeviceError,
     KeyringError,
     ManifestError,
     ProvisionError,
     RegistryError,
+    RowsRejected,
+    TemplateError,
     UsageError,
 )
 from provision.keys import Keyring, load_keyring
@@ -43,8 +47,10 @@ __all__ = [
     "Action",
     "Activation",
     "ActivationRejected",
+    "BatchError",
     "Component",
     "ConfigError",
+    "ConflictError",
     "Device",
     "DeviceError",
     "Generated",
@@ -57,6 +63,8 @@ __all__ = [
     "ProvisionError",
     "RegisterResult",
     "RegistryError",
+    "RowsRejected",
+    "TemplateError",
     "Trace",
     "TraceDevice",
     "UsageError",

@@ -139,6 +139,13 @@ def log_action(
     meta = canonical_json(metadata or {})
     if len(meta.encode()) > MAX_METADATA_BYTES:
         raise ProvisionError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+    if device.status == DeviceStatus.REVOKED:
+        # Recorded, as the API records it: the revoked_device_activity alert reads it.
+        record_refused_action(registry, keyring, device, action_type, ip=ip, now=now)
+        raise DeviceError(
+            f"device {device.device_id} is revoked: its log takes no more actions "
+            "(the attempt is recorded as action.refused)"
+        )
     action = NewAction(action_type, meta, ip, actor, now or utcnow())
     return registry.events.append_action(device.id, device.device_id, action, make_sealer(keyring))
 

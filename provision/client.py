@@ -8,8 +8,10 @@
     for action in device.history(limit=10).actions:
         print(action["seq"], action["action_type"])
 
-Requests that fail with 429 or a 5xx, or cannot reach the server, are retried with exponential
-backoff (honouring Retry-After, up to MAX_RETRY_AFTER seconds); each request has a timeout. The
+Reads that fail with 429, a 5xx or a network error are retried with exponential backoff
+(honouring Retry-After, up to MAX_RETRY_AFTER seconds); writes (an activation, an action) only
+when the service certainly did not act on them: 429, 503, or a refused connection. Each request
+has a timeout. The
 API's refusals become exceptions carrying its reason code: `ApiError.reason`, and a subclass for
 each kind (Unauthorized, ActivationRefused, RateLimited, ...). Nothing here imports the rest of
 provision, so a device app can vendor this one file.
@@ -24,7 +26,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -105,7 +107,7 @@ class Activated:
 
     device_id: str
     device_type: str
-    activation_token: str
+    activation_token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -142,9 +144,11 @@ class _Http:
         sleep: Callable[[float], None],
     ) -> None:
         parts = urllib.parse.urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"base_url {base_url!r}: give http(s)://host[:port]")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("base_url: give http(s)://host[:port]")
         self.base = base_url.rstrip("/")
+        # For messages: never a user or password the URL may carry.
+        self.shown = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
         self.timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
@@ -159,6 +163,12 @@ class _Http:
             headers["Content-Type"] = "application/json"
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        # A read may be repeated whatever went wrong. A write (an activation, an action) only
+        # when the service certainly did not act on it: 429 and 503 (it refused before doing
+        # anything), or a connection that was never made. After a timeout, a dropped
+        # connection or another 5xx the write may have happened: retrying could activate
+        # twice (and lose the token) or log an action twice, so the error is raised instead.
+        safe = method == "GET"
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             req = urllib.request.Request(self.base + path, data, headers, method=method)
@@ -168,16 +178,18 @@ class _Http:
             except urllib.error.HTTPError as exc:
                 status, doc = exc.code, _json(exc.read())
                 wait = _retry_after(exc.headers.get("Retry-After"))
-                if (status == 429 or status >= 500) and not last:
+                again = status in (429, 503) or (safe and status >= 500)
+                if again and not last:
                     self.sleep(self._delay(attempt, wait))
                     continue
                 raise _error(status, doc, path, wait) from None
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if not last:
+                reason = getattr(exc, "reason", exc)
+                never_sent = isinstance(reason, ConnectionRefusedError)
+                if (safe or never_sent) and not last:
                     self.sleep(self._delay(attempt, None))
                     continue
-                reason = getattr(exc, "reason", exc)
-                raise Unreachable(f"{self.base}: {reason}") from None
+                raise Unreachable(f"{self.shown}: {reason}") from None
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:

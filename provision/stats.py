@@ -120,7 +120,7 @@ def moment(value: date | datetime | None, *, end: bool = False) -> datetime | No
     if value is None:
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     start = datetime.combine(value, time.min, UTC)
     return start + timedelta(days=1) if end else start
 
@@ -139,7 +139,8 @@ def fleet_stats(
     start, end = moment(since), moment(until, end=True)
     if start and end and start >= end:
         raise UsageError("--since must come before --until")
-    at = now or end or datetime.now(UTC)
+    # Usage is counted up to the end of the period, or now when that is still to come.
+    at = now or (min(end, datetime.now(UTC)) if end else datetime.now(UTC))
     store = registry.store
     groups: dict[str, GroupStats] = {}
 

@@ -10,7 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -239,11 +239,24 @@ def test_an_incremental_run_verifies_the_chains_it_touches(fleet: Fleet, run_cli
     assert run.mode == "incremental" and run.read["devices_verified"] == 1
     broken = [a for a in run.alerts if a.rule == "audit_chain_broken"]
     assert [(a.subject, a.severity, a.count) for a in broken] == [(dev.device_id, "critical", 1)]
-    # `audit verify` finds it too, records its run, and the next alerts run counts it.
+    # `audit verify` finds the same break and records its run: the next alerts run adds the
+    # run to the evidence, but the same break is no new evidence (an acknowledged alert stays
+    # quiet; the nightly `audit verify` would otherwise reopen it every night).
     assert run_cli("audit", "verify").exit_code == 1
+    [alert] = broken
+    assert run_cli("alerts", "ack", alert.id, "--note", "restoring from backup").exit_code == 0
     later = fleet.evaluate(now=NOW + timedelta(minutes=2))
-    assert [a.count for a in later.alerts if a.rule == "audit_chain_broken"] == [2]
-    assert len(later.alerts[0].evidence["audit_runs"]) == 2
+    assert later.reopened == [] and not [a for a in later.alerts if a.rule == alert.rule]
+    stored = fleet.registry.alerts.get([alert.id])[alert.id]
+    assert (stored.count, len(stored.evidence["audit_runs"])) == (1, 2)
+    assert stored.evidence["problems"] == ["actions#1: content changed after it was written"]
+    # A second break on the same device is new evidence.
+    with fleet.registry.engine.begin() as conn:
+        conn.execute(text("UPDATE devices SET user_id = 'mallory' WHERE id = :pk"), {"pk": dev.id})
+    assert run_cli("audit", "verify").exit_code == 1
+    again = fleet.evaluate(now=NOW + timedelta(minutes=3))
+    assert again.reopened == [alert.id]
+    assert fleet.registry.alerts.get([alert.id])[alert.id].count == 2
 
 
 def test_a_revoked_devices_token_is_refused_recorded_and_alerted(
@@ -324,6 +337,8 @@ def test_ack_quiets_an_alert_until_new_evidence_and_fail_on_exits_3(
 
     missing = run_cli("alerts", "ack", "ffffffffffffffff", "--note", "x")
     assert missing.exit_code == 1 and "no alert ffffffffffffffff" in missing.stderr
+    short = run_cli("alerts", "ack", alert["id"][:5], "--note", "x")
+    assert short.exit_code == 1 and "too short: give at least 6" in short.stderr
     table = run_cli("alerts").stdout.splitlines()
     assert table[0].split()[:4] == ["ID", "SEVERITY", "RULE", "SUBJECT"]
     assert table[1].startswith(alert["id"]) and "forgery_burst" in table[1]
@@ -361,13 +376,25 @@ def test_a_rules_file_changes_thresholds_and_bad_ones_are_named(
         load_rules(tmp_path / "missing.toml")
 
 
-def test_since_limits_a_full_pass_to_the_events_after_it(fleet: Fleet) -> None:
+def test_since_limits_a_full_pass_to_the_events_after_it(fleet: Fleet, tmp_path: Path) -> None:
     build_situations(fleet)
-    run = fleet.evaluate(since=datetime(2026, 11, 10, tzinfo=UTC).date())
-    # Only M59's activation (20 November) and the idle batch's are after the date.
+    noon = datetime(2026, 11, 10, 17, 0, tzinfo=timezone(timedelta(hours=5)))  # 12:00 UTC
+    run = fleet.evaluate(since=noon)
+    # Only M59's activation (20 November) is after it.
     assert [(a.rule, a.subject) for a in run.alerts] == [
         ("activation_before_registration", fleet.device("M59").device_id)
     ]
+    # A burst seen only in part by a --since pass, acknowledged, then counted whole by a full
+    # pass: more history is no new evidence, so it stays quiet.
+    (tmp_path / "r.toml").write_text("[forgery_burst]\nmin_scans = 10\n")
+    rules = load_rules(tmp_path / "r.toml")
+    first = fleet.evaluate(since=T0 + timedelta(days=2, seconds=5 * 30), rules=rules)
+    burst = next(a for a in first.alerts if a.subject == "198.51.100.7")
+    assert burst.count == 15
+    fleet.registry.alerts.acknowledge(burst.id, "ann", "known scanner test", NOW)
+    full = fleet.evaluate(full=True, rules=rules)
+    assert burst.id not in {a.id for a in full.alerts} and burst.id not in full.reopened
+    assert fleet.registry.alerts.get([burst.id])[burst.id].count == 20
 
 
 class Receiver:
@@ -457,10 +484,16 @@ def test_notify_posts_each_new_alert_once_signed_and_retries(
         again.close()
 
 
-def test_notify_refuses_a_url_that_is_not_http(run_cli: Any, fleet: Fleet) -> None:
-    bad = run_cli("alerts", "--notify", "ftp://user:secret@example.com/x")
-    assert bad.exit_code == 1
-    assert "give an http:// or https:// URL" in bad.stderr and "secret" not in bad.stderr
+def test_notify_refuses_a_url_it_cannot_use(run_cli: Any, fleet: Fleet) -> None:
+    for url, message in (
+        ("ftp://user:secret@example.com/x", "give an http:// or https:// URL"),
+        ("https://user:secret@example.com/x", "a user or password in the URL is not sent"),
+        ("http://example.com:port/x", "not a valid URL"),
+        ("http://[::1/x", "not a valid URL"),
+    ):
+        bad = run_cli("alerts", "--notify", url)
+        assert bad.exit_code == 1, url
+        assert message in bad.stderr and "secret" not in bad.stderr, bad.stderr
 
 
 def test_stats_cli_prints_json_csv_and_a_table(fleet: Fleet, run_cli: Any) -> None:

@@ -79,6 +79,13 @@ def test_the_facade_does_the_original_apps_round_trip(p: Provision, tmp_path: Pa
     assert (revoked.status, revoked.revoked_by) == ("revoked", "support")
     with pytest.raises(DeviceError, match="already revoked"):
         p.revoke(made.device_id, "again", by="support")
+    with pytest.raises(DeviceError, match="is revoked: its log takes no more actions"):
+        p.log_action(made.device_id, "voice_recording", metadata={"recording_id": 9})
+    refused = p.history(made.device_id).actions[-1]
+    assert (refused.action_type, refused.metadata) == (
+        "action.refused",
+        {"action_type": "voice_recording", "reason": "revoked_device"},
+    )
     with pytest.raises(DeviceError, match="no device"):
         p.history("00112233445566ff")
 
@@ -243,12 +250,24 @@ def test_the_client_retries_5xx_and_429_honouring_retry_after() -> None:
         with pytest.raises(client.RateLimited) as limited:
             client.activate(flaky.base, "p", retries=1, sleep=waits.append)
         assert limited.value.retry_after == 1.0
-        flaky.answers = [(500, {}, b"")] * 4
+        flaky.answers = [(500, {}, b""), (201, {}, ok)]
+        seen = len(flaky.seen)
+        with pytest.raises(client.ServerError):  # a write that may have happened: not again
+            client.activate(flaky.base, "p", sleep=waits.append)
+        assert len(flaky.seen) == seen + 1
+        flaky.answers = [(503, {}, b"")] * 4
         with pytest.raises(client.ServerError):
             client.activate(flaky.base, "p", sleep=waits.append)
+        assert len(flaky.seen) == seen + 5  # 503: refused before acting, tried 4 times
+        assert "SECRET" not in repr(client.Activated("d", "t", "SECRET"))
     finally:
         flaky.close()
-    with pytest.raises(client.Unreachable):
-        client.activate(flaky.base, "p", retries=1, sleep=waits.append, timeout=2)
+    waits.clear()
+    with pytest.raises(client.Unreachable):  # a refused connection was never sent: retried
+        client.activate(flaky.base, "p", retries=1, sleep=waits.append)
+    assert len(waits) == 1
+    with pytest.raises(client.Unreachable) as down:
+        client.activate(flaky.base.replace("//", "//user:pw@"), "p", sleep=waits.append)
+    assert "pw" not in str(down.value)
     with pytest.raises(ValueError, match="base_url"):
         client.DeviceClient("act.example.com", "t")

@@ -22,7 +22,17 @@ from provision.cli.common import (
 from provision.errors import FailOnHit, NotifyFailed
 from provision.text import escape_control, formula_safe, plural
 
-DATE = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"])
+
+class _Date(click.DateTime):
+    """A date or a date-time (UTC), shown as DATE in help."""
+
+    name = "date"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "DATE"
+
+
+DATE = _Date(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"])
 
 
 def _day(value: datetime | None) -> date | datetime | None:
@@ -210,19 +220,22 @@ def alerts(
         click.echo(_alerts_table(run))
         if notify_url and delivered:
             click.echo(f"Notified {safe_url(notify_url)}: {plural(delivered, 'alert')}")
-    if failed:
-        for line in failed:
-            click.echo(f"notify: {escape_control(line)}", err=True)
-        raise NotifyFailed(
-            f"{plural(len(failed), 'alert')} not delivered to {safe_url(notify_url or '')}; "
-            "the next run sends them again"
+    undelivered = (
+        f"{plural(len(failed), 'alert')} not delivered to {safe_url(notify_url or '')}; "
+        "the next run sends them again"
+    )
+    for line in failed:
+        click.echo(f"notify: {escape_control(line)}", err=True)
+    hits = [a for a in run.alerts if fail_on and severity_at_least(a.severity, fail_on)]
+    if hits:
+        # Exit 3 first, webhook down or not: the cron job that pages on it must still page.
+        if failed:
+            click.echo(f"Error: {undelivered}", err=True)
+        raise FailOnHit(
+            f"{plural(len(hits), 'open alert')} at {fail_on} or above (--fail-on {fail_on})"
         )
-    if fail_on:
-        hits = [a for a in run.alerts if severity_at_least(a.severity, fail_on)]
-        if hits:
-            raise FailOnHit(
-                f"{plural(len(hits), 'open alert')} at {fail_on} or above (--fail-on {fail_on})"
-            )
+    if failed:
+        raise NotifyFailed(undelivered)
 
 
 def _alerts_table(run: Any) -> str:
@@ -230,7 +243,7 @@ def _alerts_table(run: Any) -> str:
     if run.alerts:
         lines.append(
             f"{'ID':<16}  {'SEVERITY':<8}  {'RULE':<30}  {'SUBJECT':<28}  {'COUNT':>6}  "
-            f"{'FIRST SEEN':<16}  LAST SEEN"
+            f"{'FIRST SEEN (UTC)':<16}  LAST SEEN (UTC)"
         )
         for a in run.alerts:
             subject = escape_control(f"{a.subject_kind} {a.subject}")
@@ -241,7 +254,13 @@ def _alerts_table(run: Any) -> str:
                 f"{a.first_seen:%Y-%m-%d %H:%M}  {a.last_seen:%Y-%m-%d %H:%M}"
             )
     counts = ", ".join(f"{n} {s}" for s, n in run.counts().items() if n)
-    read = ", ".join(f"{plural(n, k.replace('_', ' ').rstrip('s'))}" for k, n in run.read.items())
+    nouns = {
+        "pairing_events": ("pairing event", "pairing events"),
+        "actions": ("action", "actions"),
+        "audit_runs": ("audit run", "audit runs"),
+        "devices_verified": ("device verified", "devices verified"),
+    }
+    read = ", ".join(plural(n, *nouns.get(k, (k, k))) for k, n in run.read.items())
     lines.append(
         f"{plural(len(run.alerts), 'open alert')}" + (f" ({counts})" if counts else "")
         + f"; {len(run.raised)} new, {len(run.reopened)} reopened; {run.mode} run"

@@ -96,6 +96,25 @@ class NewRows:
     top: dict[str, int]
 
 
+def new_evidence(old: AlertRecord, finding: Finding) -> bool:
+    """Whether FINDING shows what the stored alert had not seen: an event newer than its
+    newest (ids grow with time), a chain break it did not name (not merely another audit run
+    finding the same one), or, for a state (a dormant batch's devices), a higher count."""
+    for kind, ids in finding.evidence.items():
+        seen = old.evidence.get(kind, [])
+        if kind == "problems":
+            if set(ids) - set(seen):
+                return True
+        elif kind == "devices":
+            if finding.count > old.count:
+                return True
+        elif kind == "audit_runs":
+            continue  # another run finding the same break: only a new break is new
+        elif ids and (not seen or max(ids) > max(seen)):
+            return True
+    return False
+
+
 class Alerts:
     """registry.alerts: the stored alerts, the run marks, the audit runs, the rule reads."""
 
@@ -158,9 +177,11 @@ class Alerts:
         """Store FINDINGS and move the MARKS, in one transaction.
 
         A finding for a new id is a new open alert. One that counts more than the stored alert
-        is new evidence: the alert takes the finding's figures and, when it was acknowledged,
-        is open again (and to be notified again). A finding that counts no more (a pass over
-        less history, `--since`) changes nothing.
+        takes the finding's figures. Only new evidence (new_evidence) opens an acknowledged
+        alert again, to be notified again: a pass over more history (`--full` after a
+        `--since` run) counts more without reopening. A finding that counts no more changes
+        nothing. A run saving the same new alert at the same moment (overlapping cron runs)
+        is no error: the second finds it stored.
         """
         raised: list[str] = []
         reopened: list[str] = []
@@ -168,36 +189,65 @@ class Alerts:
         stored = self.get(f.id for f in findings)
         with self._store.begin() as conn:
             for f in findings:
-                old = stored.get(f.id)
                 values = {
                     "severity": f.severity,
-                    "first_seen": min(f.first_seen, old.first_seen) if old else f.first_seen,
-                    "last_seen": max(f.last_seen, old.last_seen) if old else f.last_seen,
+                    "first_seen": f.first_seen,
+                    "last_seen": f.last_seen,
                     "count": f.count,
                     "evidence_json": json.dumps(f.evidence, sort_keys=True),
                     "updated_at": now,
                 }
+                old = stored.get(f.id)
                 if old is None:
-                    conn.execute(
-                        insert(alerts).values(
-                            id=f.id,
-                            rule=f.rule,
-                            subject_kind=f.subject_kind,
-                            subject=f.subject,
-                            status=AlertStatus.OPEN,
-                            **values,
-                        )
-                    )
-                    raised.append(f.id)
-                elif f.count > old.count:
-                    if old.status == AlertStatus.ACKNOWLEDGED:
-                        values |= {"status": AlertStatus.OPEN, "notified_at": None}
-                        reopened.append(f.id)
-                    else:
-                        grown.append(f.id)
-                    conn.execute(update(alerts).where(alerts.c.id == f.id).values(**values))
+                    row: dict[str, Any] = {"id": f.id, "rule": f.rule, "subject": f.subject}
+                    row |= {"subject_kind": f.subject_kind, "status": AlertStatus.OPEN, **values}
+                    if self._insert_new(conn, row):
+                        raised.append(f.id)
+                        continue
+                    found = conn.execute(select(alerts).where(alerts.c.id == f.id)).first()
+                    assert found is not None
+                    old = AlertRecord.from_row(found)
+                fresh = new_evidence(old, f)
+                grew = f.count > old.count or (f.count == old.count and f.evidence != old.evidence)
+                if not (fresh or grew):
+                    continue  # a pass over less history: it knows less than is stored
+                values |= {
+                    "first_seen": min(f.first_seen, old.first_seen),
+                    "last_seen": max(f.last_seen, old.last_seen),
+                    "count": max(f.count, old.count),
+                }
+                if fresh and old.status == AlertStatus.ACKNOWLEDGED:
+                    values |= {"status": AlertStatus.OPEN, "notified_at": None}
+                    reopened.append(f.id)
+                else:
+                    grown.append(f.id)
+                conn.execute(update(alerts).where(alerts.c.id == f.id).values(**values))
             self._set_marks(conn, marks, now)
         return Saved(raised, reopened, grown)
+
+    def _insert_new(self, conn: Connection, row: dict[str, Any]) -> bool:
+        """INSERT ... ON CONFLICT DO NOTHING; False when the id is stored already."""
+        if self._store.is_postgresql:
+            from sqlalchemy.dialects.postgresql import insert as upsert
+        else:
+            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
+        done = conn.execute(upsert(alerts).values(**row).on_conflict_do_nothing())
+        return bool(done.rowcount)
+
+    def claim_delivery(self, alert_id: str, now: datetime) -> bool:
+        """Mark the alert as being delivered, unless another run has (or has delivered it)."""
+        with self._store.begin() as conn:
+            done = conn.execute(
+                update(alerts)
+                .where(alerts.c.id == alert_id, alerts.c.notified_at.is_(None))
+                .values(notified_at=now)
+            )
+        return bool(done.rowcount)
+
+    def release_delivery(self, alert_id: str) -> None:
+        """The delivery failed: the next run tries again."""
+        with self._store.begin() as conn:
+            conn.execute(update(alerts).where(alerts.c.id == alert_id).values(notified_at=None))
 
     def _set_marks(self, conn: Connection, marks: dict[str, int], now: datetime) -> None:
         for name, value in marks.items():
@@ -225,10 +275,6 @@ class Alerts:
         if not done.rowcount:
             return None
         return self.get([alert_id])[alert_id]
-
-    def mark_notified(self, alert_id: str, now: datetime) -> None:
-        with self._store.begin() as conn:
-            conn.execute(update(alerts).where(alerts.c.id == alert_id).values(notified_at=now))
 
     # -- audit runs ------------------------------------------------------------------------------
 
@@ -318,7 +364,9 @@ class Alerts:
             "SELECT DISTINCT ip FROM (SELECT ip, occurred_at AS t, "
             f"LAG(occurred_at, {int(n) - 1}) OVER (PARTITION BY ip ORDER BY occurred_at) AS back "
             f"FROM device_pairing_events WHERE ip IS NOT NULL AND {where}) w "
-            f"WHERE back IS NOT NULL AND {self._seconds('t', 'back')} <= :window"
+            # julianday() differences carry float error: the bound is loosened by a millisecond
+            # and provision.alerts checks each candidate's windows exactly.
+            f"WHERE back IS NOT NULL AND {self._seconds('t', 'back')} <= :window + 0.001"
         )
         with self._store.connect() as conn:
             return [r[0] for r in conn.execute(text(sql), {**params, "window": window})]
@@ -332,7 +380,7 @@ class Alerts:
             f"LAG(activated_at, {int(n) - 1}) OVER (PARTITION BY lower(user_id) "
             "ORDER BY activated_at) AS back FROM devices "
             f"WHERE user_id IS NOT NULL AND activated_at IS NOT NULL {cond}) w "
-            f"WHERE back IS NOT NULL AND {span} <= :window"
+            f"WHERE back IS NOT NULL AND {span} <= :window + 0.001"
         )
         params: dict[str, Any] = {"window": window}
         if since is not None:
