@@ -43,7 +43,7 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 
-from provision.errors import BatchError, ManifestError, RowError
+from provision.errors import BatchError, ManifestError, RowError, UsageError
 from provision.files import atomic_writer
 from provision.serials import GS1_AI82_RE, MAX_SERIAL_LENGTH, describe_char, serial_problem
 from provision.text import BIDI_CONTROLS, CONTROL_CHARS, FORMULA_START
@@ -174,6 +174,8 @@ class Manifest:
     fatal: bool = False  # a file-level problem: no row can go through
     rows: int = 0
     device_type_default: str | None = None
+    delimiter: str = ","
+    column_map: dict[str, str] = field(default_factory=dict)  # header (lower-case) -> column
     _fast: bool = True  # which reader the file needs (the second pass uses the same one)
     _digests: list[bytes] = field(default_factory=list)
     _memory: _Block | None = None  # rows that came from the command line, not a file
@@ -272,7 +274,11 @@ class Manifest:
         except OSError as exc:
             raise BatchError(f"{self.name}: cannot read file again: {exc.strerror}") from None
         with fh:
-            blocks = _fast_blocks(fh) if self._fast else _csv_blocks(fh, self.name)
+            blocks = (
+                _fast_blocks(fh, None, self.delimiter)
+                if self._fast
+                else _csv_blocks(fh, self.name, self.delimiter)
+            )
             n = 0
             try:
                 with contextlib.closing(blocks):  # before the file, however this ends
@@ -280,7 +286,10 @@ class Manifest:
                         if (
                             n >= len(self._digests)
                             or block.digest != self._digests[n]
-                            or (header is not None and _column_names(header) != names)
+                            or (
+                                header is not None
+                                and _column_names(header, self.column_map) != names
+                            )
                         ):
                             raise _Irregular
                         n += 1
@@ -299,9 +308,30 @@ class Manifest:
 
 
 def read_manifest(
-    path: str | Path, spec: ManifestSpec, *, device_type_default: str | None = None
+    path: str | Path,
+    spec: ManifestSpec,
+    *,
+    device_type_default: str | None = None,
+    delimiter: str = ",",
+    column_map: dict[str, str] | None = None,
 ) -> Manifest:
-    """Validate one manifest in a single streaming pass; problems are collected in `errors`."""
+    """Validate one manifest in a single streaming pass; problems are collected in `errors`.
+
+    DELIMITER separates the fields (one character: ',' ';' or a tab); COLUMN_MAP names the
+    header cell that holds a column, where the file's own names differ (`--map
+    serial=Serial No`), compared like every header cell: without case and surrounding spaces.
+    """
+    if len(delimiter) != 1 or delimiter in '\r\n"':
+        raise UsageError(f"--delimiter {delimiter!r}: give one character, such as ',' ';' or tab")
+    known = set(spec.columns)
+    mapping: dict[str, str] = {}
+    for column, cell in (column_map or {}).items():
+        if column not in known:
+            raise UsageError(
+                f"--map {column}=...: {spec.kind} have no column {column!r}; "
+                f"they have {', '.join(spec.columns)}"
+            )
+        mapping[cell.strip().lower()] = column
     p = Path(path)
     name = str(p)
     spool: Path | None = None
@@ -321,10 +351,10 @@ def read_manifest(
         raise BatchError(f"{name}: cannot read file: {exc.strerror}") from None
     with fh:
         try:
-            m = _validate(p, spec, fh, True, device_type_default)
+            m = _validate(p, spec, fh, True, device_type_default, delimiter, mapping)
         except _Irregular:
             fh.seek(0)
-            m = _validate(p, spec, fh, False, device_type_default)
+            m = _validate(p, spec, fh, False, device_type_default, delimiter, mapping)
     if spool is not None:
         m._source = spool
         weakref.finalize(m, spool.unlink, missing_ok=True)
@@ -354,13 +384,18 @@ def _validate(
     fh: io.BufferedReader,
     fast: bool,
     device_type_default: str | None,
+    delimiter: str = ",",
+    column_map: dict[str, str] | None = None,
 ) -> Manifest:
     sha = hashlib.sha256()
     if not fast:
         sha = hashlib.file_digest(fh, "sha256")
         fh.seek(0)
-    m = Manifest(p, spec, [], "", device_type_default=device_type_default, _fast=fast)
-    blocks = _fast_blocks(fh, sha) if fast else _csv_blocks(fh, m.name)
+    m = Manifest(
+        p, spec, [], "", device_type_default=device_type_default, delimiter=delimiter,
+        column_map=dict(column_map or {}), _fast=fast,
+    )  # fmt: skip
+    blocks = _fast_blocks(fh, sha, delimiter) if fast else _csv_blocks(fh, m.name, delimiter)
     try:
         with contextlib.closing(blocks):  # a fatal header leaves it unfinished
             _check_blocks(m, blocks)
@@ -383,8 +418,10 @@ def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, 
             if len(header) > MAX_COLUMNS:
                 m.errors, m.fatal = [_too_wide(name, at, len(header))], True
                 return
-            m.header, header_line = _column_names(header), at
-            if problems := _header_problems(m, header_line):
+            m.header, header_line = _column_names(header, m.column_map), at
+            if problems := _delimiter_problem(m, header, header_line) or _header_problems(
+                m, header_line
+            ):
                 m.errors, m.fatal = problems, True
                 return
         m.errors.extend(block.errors)
@@ -406,9 +443,37 @@ def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, 
         m.errors.extend(_duplicates(m, np.concatenate(excluded)))
 
 
-def _column_names(header: list[str]) -> list[str]:
-    """Header cells as column names: case and surrounding spaces do not matter."""
-    return [h.strip().lower() for h in header]
+def _column_names(header: list[str], column_map: dict[str, str] | None = None) -> list[str]:
+    """Header cells as column names: case and surrounding spaces do not matter; a cell that
+    --map names becomes its column."""
+    names = [h.strip().lower() for h in header]
+    if column_map:
+        names = [column_map.get(n, n) for n in names]
+    return names
+
+
+_DELIMITER_NAMES = {",": "commas", ";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+def _delimiter_problem(m: Manifest, header: list[str], line: int) -> list[RowError]:
+    """A header that is one cell holding another common delimiter: the file is separated by
+    that one, so every row would fail; one error naming it instead."""
+    if len(header) != 1:
+        return []
+    for found, name in _DELIMITER_NAMES.items():
+        if found != m.delimiter and found in header[0]:
+            given = "tab" if found == "\t" else repr(found)
+            return [
+                RowError(
+                    m.name,
+                    line,
+                    "-",
+                    f"the header is one field holding {given}: this file is separated by "
+                    f"{name}, not {_DELIMITER_NAMES.get(m.delimiter, repr(m.delimiter))}; "
+                    f"give --delimiter {given}",
+                )
+            ]
+    return []
 
 
 def _too_wide(name: str, line: int, columns: int) -> RowError:
@@ -487,7 +552,7 @@ def _empty(spec: ManifestSpec) -> pd.DataFrame:
 
 
 def _fast_blocks(
-    fh: BinaryIO, sha: hashlib._Hash | None = None
+    fh: BinaryIO, sha: hashlib._Hash | None = None, delimiter: str = ","
 ) -> Generator[tuple[_Block, list[str] | None, int]]:
     """Blocks of whole lines through pandas' C parser; raises _Irregular where it cannot."""
     carry = b""
@@ -519,9 +584,9 @@ def _fast_blocks(
         # Until the header, pandas takes the width from the body's first line (a later, wider
         # line fails the parse): one that may be wider than MAX_COLUMNS (quoted commas aside) is
         # left to the csv reader, which counts a header's fields before reading on.
-        if width < 0 and body.count(b",", 0, body.find(b"\n")) >= MAX_COLUMNS:
+        if width < 0 and body.count(delimiter.encode(), 0, body.find(b"\n")) >= MAX_COLUMNS:
             raise _Irregular
-        raw, keep = _parse_lines(body, None if width < 0 else width)
+        raw, keep = _parse_lines(body, None if width < 0 else width, delimiter)
         header: list[str] | None = None
         at = 0
         if width < 0 and len(keep):
@@ -554,7 +619,9 @@ def _may_hold_a_long_line(body: bytes) -> bool:
     return any(body.find(b"\n", i, i + half) < 0 for i in range(0, len(body), half))
 
 
-def _parse_lines(body: bytes, width: int | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+def _parse_lines(
+    body: bytes, width: int | None = None, delimiter: str = ","
+) -> tuple[pd.DataFrame, np.ndarray]:
     """The non-blank records of BODY (whole lines) and their 0-based line indexes.
 
     WIDTH, once the header gave it, is every record's number of fields: a blank line that
@@ -573,7 +640,7 @@ def _parse_lines(body: bytes, width: int | None = None) -> tuple[pd.DataFrame, n
             raise _Irregular
         body = body.replace(b"\r\n", b"\n")
     n_lines = body.count(b"\n")
-    marked = body.replace(b"\n", b"," + _END.encode() + b"\n")
+    marked = body.replace(b"\n", delimiter.encode() + _END.encode() + b"\n")
     try:
         with warnings.catch_warnings():
             # With names given, a first row longer than them is cut and warned about.
@@ -583,6 +650,7 @@ def _parse_lines(body: bytes, width: int | None = None) -> tuple[pd.DataFrame, n
                 header=None,
                 names=None if width is None else range(width + 1),
                 index_col=False,
+                sep=delimiter,
                 dtype=object,
                 na_filter=False,
                 skip_blank_lines=False,
@@ -612,7 +680,9 @@ def _parse_lines(body: bytes, width: int | None = None) -> tuple[pd.DataFrame, n
     return rows, keep
 
 
-def _csv_blocks(fh: BinaryIO, name: str) -> Generator[tuple[_Block, list[str] | None, int]]:
+def _csv_blocks(
+    fh: BinaryIO, name: str, delimiter: str = ","
+) -> Generator[tuple[_Block, list[str] | None, int]]:
     """Blocks of BLOCK_ROWS records through the csv module; a syntax error raises _Fatal.
 
     So does a record longer than MAX_RECORD_BYTES, as soon as that much of it is read, and a
@@ -637,7 +707,7 @@ def _csv_blocks(fh: BinaryIO, name: str) -> Generator[tuple[_Block, list[str] | 
                 raise _Fatal(_too_long(name, prev + 1, read))
             yield line
 
-    reader = csv.reader(lines(), strict=False)
+    reader = csv.reader(lines(), strict=False, delimiter=delimiter)
     header: list[str] | None = None
     width = 0
     given = False

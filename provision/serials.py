@@ -73,6 +73,16 @@ def decrypt_serial(data_key: bytes, device_id_: str, blob: bytes) -> str:
     return AESGCM(data_key).decrypt(nonce, ct, device_id_.encode()).decode()
 
 
+_SHIPMENT_DOMAIN = b"provision/shipment-row/v1\x00"
+
+
+def shipment_row_hash(pepper: bytes, serial_hash_: str, *values: str) -> str:
+    """Keyed hash of a shipment row (its serial's hash and every other field, as text): the
+    same row imported twice, from one file or two, has the same hash and is stored once."""
+    msg = _SHIPMENT_DOMAIN + "\x1f".join((serial_hash_, *values)).encode()
+    return hmac.new(pepper, msg, hashlib.sha256).hexdigest()
+
+
 _COMPONENT_DOMAIN = b"provision/component-row/v1\x00"
 _COMPONENT_SERIAL_DOMAIN = b"provision/component-serial/v1\x00"
 

@@ -83,6 +83,7 @@ for command in (
     quality.recall,
     fleet.stats,
     fleet.alerts,
+    shipments.shipments,
     shipments.reconcile,
     servers.serve,
 ):

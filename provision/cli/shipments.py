@@ -1,4 +1,4 @@
-"""Supply chain: reconcile activations against shipments."""
+"""Supply chain: the stored shipments feed, and reconciling activations against shipments."""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ import click
 
 from provision.categories import CATEGORY_NAMES
 from provision.cli.common import (
+    ProvisionGroup,
     Settings,
     csv_choice,
     emit,
     json_option,
+    operator,
     pass_settings,
     progress_bar,
     quiet_option,
 )
-from provision.errors import FailOnHit
+from provision.errors import FailOnHit, RowsRejected
+from provision.text import escape_control, plural
 
 
 @click.command()
@@ -94,3 +97,133 @@ def reconcile(
     hits = [c for c in fail_on if result.counts[c] > 0]
     if hits:
         raise FailOnHit(f"non-empty: {', '.join(hits)} (--fail-on)")
+
+
+@click.group(cls=ProvisionGroup)
+def shipments() -> None:
+    """The shipments feed: import what the ERP sends, list what is stored.
+
+    \b
+    Example (daily, from the ERP's export):
+      provision shipments import /srv/erp/shipments-$(date +%F).csv --source erp
+    """
+
+
+@shipments.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option(
+    "--source",
+    default="erp",
+    show_default=True,
+    help="Where the shipments come from (kept with each row; `list --source` selects by it).",
+)
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="COLUMN=HEADER",
+    help="The file's header cell that holds a column (repeatable): --map serial='Serial No'.",
+)
+@click.option(
+    "--delimiter",
+    default=",",
+    show_default=True,
+    help="Field separator: ',', ';', '|' or tab.",
+)
+@click.option(
+    "--reject-file",
+    type=click.Path(dir_okay=False),
+    help="Write bad rows here (with their reasons) and store the good ones; exit code 4.",
+)
+@json_option
+@pass_settings
+def shipments_import(
+    settings: Settings,
+    file: str,
+    source: str,
+    maps: tuple[str, ...],
+    delimiter: str,
+    reject_file: str | None,
+    as_json: bool,
+) -> None:
+    """Store a shipments file (serial, shipped_at; order_id, customer, destination, carrier).
+
+    All or nothing: any bad row is reported as FILE:LINE: column: reason and nothing is stored,
+    unless --reject-file. Idempotent: a row already stored is not stored again, and importing
+    the same file twice stores nothing the second time (the summary says so).
+
+    \b
+    Example:
+      provision shipments import sap-export.csv --source sap --delimiter ';' \\
+          --map serial=Serialnummer --map shipped_at=Versanddatum
+    """
+    from provision.shipments import import_shipments, parse_delimiter, parse_map
+
+    summary = import_shipments(
+        *settings.registry_with_keyring(create=True),
+        file,
+        source=source,
+        column_map=parse_map(maps),
+        delimiter=parse_delimiter(delimiter),
+        reject_file=reject_file,
+        by=operator(),
+    )
+    emit(as_json, summary.to_json(), summary.text())
+    if summary.rejected and summary.reject_file:
+        raise RowsRejected(
+            f"{plural(summary.rejected, 'row')} rejected, written to {summary.reject_file}; "
+            "the other rows are stored"
+        )
+
+
+@shipments.command("list")
+@click.option("--source", help="Only shipments from this source.")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Only shipments shipped at or after DATE (UTC).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(0, 100_000),
+    default=20,
+    show_default=True,
+    help="How many of the newest to show (the count is of all that match).",
+)
+@json_option
+@pass_settings
+def shipments_list(
+    settings: Settings, source: str | None, since: Any, limit: int, as_json: bool
+) -> None:
+    """The stored shipments: how many match, the newest of them, and the imports.
+
+    \b
+    Example:
+      provision shipments list --source erp --since 2026-11-01 --json
+    """
+    from provision.shipments import list_shipments
+
+    registry, keyring = settings.registry_with_keyring()
+    day = since.date() if since is not None and since.time() == since.min.time() else since
+    found = list_shipments(registry, keyring, source=source, since=day, limit=limit)
+    lines = [
+        f"{found.count:,} shipments stored"
+        + (f" from {source}" if source else "")
+        + (f" shipped since {since:%Y-%m-%d}" if since else "")
+    ]
+    if found.by_source:
+        lines.append("By source: " + ", ".join(f"{k} {n:,}" for k, n in found.by_source.items()))
+    for s in found.shipments:
+        lines.append(
+            f"  {s['shipped_at'][:19]}  {escape_control(s['serial'] or '-'):<24} "
+            f"{escape_control(s['order_id'] or '-'):<14} "
+            f"{escape_control(s['customer'] or '-'):<20} {s['source']}"
+        )
+    if found.imports:
+        lines.append("Imports:")
+        for i in found.imports[-10:]:
+            lines.append(
+                f"  #{i.id} {i.imported_at:%Y-%m-%d %H:%M} {i.source}: "
+                f"{escape_control(i.file_name)} ({i.stored:,} of {i.rows:,} rows new)"
+            )
+    emit(as_json, found.to_json(), "\n".join(lines))

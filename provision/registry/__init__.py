@@ -9,7 +9,8 @@ ProvisionError subclasses, never SQLAlchemy's exceptions.
     schema.py   the tables; states come from provision.states
     store.py    engine, dialect specifics, bulk paths, error translation, audit reads
     records.py  the dataclasses the subjects return
-    batches.py, devices.py, events.py, recalls.py, alerts.py   one module per subject
+    batches.py, devices.py, events.py, recalls.py, alerts.py, shipments.py   one module
+                per subject
     frames.py   pandas frames for reconcile (pandas stays out of the rest)
 """
 
@@ -55,6 +56,7 @@ from provision.registry.schema import (
     metadata,
     pairing_events,
 )
+from provision.registry.shipments import Shipments
 from provision.registry.store import AuditSnapshot, Store, utcnow
 from provision.states import DeviceStatus, PairingResult
 
@@ -114,6 +116,7 @@ class Registry:
         self.events = Events(self.store)
         self.recalls = Recalls(self.store)
         self.alerts = Alerts(self.store)
+        self.shipments = Shipments(self.store)
 
     @property
     def url(self) -> str:

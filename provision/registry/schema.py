@@ -39,6 +39,8 @@ __all__ = [
     "pairing_events",
     "recall_devices",
     "recalls",
+    "shipment_imports",
+    "shipments",
 ]
 
 metadata = MetaData()
@@ -269,4 +271,41 @@ audit_runs = Table(
     Column("entries", BigInteger, nullable=False),
     Column("events", BigInteger, nullable=False),
     Column("problems_json", Text, nullable=False),
+)
+
+# One `shipments import`: which file (its SHA-256), from which source, what it stored.
+shipment_imports = Table(
+    "shipment_imports",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(64), nullable=False),
+    Column("file_name", String(1024), nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("stored", Integer, nullable=False),
+    Column("imported_at", DateTime(timezone=True), nullable=False),
+    Column("imported_by", String(256), nullable=False),
+)
+
+# One shipment, as the ERP sent it; the serial only as its keyed hash and AES-GCM ciphertext.
+# row_hash (keyed, over the serial and every other field) makes an import idempotent: a row
+# sent twice, in one file or in two, is stored once.
+shipments = Table(
+    "shipments",
+    metadata,
+    Column("id", ROW_ID, primary_key=True),
+    Column("serial_hash", String(64), nullable=False),
+    Column("serial_ct", LargeBinary, nullable=False),
+    Column("shipped_at", DateTime(timezone=True), nullable=False),
+    Column("order_id", String(256)),
+    Column("customer", String(256)),
+    Column("destination", String(256)),
+    Column("carrier", String(256)),
+    Column("source", String(64), nullable=False),
+    Column("row_hash", String(64), nullable=False, unique=True),
+    Column("import_id", Integer, ForeignKey("shipment_imports.id"), nullable=False),
+    Column("line", Integer, nullable=False),
+    Index("ix_shipments_serial_hash", "serial_hash", "shipped_at"),
+    Index("ix_shipments_shipped_at", "shipped_at"),
+    Index("ix_shipments_import_id", "import_id"),
 )
