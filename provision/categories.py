@@ -45,11 +45,17 @@ class ReconcileResult:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     aging: dict[str, int] = field(default_factory=dict)
     days_to_activation: dict[str, float | None] = field(default_factory=dict)
+    since: date | None = None
+    until: date | None = None
+    batch: str | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
             "as_of": self.as_of.isoformat(),
             "shipments_file": self.shipments_file,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "batch": self.batch,
             "generated_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
             "counts": self.counts,
             "severity": {c.name: c.severity for c in CATEGORIES},

@@ -15,16 +15,17 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from provision.categories import AGING_BUCKETS, CATEGORIES, CATEGORY_NAMES, ReconcileResult
-from provision.errors import ManifestError, ProvisionError
+from provision.errors import ManifestError, ProvisionError, UsageError
 from provision.keys import Keyring
 from provision.manifests import LINE, SHIPMENTS, read_manifest
 from provision.registry import Registry
-from provision.serials import serial_hash
+from provision.serials import decrypt_serial, serial_hash
 from provision.states import DeviceStatus
 
 Progress = Callable[[str, int, int], None]
@@ -52,30 +53,67 @@ def read_shipments(path: str | Path) -> pd.DataFrame:
 def reconcile_shipments(
     registry: Registry,
     keyring: Keyring,
-    shipments_path: str | Path,
+    shipments_path: str | Path | None = None,
     *,
     as_of: date | None = None,
+    since: date | None = None,
+    until: date | None = None,
+    batch: str | None = None,
     report_dir: str | Path | None = None,
     formats: tuple[str, ...] = FORMATS,
     on_progress: Progress = _no_progress,
 ) -> ReconcileResult:
-    """Compare the registry with a shipments file; write the report folder atomically."""
+    """Compare the registry with shipments; write the report folder atomically.
+
+    SHIPMENTS_PATH is a one-off file; without it, the stored shipments (`shipments import`).
+    SINCE and UNTIL (dates, UTC, both included) choose the report's period without forgetting
+    history: the shipments in the period are matched, and a device activated in the period
+    is `activated_not_shipped` only when no shipment of it is known up to the period's end,
+    however long before the period it shipped. BATCH limits the report to one batch's devices
+    (and the shipments of them).
+    """
     for f in formats:
         if f not in FORMATS:
             raise ProvisionError(f"--format: unknown format {f!r} (known: {', '.join(FORMATS)})")
-    as_of = as_of or datetime.now(UTC).date()
-    ship = read_shipments(shipments_path)  # raises ManifestError before anything is written
-    ship["serial_hash"] = _hash_serials(keyring.pepper, ship["serial"], on_progress)
+    start = pd.Timestamp(since, tz="UTC") if since else None
+    end = pd.Timestamp(until, tz="UTC") + pd.Timedelta(days=1) if until else None
+    if start is not None and end is not None and start >= end:
+        raise UsageError("--since must not be after --until")
+    as_of = as_of or (until or datetime.now(UTC).date())
+    if shipments_path is not None:
+        ship = read_shipments(shipments_path)  # raises ManifestError before anything is written
+        ship["serial_hash"] = _hash_serials(keyring.pepper, ship["serial"], on_progress)
+        source = str(shipments_path)
+    else:
+        ship = _stored_shipments(registry, keyring, end)
+        source = "stored shipments"
     on_progress("load", 0, 1)
     dev = registry.reconcile_frame()
     on_progress("load", 1, 1)
-    frames = categorise(ship, dev, as_of)
+    if batch is not None:
+        if batch not in set(dev["batch"].dropna()):
+            raise ProvisionError(f"--batch {batch!r}: no such batch")
+        dev = dev[dev["batch"] == batch].reset_index(drop=True)
+        ship = ship[ship["serial_hash"].isin(dev["serial_hash"])].reset_index(drop=True)
+    history = ship["serial_hash"] if end is None else ship["serial_hash"][ship["shipped_at"] < end]
+    in_period = np.ones(len(ship), dtype=bool)
+    if start is not None:
+        in_period &= (ship["shipped_at"] >= start).to_numpy()
+    if end is not None:
+        in_period &= (ship["shipped_at"] < end).to_numpy()
+    frames = categorise(
+        ship[in_period].reset_index(drop=True), dev, as_of, shipped=history, period=(start, end)
+    )
+    _add_follow_up(registry, keyring, frames)
     result = ReconcileResult(
         as_of=as_of,
-        shipments_file=str(shipments_path),
+        shipments_file=source,
         counts={name: len(frames[name]) for name in CATEGORY_NAMES},
         report_dir=str(report_dir) if report_dir else None,
         frames=frames,
+        since=since,
+        until=until,
+        batch=batch,
     )
     na = frames["shipped_not_activated"]
     result.aging = {b: int((na["aging_bucket"] == b).sum()) for b in AGING_BUCKETS}
@@ -88,6 +126,43 @@ def reconcile_shipments(
     if report_dir is not None:
         write_report(result, Path(report_dir), formats, on_progress)
     return result
+
+
+def _stored_shipments(registry: Registry, keyring: Keyring, end: Any) -> pd.DataFrame:
+    """The stored shipments up to END as a shipments frame, serials decrypted."""
+    frame = registry.shipments_frame(end.to_pydatetime() if end is not None else None)
+    key = keyring.data_key
+    frame["serial"] = [
+        decrypt_serial(key, f"shipment:{rh}", bytes(ct))
+        for rh, ct in zip(frame["row_hash"], frame["serial_ct"], strict=True)
+    ]
+    frame[LINE] = frame.pop("line")
+    return frame.drop(columns=["serial_ct", "row_hash"])
+
+
+FOLLOW_UP = ("activated_not_shipped", "shipped_revoked")
+
+
+def _add_follow_up(registry: Registry, keyring: Keyring, frames: dict[str, pd.DataFrame]) -> None:
+    """What an analyst needs to follow up a critical row: the activating user and address,
+    activated_at, batch, line and model (already there), and the serial: the shipment's where
+    one gives it, else the device's own, decrypted with the keyring."""
+    wanted = sorted({d for name in FOLLOW_UP for d in frames[name]["device_id"]})
+    found = registry.follow_up(wanted) if wanted else {}
+    key = keyring.data_key
+    for name in FOLLOW_UP:
+        frame = frames[name]
+        ips, serials = [], []
+        for did in frame["device_id"]:
+            ct, ip = found.get(did, (b"", None))
+            ips.append(ip)
+            serials.append(decrypt_serial(key, did, ct) if ct else None)
+        frame = frame.assign(activated_ip=ips)
+        if "serial" in frame.columns:
+            frame["serial"] = frame["serial"].where(frame["serial"].notna(), pd.Series(serials))
+        else:
+            frame = frame.assign(serial=serials)
+        frames[name] = frame
 
 
 def _hash_serials(pepper: bytes, serials: pd.Series, on_progress: Progress) -> np.ndarray:
@@ -107,8 +182,20 @@ def _hash_serials(pepper: bytes, serials: pd.Series, on_progress: Progress) -> n
     return out
 
 
-def categorise(ship: pd.DataFrame, dev: pd.DataFrame, as_of: date) -> dict[str, pd.DataFrame]:
+def categorise(
+    ship: pd.DataFrame,
+    dev: pd.DataFrame,
+    as_of: date,
+    *,
+    shipped: pd.Series | None = None,
+    period: tuple[Any, Any] = (None, None),
+) -> dict[str, pd.DataFrame]:
     """Split shipments and registered devices into the categories, without per-row Python.
+
+    SHIPPED, the serial hashes of every shipment known up to the period's end, keeps a device
+    shipped before the period out of activated_not_shipped and registered_not_shipped; PERIOD
+    (start, end: UTC timestamps or None) limits those two to devices activated, or
+    registered, in it.
 
     One factorisation of all serial hashes (the registry's, then the shipments') turns them into
     integer codes: a shipment's code names its device, and a code seen again is a duplicate
@@ -170,11 +257,20 @@ def categorise(ship: pd.DataFrame, dev: pd.DataFrame, as_of: date) -> dict[str, 
     bucket = pd.cut(age, bins=[-1, 30, 90, np.inf], labels=list(AGING_BUCKETS))
     pending = pending.assign(age_days=age, aging_bucket=bucket.astype(str))
 
+    if shipped is not None:
+        shipped_dev |= dev["serial_hash"].isin(shipped).to_numpy()
     not_shipped = dev[~shipped_dev]
+    start, end = period
+    activated_ns = not_shipped[not_shipped["activated_at"].notna()]
+    if start is not None:
+        activated_ns = activated_ns[activated_ns["activated_at"] >= start]
+    if end is not None:
+        activated_ns = activated_ns[activated_ns["activated_at"] < end]
+        not_shipped = not_shipped[not_shipped["registered_at"] < end]
     return {
         "matched": _columns(matched, SHIP_COLS + DEV_COLS + ["activated_at", "days_to_activation"]),
         "activated_not_shipped": _columns(
-            not_shipped[not_shipped["activated_at"].notna()], [*DEV_COLS, "activated_at"]
+            activated_ns, [*DEV_COLS, "line", "user", "activated_at"]
         ),
         "activated_before_shipped": _columns(
             early, SHIP_COLS + DEV_COLS + ["activated_at", "days_early"]
@@ -185,7 +281,8 @@ def categorise(ship: pd.DataFrame, dev: pd.DataFrame, as_of: date) -> dict[str, 
         "shipped_unknown_serial": _columns(first[~is_known], SHIP_COLS),
         "duplicate_shipment": _columns(dup, [*SHIP_COLS, "first_line", "first_shipped_at"]),
         "shipped_revoked": _columns(
-            joined[status == DeviceStatus.REVOKED], SHIP_COLS + DEV_COLS + ["revoked_at"]
+            joined[status == DeviceStatus.REVOKED],
+            SHIP_COLS + DEV_COLS + ["line", "user", "activated_at", "revoked_at"],
         ),
         "registered_not_shipped": _columns(
             not_shipped[not_shipped["status"] == DeviceStatus.PENDING], [*DEV_COLS, "registered_at"]

@@ -3,6 +3,7 @@ as keyed hashes and ciphertext; delimiters and column maps; on both databases.""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -102,3 +103,102 @@ def test_delimiters_and_column_maps(run_cli: Any, tmp_path: Path) -> None:
     ):
         bad = run_cli("shipments", "import", str(semi), *args)
         assert bad.exit_code == 2 and message in bad.stderr, bad.stderr
+
+
+def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
+    run_cli: Any, registry: Registry, keyring_path: Path, tmp_path: Path
+) -> None:
+    """The README's monthly case: devices shipped in August and activated in September-
+    November are not activated_not_shipped in the September-November report."""
+    from datetime import UTC, datetime
+
+    from provision.activation import activate
+    from provision.audit import revoke
+    from provision.keys import load_keyring
+    from provision.payload import payload_url
+    from provision.pipeline import register_batch
+    from provision.serials import device_id
+    from tests.helpers import with_payload
+
+    keyring = load_keyring(keyring_path)
+    header = ["serial", "device_type", "model", "line"]
+    made = [[f"MON{i}", "sensor", "S-1", "line2"] for i in range(8)]
+    register_batch(
+        registry, keyring, write_csv(tmp_path / "s.csv", header, made), batch="aug",
+        now=datetime(2026, 7, 20, tzinfo=UTC),
+    )  # fmt: skip
+    others = write_csv(tmp_path / "o.csv", header, [["OTH1", "sensor", "S-2", "line3"]])
+    register_batch(registry, keyring, others, batch="other", now=datetime(2026, 7, 20, tzinfo=UTC))
+
+    def device(serial: str) -> Any:
+        found = registry.devices.get(device_id(keyring.pepper, serial))
+        assert found is not None
+        return found
+
+    def activate_on(serial: str, day: str) -> None:
+        url = payload_url("http://x", with_payload(keyring, device(serial))["payload"])
+        when = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        activate(
+            registry, keyring, url, f"{serial.lower()}@example.com", ip="198.51.100.4", now=when
+        )
+
+    # MON0-MON3 shipped in August, activated in September to November.
+    aug = write_csv(
+        tmp_path / "aug.csv", HEADER, rows("MON0", "MON1", "MON2", "MON3", day="2026-08-10")
+    )
+    # MON4, MON5 shipped in October; MON6 never shipped; MON7 shipped in November, revoked.
+    octo = write_csv(tmp_path / "oct.csv", HEADER, rows("MON4", "MON5", "OTH1", day="2026-10-05"))
+    nov = write_csv(tmp_path / "nov.csv", HEADER, rows("MON7", day="2026-11-03"))
+    for f in (aug, octo, nov):
+        assert run_cli("shipments", "import", str(f)).exit_code == 0
+    for serial, day in (
+        ("MON0", "2026-09-02"), ("MON1", "2026-10-12"), ("MON2", "2026-11-20"),
+        ("MON3", "2026-08-20"), ("MON4", "2026-10-06"), ("MON6", "2026-11-11"),
+        ("MON7", "2026-11-04"),
+    ):  # fmt: skip
+        activate_on(serial, day)
+    revoke(registry, keyring, device("MON7"), "stolen from the van", "security")
+
+    out = run_cli(
+        "reconcile", "--since", "2026-09-01", "--until", "2026-11-30",
+        "--report-dir", str(tmp_path / "q3"), "--json",
+    )  # fmt: skip
+    assert out.exit_code == 0, out.output
+    counts = json.loads(out.stdout)["counts"]
+    assert counts["activated_not_shipped"] == 1  # MON6 only: the true one
+    assert counts["shipped_revoked"] == 1 and counts["matched"] == 1  # MON7; MON4
+    assert counts["shipped_not_activated"] == 2  # MON5, OTH1 (shipped in the period)
+    assert counts["registered_not_shipped"] == 0  # everything pending was shipped once
+    critical = {
+        r["device_id"]: r
+        for r in csv.DictReader((tmp_path / "q3" / "activated_not_shipped.csv").open())
+    }
+    mon6 = critical[device("MON6").device_id]
+    assert (mon6["serial"], mon6["user"], mon6["activated_ip"]) == (
+        "MON6", "mon6@example.com", "198.51.100.4",
+    )  # fmt: skip
+    assert (mon6["batch"], mon6["line"], mon6["model"]) == ("aug", "line2", "S-1")
+    assert mon6["activated_at"].startswith("2026-11-11")
+    [revoked] = csv.DictReader((tmp_path / "q3" / "shipped_revoked.csv").open())
+    assert (revoked["serial"], revoked["user"], revoked["activated_ip"], revoked["line"]) == (
+        "MON7", "mon7@example.com", "198.51.100.4", "line2",
+    )  # fmt: skip
+
+    # The same period from a one-off Sep-Nov file (today's way): the August shipments are
+    # unknown to it, so MON0, MON1 and MON2 look activated_not_shipped.
+    one_off = write_csv(
+        tmp_path / "sep-nov.csv", HEADER,
+        rows("MON4", "MON5", "OTH1", day="2026-10-05") + rows("MON7", day="2026-11-03"),
+    )  # fmt: skip
+    old = run_cli(
+        "reconcile", str(one_off), "--since", "2026-09-01", "--until", "2026-11-30",
+        "--report-dir", str(tmp_path / "old"), "--json",
+    )  # fmt: skip
+    assert json.loads(old.stdout)["counts"]["activated_not_shipped"] == 4
+
+    # One batch only: the other batch's device and shipment leave the report.
+    one = run_cli("reconcile", "--batch", "other", "--report-dir", str(tmp_path / "b"), "--json")
+    counts = json.loads(one.stdout)["counts"]
+    assert counts["shipped_not_activated"] == 1 and sum(counts.values()) == 1
+    bad = run_cli("reconcile", "--batch", "nope", "--report-dir", str(tmp_path / "c"))
+    assert bad.exit_code == 1 and "--batch 'nope': no such batch" in bad.stderr

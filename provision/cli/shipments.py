@@ -24,7 +24,18 @@ from provision.text import escape_control, plural
 
 
 @click.command()
-@click.argument("shipments", type=click.Path(dir_okay=False))
+@click.argument("shipments", type=click.Path(dir_okay=False), required=False)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="The report's period starts on DATE (UTC); earlier shipments still count as shipped.",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="The report's period ends with DATE (UTC, included).",
+)
+@click.option("--batch", help="Only this batch's devices, and their shipments.")
 @click.option(
     "--as-of",
     type=click.DateTime(formats=["%Y-%m-%d"]),
@@ -55,7 +66,10 @@ from provision.text import escape_control, plural
 @pass_settings
 def reconcile(
     settings: Settings,
-    shipments: str,
+    shipments: str | None,
+    since: Any,
+    until: Any,
+    batch: str | None,
     as_of: Any,
     report_dir: str | None,
     formats: tuple[str, ...],
@@ -63,17 +77,25 @@ def reconcile(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Compare activations against a shipments file and report every discrepancy.
+    """Compare activations against shipments and report every discrepancy.
+
+    Without SHIPMENTS, the stored shipments (`shipments import`); with it, that file alone.
+    --since and --until choose the report's period: its shipments are matched, and a device
+    activated in it is activated_not_shipped only if no shipment of it is known up to the
+    period's end (one shipped months before is not).
 
     \b
-    Example (monthly, alert when devices surface that we never shipped):
-      provision reconcile shipments-2026-11.csv --fail-on activated_not_shipped,shipped_revoked
+    Example (monthly, from the stored feed; alert on devices we never shipped):
+      provision reconcile --since 2026-11-01 --until 2026-11-30 \\
+          --fail-on activated_not_shipped,shipped_revoked
     """
     from datetime import UTC, datetime
 
     from provision.reconcile import reconcile_shipments
 
-    day = as_of.date() if as_of else datetime.now(UTC).date()
+    first = since.date() if since else None
+    last = until.date() if until else None
+    day = as_of.date() if as_of else (last or datetime.now(UTC).date())
     target = (
         Path(report_dir)
         if report_dir
@@ -85,13 +107,19 @@ def reconcile(
         *settings.registry_with_keyring(),
         shipments,
         as_of=day,
+        since=first,
+        until=last,
+        batch=batch,
         report_dir=target,
         formats=formats,
         on_progress=progress_bar(quiet),
     )
     summary = result.summary()
     width = max(len(n) for n in CATEGORY_NAMES)
-    lines = [f"Reconciliation as of {day.isoformat()}: {target}"]
+    period = ""
+    if first or last:
+        period = f", period {first or '...'} to {last or '...'}"
+    lines = [f"Reconciliation as of {day.isoformat()}{period}: {target}"]
     lines += [f"  {name:<{width}}  {count:>9,}" for name, count in result.counts.items()]
     emit(as_json, summary, "\n".join(lines))
     hits = [c for c in fail_on if result.counts[c] > 0]

@@ -154,5 +154,17 @@ class Registry:
 
         return reconcile_frame(self.store, chunk)
 
+    def shipments_frame(self, until: Any = None) -> Any:
+        """The stored shipments (shipped before UNTIL) as a pandas frame, for reconcile."""
+        from provision.registry.frames import shipments_frame
+
+        return shipments_frame(self.store, until)
+
+    def follow_up(self, device_ids: list[str]) -> dict[str, tuple[bytes, str | None]]:
+        """Device id -> (serial ciphertext, activation address), for reconcile's follow-ups."""
+        from provision.registry.frames import follow_up
+
+        return follow_up(self.store, device_ids)
+
     def close(self) -> None:
         self.store.close()

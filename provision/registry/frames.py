@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import String, select
+from sqlalchemy import String, select, type_coerce
 
 from provision.registry.schema import batches, devices
 from provision.registry.store import Store
@@ -33,6 +33,8 @@ def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
         devices.c.model,
         devices.c.batch_id,
         devices.c.status,
+        devices.c.production_line,
+        devices.c.user_id,
         type_coerce(devices.c.created_at, String).label("registered_at"),
         type_coerce(devices.c.activated_at, String).label("activated_at"),
         type_coerce(devices.c.revoked_at, String).label("revoked_at"),
@@ -43,13 +45,18 @@ def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
         lookup = np.concatenate([np.asarray(uniques, dtype=object), np.array([None])])
         return lookup[codes]  # code -1 (NULL) picks the None at the end
 
-    columns = ["serial_hash", "device_id", "device_type", "model", "batch", "status", *stamps]
+    columns = [
+        "serial_hash", "device_id", "device_type", "model", "batch", "status", "line", "user",
+        *stamps,
+    ]  # fmt: skip
     parts = []
     with store.connect() as conn:
         names = {i: n for i, n in conn.execute(select(batches.c.id, batches.c.name))}
         result = conn.execution_options(stream_results=True, yield_per=chunk).execute(q)
         for rows in result.partitions():
-            (hashes, ids, types, models, batch_ids, status, *times) = zip(*rows, strict=True)
+            (hashes, ids, types, models, batch_ids, status, lines, users, *times) = zip(
+                *rows, strict=True
+            )
             part = {
                 "serial_hash": np.asarray(hashes, dtype=object),
                 "device_id": np.asarray(ids, dtype=object),
@@ -57,6 +64,8 @@ def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
                 "model": shared(models),
                 "batch": shared(pd.Series(batch_ids).map(names)),
                 "status": shared(status),
+                "line": shared(lines),
+                "user": np.asarray(users, dtype=object),
             }
             for col, values in zip(stamps, times, strict=True):
                 part[col] = pd.to_datetime(
@@ -68,3 +77,57 @@ def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
         empty |= {c: pd.Series(dtype="datetime64[us, UTC]") for c in stamps}
         return pd.DataFrame(empty, columns=columns)
     return pd.concat(parts, ignore_index=True)
+
+
+def shipments_frame(store: Store, until: Any = None) -> Any:
+    """The stored shipments shipped up to UNTIL (all, without it) as a pandas frame: the
+    columns of a shipments file (the serial still encrypted: serial_ct and row_hash), with
+    each row's line in its file, source and import."""
+    import pandas as pd
+
+    from provision.registry.schema import shipments
+
+    c = shipments.c
+    q = select(
+        c.line, c.serial_hash, c.serial_ct, c.row_hash,
+        type_coerce(c.shipped_at, String).label("shipped_at"),
+        c.order_id, c.customer, c.destination, c.carrier, c.source, c.import_id,
+    ).order_by(c.shipped_at, c.id)  # fmt: skip
+    if until is not None:
+        q = q.where(c.shipped_at < until)
+    names = [
+        "line", "serial_hash", "serial_ct", "row_hash", "shipped_at", "order_id", "customer",
+        "destination", "carrier", "source", "import_id",
+    ]  # fmt: skip
+    with store.connect() as conn:
+        rows = conn.execute(q).fetchall()
+    frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
+    frame["shipped_at"] = pd.to_datetime(frame["shipped_at"], utc=True, format="ISO8601")
+    return frame
+
+
+def follow_up(store: Store, device_ids: list[str]) -> dict[str, tuple[bytes, str | None]]:
+    """Device id -> (serial ciphertext, the address its accepted activation came from), for
+    the rows an analyst follows up (few)."""
+    from provision.registry.events import among_ids
+    from provision.registry.schema import pairing_events
+    from provision.states import PairingResult
+
+    out: dict[str, tuple[bytes, str | None]] = {}
+    with store.connect() as conn:
+        for i in range(0, len(device_ids), 900):
+            part = device_ids[i : i + 900]
+            q = select(devices.c.id, devices.c.device_id, devices.c.serial_ct).where(
+                store.among(devices.c.device_id, part)
+            )
+            found = {pk: (did, bytes(ct)) for pk, did, ct in conn.execute(q)}
+            ips: dict[int, str | None] = {}
+            if found:
+                pe = pairing_events.c
+                q2 = select(pe.device_pk, pe.ip).where(
+                    among_ids(store, pe.device_pk, list(found)), pe.result == PairingResult.ACCEPTED
+                )
+                ips = {pk: ip for pk, ip in conn.execute(q2)}
+            for pk, (did, ct) in found.items():
+                out[did] = (ct, ips.get(pk))
+    return out
