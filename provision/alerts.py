@@ -14,8 +14,8 @@ devices it touched (a broken one raises audit_chain_broken at once); `audit veri
 each run it makes, and the rule reads those records. dormant_batch is a state, not an event:
 an incremental run evaluates it at most once a day.
 
-An acknowledged alert stays quiet until a run counts more evidence for it; then it is open
-again, and notified again.
+An acknowledged alert stays quiet until new evidence arrives (an event newer than any it has
+seen, a chain break it has not named); then it is open again, and notified again.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import hmac
 import http.client
 import json
 import math
+import re
 import time
 import tomllib
 import urllib.error
@@ -358,6 +359,15 @@ def _overlap(marks: Mapping[str, int]) -> datetime | None:
     return datetime.fromtimestamp(ran, UTC) - OVERLAP if ran else None
 
 
+def break_key(problem: Mapping[str, Any]) -> str:
+    """What makes a chain break the same break on every run: its chain, the entry (not for a
+    checkpoint's, whose numbers are live counts) and its kind of problem, numbers left out (a
+    rolled-back chain that keeps logging is one break, not a new one each night)."""
+    chain = problem.get("chain")
+    seq = "-" if chain == "checkpoint" else problem.get("seq")
+    return f"{chain}#{seq}: {re.sub(r'[0-9]+', 'N', str(problem.get('problem')))}"
+
+
 class _Evaluator:
     def __init__(
         self, registry: Registry, keyring: Keyring, rules: Rules, now: datetime,
@@ -591,8 +601,7 @@ class _Evaluator:
         per: dict[str, list[tuple[int, datetime, str]]] = {}
         for run_id, ran_at, _ok, doc in runs:
             for p in doc.get("problems", []):
-                key = f"{p.get('chain')}#{p.get('seq')}: {p.get('problem')}"
-                per.setdefault(p["device_id"], []).append((run_id, _utc(ran_at), key))
+                per.setdefault(p["device_id"], []).append((run_id, _utc(ran_at), break_key(p)))
         out = []
         for did, found in sorted(per.items()):
             kind = "device"
@@ -631,14 +640,13 @@ class _Evaluator:
             return None
         report = verify_devices(self.registry, self.keyring, pks)
         self.read["devices_verified"] = report.devices
-        # A break already alerted on is not found again by every run that touches the device
-        # (or rereads it in the overlap): `audit verify` runs count it again.
+        # A break already alerted on is not recorded again by every run that touches the
+        # device (or rereads it in the overlap); a new break on the same device is.
         named = {p.device_id for p in report.problems}
         known = self.reads.get(self._id("audit_chain_broken", "device", d) for d in named)
+        seen = {(a.subject, k) for a in known.values() for k in a.evidence.get("problems", [])}
         report.problems = [
-            p
-            for p in report.problems
-            if self._id("audit_chain_broken", "device", p.device_id) not in known
+            p for p in report.problems if (p.device_id, break_key(p.to_json())) not in seen
         ]
         if report.ok:
             return None
@@ -861,7 +869,11 @@ def notify(
             {"event": event, "alert": alert_json(alert), "sent_at": utcnow().isoformat()},
             sort_keys=True,
         ).encode()
-        delivery = _post(url, body, secret, alert.id, event, attempts, backoff, timeout, sleep)
+        try:
+            delivery = _post(url, body, secret, alert.id, event, attempts, backoff, timeout, sleep)
+        except BaseException:
+            registry.alerts.release_delivery(alert.id)  # interrupted: the next run sends it
+            raise
         if not delivery.ok:
             registry.alerts.release_delivery(alert.id)
             if delivery.unreachable:

@@ -126,7 +126,18 @@ def log_action(
     actor: str | None = None,
     now: datetime | None = None,
 ) -> ActionEntry:
-    """Append one action to the device's chain; returns the stored entry."""
+    """Append one action to the device's chain; returns the stored entry.
+
+    A revoked device's log takes no more actions: the attempt is recorded as action.refused
+    (the revoked_device_activity alert reads it) and DeviceError (reason revoked_device) is
+    raised. The status is checked again under the device row's lock, so a revocation that
+    commits meanwhile is honoured too.
+    """
+    when = now or utcnow()
+    refusal = _refusal(device, action_type, ip, actor, when)
+    if device.status == DeviceStatus.REVOKED:
+        registry.events.append_action(device.id, device.device_id, refusal, make_sealer(keyring))
+        raise _revoked(device)
     if not ACTION_TYPE_RE.fullmatch(action_type):
         raise ProvisionError(
             f"action type {action_type!r}: use 1-64 lower-case letters, digits, '_', '.', ':' "
@@ -139,15 +150,33 @@ def log_action(
     meta = canonical_json(metadata or {})
     if len(meta.encode()) > MAX_METADATA_BYTES:
         raise ProvisionError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
-    if device.status == DeviceStatus.REVOKED:
-        # Recorded, as the API records it: the revoked_device_activity alert reads it.
-        record_refused_action(registry, keyring, device, action_type, ip=ip, now=now)
-        raise DeviceError(
-            f"device {device.device_id} is revoked: its log takes no more actions "
-            "(the attempt is recorded as action.refused)"
-        )
-    action = NewAction(action_type, meta, ip, actor, now or utcnow())
-    return registry.events.append_action(device.id, device.device_id, action, make_sealer(keyring))
+    action = NewAction(action_type, meta, ip, actor, when)
+    entry = registry.events.append_action(
+        device.id, device.device_id, action, make_sealer(keyring), when_revoked=refusal
+    )
+    if entry.action_type == SystemAction.ACTION_REFUSED:
+        raise _revoked(device)
+    return entry
+
+
+def _refusal(
+    device: DeviceRecord, action_type: object, ip: str | None, actor: str | None, when: datetime
+) -> NewAction:
+    tried = (
+        action_type
+        if isinstance(action_type, str) and ACTION_TYPE_RE.fullmatch(action_type)
+        else None
+    )
+    meta = canonical_json({"action_type": tried, "reason": Reason.REVOKED_DEVICE.value})
+    return NewAction(SystemAction.ACTION_REFUSED, meta, ip, actor or device.user_id, when)
+
+
+def _revoked(device: DeviceRecord) -> DeviceError:
+    return DeviceError(
+        f"device {device.device_id} is revoked: its log takes no more actions "
+        "(the attempt is recorded as action.refused)",
+        reason=Reason.REVOKED_DEVICE,
+    )
 
 
 def record_refused_action(
@@ -157,18 +186,13 @@ def record_refused_action(
     action_type: object,
     *,
     ip: str | None = None,
+    actor: str | None = None,
     now: datetime | None = None,
 ) -> ActionEntry:
     """A revoked device's token tried to log an action: refused, and recorded in the device's
     chain as action.refused (the revoked_device_activity alert reads it)."""
-    tried = (
-        action_type
-        if isinstance(action_type, str) and ACTION_TYPE_RE.fullmatch(action_type)
-        else None
-    )
-    meta = canonical_json({"action_type": tried, "reason": Reason.REVOKED_DEVICE.value})
-    action = NewAction(SystemAction.ACTION_REFUSED, meta, ip, device.user_id, now or utcnow())
-    return registry.events.append_action(device.id, device.device_id, action, make_sealer(keyring))
+    refusal = _refusal(device, action_type, ip, actor, now or utcnow())
+    return registry.events.append_action(device.id, device.device_id, refusal, make_sealer(keyring))
 
 
 def revoke(

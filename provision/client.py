@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import time
 import urllib.error
 import urllib.parse
@@ -28,6 +29,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http.client import HTTPException
 from typing import Any
 
 __all__ = [
@@ -183,9 +185,10 @@ class _Http:
                     self.sleep(self._delay(attempt, wait))
                     continue
                 raise _error(status, doc, path, wait) from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as exc:
                 reason = getattr(exc, "reason", exc)
-                never_sent = isinstance(reason, ConnectionRefusedError)
+                # Refused, or the name did not resolve: the request never left.
+                never_sent = isinstance(reason, ConnectionRefusedError | socket.gaierror)
                 if (safe or never_sent) and not last:
                     self.sleep(self._delay(attempt, None))
                     continue

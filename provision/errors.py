@@ -88,6 +88,11 @@ class DeviceError(ProvisionError):
 
     kind = "device"
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """The API's reason code where there is one (`revoked_device`), else None."""
+
 
 class RecallError(ProvisionError):
     """A recall cannot be found, made or changed as asked (a name taken, a recall closed)."""

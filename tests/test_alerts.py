@@ -250,13 +250,29 @@ def test_an_incremental_run_verifies_the_chains_it_touches(fleet: Fleet, run_cli
     stored = fleet.registry.alerts.get([alert.id])[alert.id]
     assert (stored.count, len(stored.evidence["audit_runs"])) == (1, 2)
     assert stored.evidence["problems"] == ["actions#1: content changed after it was written"]
-    # A second break on the same device is new evidence.
+    # A second break on the same device is new evidence, found by the next incremental run
+    # that touches the device (no `audit verify` needed).
     with fleet.registry.engine.begin() as conn:
-        conn.execute(text("UPDATE devices SET user_id = 'mallory' WHERE id = :pk"), {"pk": dev.id})
-    assert run_cli("audit", "verify").exit_code == 1
-    again = fleet.evaluate(now=NOW + timedelta(minutes=3))
+        conn.execute(
+            text("UPDATE device_pairing_events SET ip = '6.6.6.6' WHERE device_pk = :pk"),
+            {"pk": dev.id},
+        )
+    log_action(fleet.registry, fleet.keyring, dev, "heartbeat", now=NOW + timedelta(minutes=3))
+    again = fleet.evaluate(now=NOW + timedelta(minutes=4))
     assert again.reopened == [alert.id]
     assert fleet.registry.alerts.get([alert.id])[alert.id].count == 2
+
+
+def test_a_break_is_the_same_break_whatever_its_live_counts() -> None:
+    from provision.alerts import break_key
+
+    def rolled_back(now: int) -> dict[str, Any]:
+        problem = f"the checkpoint recorded 40 entries, the log holds {now}"
+        return {"device_id": "d", "chain": "checkpoint", "seq": now + 1, "problem": problem}
+
+    assert break_key(rolled_back(12)) == break_key(rolled_back(15))
+    entry = {"device_id": "d", "chain": "actions", "seq": 3, "problem": "content changed"}
+    assert break_key(entry) != break_key(entry | {"seq": 4})
 
 
 def test_a_revoked_devices_token_is_refused_recorded_and_alerted(
@@ -516,3 +532,70 @@ def test_stats_cli_prints_json_csv_and_a_table(fleet: Fleet, run_cli: Any) -> No
     assert table[0].split()[:4] == ["GROUP", "REGISTERED", "ACTIVATED", "REVOKED"]
     assert table[1].startswith("sensor") and table[-1].startswith("(all)")
     assert run_cli("stats", "--by", "colour").exit_code == 2
+
+
+def test_a_stale_run_neither_reopens_nor_resends_an_alert(
+    fleet: Fleet, run_cli: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two overlapping runs see the same new evidence: the second, which read the alert
+    before the first saved it, finds it changed, reads again, and sends nothing."""
+    at = T0 + timedelta(days=2)
+    for k in range(20):
+        fleet.scan(JUNK, at + timedelta(seconds=k), ip="198.51.100.7")
+    [alert] = fleet.evaluate().alerts
+    fleet.registry.alerts.acknowledge(alert.id, "ann", "seen", NOW)
+    fleet.scan(JUNK, at + timedelta(seconds=25), ip="198.51.100.7")
+    stale = fleet.registry.alerts.get([alert.id])  # what the slower run read
+    env = {"PROVISION_NOTIFY_BACKOFF": "0"}
+    receiver.fail = 0
+    out = run_cli("alerts", "--notify", receiver.url, "--format", "json", env=env)
+    assert json.loads(out.stdout)["reopened"] == [alert.id] and len(receiver.posts) == 1
+
+    real_get = fleet.registry.alerts.get
+    calls = iter([stale])
+    monkeypatch.setattr(
+        fleet.registry.alerts, "get", lambda ids: next(calls, None) or real_get(ids)
+    )
+    from provision.alerts import notify
+
+    late = fleet.evaluate(now=NOW + timedelta(minutes=1), full=True)
+    assert late.reopened == []
+    assert notify(fleet.registry, fleet.keyring, receiver.url, backoff=0) == []
+    assert len(receiver.posts) == 1
+
+
+def test_an_interrupted_delivery_is_released_for_the_next_run(
+    fleet: Fleet, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import provision.alerts as alerts_module
+
+    at = T0 + timedelta(days=2)
+    for k in range(20):
+        fleet.scan(JUNK, at + timedelta(seconds=k), ip="198.51.100.7")
+    [alert] = fleet.evaluate().alerts
+
+    def interrupted(*_args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(alerts_module, "_post", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        alerts_module.notify(fleet.registry, fleet.keyring, receiver.url)
+    assert fleet.registry.alerts.get([alert.id])[alert.id].notified_at is None
+    monkeypatch.undo()
+    receiver.fail = 0
+    [sent] = alerts_module.notify(fleet.registry, fleet.keyring, receiver.url, backoff=0)
+    assert sent.ok and len(receiver.posts) == 1
+
+
+def test_a_revocation_committed_meanwhile_refuses_the_action(fleet: Fleet) -> None:
+    from provision.errors import DeviceError
+
+    fleet.activate("M09", T0 + timedelta(days=1))
+    loaded = fleet.device("M09")  # an app holds this while support revokes the device
+    revoke(fleet.registry, fleet.keyring, loaded, "stolen", "support", now=T0 + timedelta(days=2))
+    with pytest.raises(DeviceError) as refused:
+        log_action(fleet.registry, fleet.keyring, loaded, "upload", actor="root")
+    assert refused.value.reason == "revoked_device"
+    last = fleet.registry.events.actions_of(loaded.id)[-1]
+    assert (last.action_type, last.actor) == ("action.refused", "root")
+    assert json.loads(last.metadata_json) == {"action_type": "upload", "reason": "revoked_device"}

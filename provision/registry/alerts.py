@@ -96,6 +96,30 @@ class NewRows:
     top: dict[str, int]
 
 
+EVIDENCE_KEPT = 50  # newest ids an alert keeps, per kind
+
+
+def _figures(f: Finding, old: AlertRecord | None, now: datetime) -> dict[str, Any]:
+    """The columns a finding sets: with a stored alert, its span and count only grow, and its
+    evidence is merged kind by kind (the newest kept), so a pass over less history loses
+    nothing; a state's (a dormant batch's devices) is replaced."""
+    evidence = dict(f.evidence)
+    if old is not None:
+        for kind, ids in old.evidence.items():
+            if kind == "devices":
+                evidence.setdefault(kind, ids)
+            else:
+                evidence[kind] = sorted(set(ids) | set(evidence.get(kind, [])))[-EVIDENCE_KEPT:]
+    return {
+        "severity": f.severity,
+        "first_seen": min(f.first_seen, old.first_seen) if old else f.first_seen,
+        "last_seen": max(f.last_seen, old.last_seen) if old else f.last_seen,
+        "count": max(f.count, old.count) if old else f.count,
+        "evidence_json": json.dumps(evidence, sort_keys=True),
+        "updated_at": now,
+    }
+
+
 def new_evidence(old: AlertRecord, finding: Finding) -> bool:
     """Whether FINDING shows what the stored alert had not seen: an event newer than its
     newest (ids grow with time), a chain break it did not name (not merely another audit run
@@ -189,41 +213,42 @@ class Alerts:
         stored = self.get(f.id for f in findings)
         with self._store.begin() as conn:
             for f in findings:
-                values = {
-                    "severity": f.severity,
-                    "first_seen": f.first_seen,
-                    "last_seen": f.last_seen,
-                    "count": f.count,
-                    "evidence_json": json.dumps(f.evidence, sort_keys=True),
-                    "updated_at": now,
-                }
                 old = stored.get(f.id)
                 if old is None:
                     row: dict[str, Any] = {"id": f.id, "rule": f.rule, "subject": f.subject}
-                    row |= {"subject_kind": f.subject_kind, "status": AlertStatus.OPEN, **values}
+                    row |= {"subject_kind": f.subject_kind, "status": AlertStatus.OPEN}
+                    row |= _figures(f, None, now)
                     if self._insert_new(conn, row):
                         raised.append(f.id)
                         continue
-                    found = conn.execute(select(alerts).where(alerts.c.id == f.id)).first()
-                    assert found is not None
-                    old = AlertRecord.from_row(found)
-                fresh = new_evidence(old, f)
-                grew = f.count > old.count or (f.count == old.count and f.evidence != old.evidence)
-                if not (fresh or grew):
-                    continue  # a pass over less history: it knows less than is stored
-                values |= {
-                    "first_seen": min(f.first_seen, old.first_seen),
-                    "last_seen": max(f.last_seen, old.last_seen),
-                    "count": max(f.count, old.count),
-                }
-                if fresh and old.status == AlertStatus.ACKNOWLEDGED:
-                    values |= {"status": AlertStatus.OPEN, "notified_at": None}
-                    reopened.append(f.id)
-                else:
-                    grown.append(f.id)
-                conn.execute(update(alerts).where(alerts.c.id == f.id).values(**values))
+                    old = self._reread(conn, f.id)
+                # Optimistic: the UPDATE holds only if the row is as read (updated_at); another
+                # run or an `ack` meanwhile makes it read again and decide again.
+                for _ in range(5):
+                    fresh = new_evidence(old, f)
+                    same = f.count == old.count and f.evidence == old.evidence
+                    if not fresh and (f.count < old.count or same):
+                        break  # a pass over less history: it knows less than is stored
+                    values = _figures(f, old, now)
+                    reopen = fresh and old.status == AlertStatus.ACKNOWLEDGED
+                    if reopen:
+                        values |= {"status": AlertStatus.OPEN, "notified_at": None}
+                    done = conn.execute(
+                        update(alerts)
+                        .where(alerts.c.id == f.id, alerts.c.updated_at == old.updated_at)
+                        .values(**values)
+                    )
+                    if done.rowcount:
+                        (reopened if reopen else grown).append(f.id)
+                        break
+                    old = self._reread(conn, f.id)
             self._set_marks(conn, marks, now)
         return Saved(raised, reopened, grown)
+
+    def _reread(self, conn: Connection, alert_id: str) -> AlertRecord:
+        found = conn.execute(select(alerts).where(alerts.c.id == alert_id)).first()
+        assert found is not None
+        return AlertRecord.from_row(found)
 
     def _insert_new(self, conn: Connection, row: dict[str, Any]) -> bool:
         """INSERT ... ON CONFLICT DO NOTHING; False when the id is stored already."""

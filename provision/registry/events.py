@@ -192,11 +192,18 @@ class Events:
                 return moved
 
     def append_action(
-        self, device_pk: int, device_id: str, action: NewAction, sealer: Sealer
+        self,
+        device_pk: int,
+        device_id: str,
+        action: NewAction,
+        sealer: Sealer,
+        *,
+        when_revoked: NewAction | None = None,
     ) -> ActionEntry:
-        """Append ACTION to the device's chain; returns the stored entry."""
+        """Append ACTION to the device's chain; returns the stored entry. With WHEN_REVOKED,
+        that is appended instead when the device is revoked (checked under its row lock)."""
         with self._store.begin() as conn:
-            entry = _append_action(conn, device_pk, device_id, action, sealer)
+            entry = _append_action(conn, device_pk, device_id, action, sealer, when_revoked)
             _reseal(conn, device_pk, sealer)
         return entry
 
@@ -403,17 +410,25 @@ def _append_chunk(
 
 
 def _append_action(
-    conn: Connection, device_pk: int, device_id: str, action: NewAction, sealer: Sealer
+    conn: Connection,
+    device_pk: int,
+    device_id: str,
+    action: NewAction,
+    sealer: Sealer,
+    when_revoked: NewAction | None = None,
 ) -> ActionEntry:
-    """Append ACTION to the device's chain in CONN's transaction, head updated (not the seal)."""
+    """Append ACTION to the device's chain in CONN's transaction, head updated (not the seal);
+    WHEN_REVOKED instead, if given and the device is revoked under the row lock."""
     # Bumping the counter first takes the device row's write lock (PostgreSQL) or the database
     # write lock (SQLite): concurrent appends to one device queue up here.
-    seq = conn.execute(
+    seq, status = conn.execute(
         update(devices)
         .where(devices.c.id == device_pk)
         .values(action_count=devices.c.action_count + 1)
-        .returning(devices.c.action_count)
-    ).scalar_one()
+        .returning(devices.c.action_count, devices.c.status)
+    ).one()
+    if when_revoked is not None and status == DeviceStatus.REVOKED:
+        action = when_revoked
     prev: str | None = genesis_hash(device_id)
     if seq > 1:
         prev = conn.execute(

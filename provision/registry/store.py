@@ -35,7 +35,8 @@ def aware(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything provision stores is UTC."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value
+    # PostgreSQL gives the session's time zone: provision speaks UTC whatever the server's.
+    return value.astimezone(UTC) if value is not None else None
 
 
 class Store:

@@ -9,7 +9,7 @@ from flask import Blueprint, jsonify, request
 
 from provision.activation import ActivationRejected, activate, authenticate, device_of_token
 from provision.audit import log_action, owner_history, record_refused_action
-from provision.errors import ProvisionError, RegistryError
+from provision.errors import DeviceError, ProvisionError, RegistryError
 from provision.registry import DeviceRecord
 from provision.states import DeviceStatus, Reason
 from provision.web.activation.reasons import refused_api
@@ -101,6 +101,10 @@ def api_log_action(device_id: str) -> Any:
         )
     except RegistryError:
         raise
+    except DeviceError as exc:
+        if exc.reason == Reason.REVOKED_DEVICE:  # revoked meanwhile: refused and recorded
+            return unauthorized()
+        return api_error("bad_request", 400, str(exc))
     except ProvisionError as exc:
         return api_error("bad_request", 400, str(exc))
     return jsonify({"action_id": entry.id, "seq": entry.seq, "device_id": device.device_id}), 201
