@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -146,6 +147,8 @@ def main() -> int:
         for p in (db, keyring_path):
             p.unlink(missing_ok=True)
         url = f"sqlite:///{db}"
+    for report in ("stored", "file", "out"):  # a kept folder's earlier reports
+        shutil.rmtree(work / report, ignore_errors=True)
     try:
         keyring_path.unlink(missing_ok=True)
         init_keyring(keyring_path)
