@@ -416,8 +416,9 @@ def test_since_limits_a_full_pass_to_the_events_after_it(fleet: Fleet, tmp_path:
 class Receiver:
     """A real HTTP server on a free port: answers 503 to the first FAIL posts, then 204."""
 
-    def __init__(self, fail: int = 0) -> None:
+    def __init__(self, fail: int = 0, status: int = 503) -> None:
         self.fail = fail
+        self.status = status  # what a failing post gets: 503, or 302 to a page elsewhere
         self.posts: list[tuple[dict[str, str], bytes]] = []
         receiver = self
 
@@ -425,8 +426,16 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.posts.append((dict(self.headers), body))
-                code = 503 if len(receiver.posts) <= receiver.fail else 204
+                code = receiver.status if len(receiver.posts) <= receiver.fail else 204
                 self.send_response(code)
+                if code == 302:
+                    self.send_header("Location", "/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:  # where a followed redirect would land
+                receiver.posts.append((dict(self.headers), b"GET"))
+                self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -599,3 +608,56 @@ def test_a_revocation_committed_meanwhile_refuses_the_action(fleet: Fleet) -> No
     last = fleet.registry.events.actions_of(loaded.id)[-1]
     assert (last.action_type, last.actor) == ("action.refused", "root")
     assert json.loads(last.metadata_json) == {"action_type": "upload", "reason": "revoked_device"}
+
+
+def test_a_redirect_is_a_failure_and_a_receiver_down_stops_the_run(
+    fleet: Fleet, run_cli: Any
+) -> None:
+    at = T0 + timedelta(days=2)
+    for ip in ("198.51.100.7", "198.51.100.8"):
+        for k in range(20):
+            fleet.scan(JUNK, at + timedelta(seconds=k), ip=ip)
+    fleet.evaluate()
+    env = {"PROVISION_NOTIFY_BACKOFF": "0"}
+    moved = Receiver(fail=10, status=302)
+    try:
+        out = run_cli("alerts", "--notify", moved.url, "--fail-on", "warning", env=env)
+    finally:
+        moved.close()
+    # Not followed (no GET), not retried, reported; and exit 3 from --fail-on wins over it.
+    assert [body for _, body in moved.posts] != [] and b"GET" not in [b for _, b in moved.posts]
+    assert len(moved.posts) == 2 and out.exit_code == 3
+    assert out.stderr.count("HTTP 302 after 1 attempt") == 2
+    assert "2 alerts not delivered to http://127.0.0.1:" in out.stderr
+    assert "2 open alerts at warning or above" in out.stderr
+
+    down = Receiver()
+    down.close()  # nothing listens on its port now
+    out = run_cli("alerts", "--notify", down.url, env=env)
+    assert out.exit_code == 1
+    assert "after 4 attempts" in out.stderr  # the first alert: tried, retried
+    assert "not tried: the receiver was unreachable after 0 attempts" in out.stderr
+
+
+def test_two_runs_inserting_the_same_new_alert_is_no_error(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = T0 + timedelta(days=2)
+    for k in range(20):
+        fleet.scan(JUNK, at + timedelta(seconds=k), ip="198.51.100.7")
+    [first] = fleet.evaluate().alerts
+    # The other run read before the first stored it: it believes the alert is new.
+    monkeypatch.setattr(fleet.registry.alerts, "get", lambda ids: {})
+    again = fleet.evaluate(full=True, now=NOW + timedelta(minutes=1))
+    assert again.raised == [] and [a.id for a in again.alerts] == [first.id]
+
+
+def test_log_on_a_revoked_device_is_refused_and_recorded(fleet: Fleet, run_cli: Any) -> None:
+    fleet.activate("M11", T0 + timedelta(days=1))
+    dev = fleet.device("M11")
+    assert run_cli("revoke", dev.device_id, "--reason", "stolen").exit_code == 0
+    out = run_cli("log", dev.device_id, "firmware.update")
+    assert out.exit_code == 1
+    assert f"device {dev.device_id} is revoked: its log takes no more actions" in out.stderr
+    last = fleet.registry.events.actions_of(dev.id)[-1]
+    assert last.action_type == "action.refused"

@@ -256,8 +256,9 @@ class Alerts:
             from sqlalchemy.dialects.postgresql import insert as upsert
         else:
             from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
-        done = conn.execute(upsert(alerts).values(**row).on_conflict_do_nothing())
-        return bool(done.rowcount)
+        # RETURNING says whether a row went in: psycopg reports no rowcount for this INSERT.
+        statement = upsert(alerts).values(**row).on_conflict_do_nothing().returning(alerts.c.id)
+        return conn.execute(statement).first() is not None
 
     def claim_delivery(self, alert_id: str, now: datetime) -> bool:
         """Mark the alert as being delivered, unless another run has (or has delivered it)."""
