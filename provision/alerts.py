@@ -41,6 +41,7 @@ from typing import Any
 
 from provision.errors import AlertError, ConfigError
 from provision.keys import Keyring
+from provision.periods import moment
 from provision.registry import Registry, utcnow
 from provision.registry.alerts import AlertRecord, Finding, NewRows
 from provision.states import AlertSeverity, AlertStatus, PairingResult, Reason, SystemAction
@@ -312,7 +313,7 @@ def evaluate_alerts(
     """
     rules = rules or load_rules(None)
     now = now or utcnow()
-    start = _start(since)
+    start = moment(since)
     marks = registry.alerts.marks()
     ev = _Evaluator(registry, keyring, rules, now, start)
     if full or start is not None or not marks:
@@ -341,14 +342,6 @@ _RANK = {AlertSeverity.INFO: 0, AlertSeverity.WARNING: 1, AlertSeverity.CRITICAL
 
 def severity_at_least(severity: str, level: str) -> bool:
     return _RANK[AlertSeverity(severity)] >= _RANK[AlertSeverity(level)]
-
-
-def _start(since: datetime | date | None) -> datetime | None:
-    if since is None:
-        return None
-    if not isinstance(since, datetime):
-        return datetime(since.year, since.month, since.day, tzinfo=UTC)
-    return since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)
 
 
 def _overlap(marks: Mapping[str, int]) -> datetime | None:

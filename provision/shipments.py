@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pandas as pd
 from provision.errors import UsageError
 from provision.keys import Keyring
 from provision.manifests import LINE, SHIPMENTS, read_manifest, write_rejects
+from provision.periods import moment
 from provision.registry import Registry, utcnow
 from provision.registry.shipments import ImportRecord, ShipmentRecord
 from provision.serials import decrypt_serial, encrypt_serial, serial_hash, shipment_row_hash
@@ -207,7 +208,7 @@ def list_shipments(
 ) -> ShipmentList:
     """The stored shipments from SOURCE shipped since SINCE: their count and the newest LIMIT
     (serials decrypted with the keyring, when given)."""
-    start = _moment(since)
+    start = moment(since)
     found = registry.shipments.listed(source, start, limit)
     return ShipmentList(
         registry.shipments.count(source, start),
@@ -215,16 +216,6 @@ def list_shipments(
         registry.shipments.imports(source),
         registry.shipments.sources() if source is None else {},
     )
-
-
-def _moment(value: date | datetime | None) -> datetime | None:
-    from datetime import UTC
-
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.combine(value, time.min, UTC)
 
 
 def _shipment_json(s: ShipmentRecord, keyring: Keyring | None) -> dict[str, Any]:

@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
 from provision.errors import UsageError
+from provision.periods import moment
 from provision.registry import Registry
 from provision.registry import stats as q
 
@@ -113,16 +114,6 @@ class FleetStats:
             "totals": self.totals.to_json(),
             "unattached_scans": dict(sorted(self.unattached_scans.items())),
         }
-
-
-def moment(value: date | datetime | None, *, end: bool = False) -> datetime | None:
-    """A period's bound in UTC; a date-only END includes that whole day."""
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    start = datetime.combine(value, time.min, UTC)
-    return start + timedelta(days=1) if end else start
 
 
 def fleet_stats(

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -155,6 +156,25 @@ class Millimetres(click.ParamType):
 
 
 MILLIMETRES = Millimetres()
+
+
+class _Date(click.DateTime):
+    """A date or a date-time (UTC), shown as DATE in help."""
+
+    name = "date"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "DATE"
+
+
+DATE = _Date(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"])
+
+
+def typed_day(value: datetime | None) -> date | datetime | None:
+    """A date typed alone is that day (UTC); with a time, that moment (UTC)."""
+    if value is None:
+        return None
+    return value.date() if value.time() == datetime.min.time() else value
 
 
 def json_option(f: F) -> F:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import click
 
 from provision.cli.common import (
+    DATE,
     ProvisionGroup,
     Settings,
     emit,
@@ -18,28 +19,10 @@ from provision.cli.common import (
     json_option,
     operator,
     pass_settings,
+    typed_day,
 )
 from provision.errors import FailOnHit, NotifyFailed
 from provision.text import escape_control, formula_safe, plural
-
-
-class _Date(click.DateTime):
-    """A date or a date-time (UTC), shown as DATE in help."""
-
-    name = "date"
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "DATE"
-
-
-DATE = _Date(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"])
-
-
-def _day(value: datetime | None) -> date | datetime | None:
-    """A date typed alone is that day (UTC); with a time, that moment (UTC)."""
-    if value is None:
-        return None
-    return value.date() if value.time() == datetime.min.time() else value
 
 
 @click.command("stats")
@@ -83,7 +66,7 @@ def stats(
 
     from provision.stats import CSV_COLUMNS, csv_row, fleet_stats
 
-    result = fleet_stats(settings.registry(), by, since=_day(since), until=_day(until))
+    result = fleet_stats(settings.registry(), by, since=typed_day(since), until=typed_day(until))
     fmt = "json" if as_json else fmt
     if fmt == "json":
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -198,7 +181,7 @@ def alerts(
 
         check_webhook_url(notify_url)
     registry, keyring = settings.registry_with_keyring()
-    run = evaluate_alerts(registry, keyring, rules=rules, full=full, since=_day(since))
+    run = evaluate_alerts(registry, keyring, rules=rules, full=full, since=typed_day(since))
     failed: list[str] = []
     delivered = 0
     if notify_url:

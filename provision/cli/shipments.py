@@ -9,6 +9,7 @@ import click
 
 from provision.categories import CATEGORY_NAMES
 from provision.cli.common import (
+    DATE,
     ProvisionGroup,
     Settings,
     csv_choice,
@@ -18,6 +19,7 @@ from provision.cli.common import (
     pass_settings,
     progress_bar,
     quiet_option,
+    typed_day,
 )
 from provision.errors import FailOnHit, RowsRejected
 from provision.text import escape_control, plural
@@ -206,11 +208,7 @@ def shipments_import(
 
 @shipments.command("list")
 @click.option("--source", help="Only shipments from this source.")
-@click.option(
-    "--since",
-    type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
-    help="Only shipments shipped at or after DATE (UTC).",
-)
+@click.option("--since", type=DATE, help="Only shipments shipped at or after DATE (UTC).")
 @click.option(
     "--limit",
     type=click.IntRange(0, 100_000),
@@ -232,8 +230,7 @@ def shipments_list(
     from provision.shipments import list_shipments
 
     registry, keyring = settings.registry_with_keyring()
-    day = since.date() if since is not None and since.time() == since.min.time() else since
-    found = list_shipments(registry, keyring, source=source, since=day, limit=limit)
+    found = list_shipments(registry, keyring, source=source, since=typed_day(since), limit=limit)
     lines = [
         f"{found.count:,} shipments stored"
         + (f" from {source}" if source else "")

@@ -11,7 +11,7 @@ it read.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,11 +30,10 @@ from provision.registry.schema import (
     devices,
     pairing_events,
 )
-from provision.registry.store import Store, aware
+from provision.registry.store import Store, aware, chunks
 from provision.states import AlertStatus, DeviceStatus, PairingResult, Reason, SystemAction
 
 MARKS = ("pairing_events", "actions", "audit_runs", "dormant_day")
-_CHUNK = 900  # values per IN (...) on SQLite; PostgreSQL binds one array
 
 
 @dataclass(frozen=True)
@@ -145,6 +144,10 @@ class Alerts:
     def __init__(self, store: Store) -> None:
         self._store = store
 
+    def _chunks(self, items: Iterable[Any]) -> Iterator[list[Any]]:
+        """ITEMS a statement's worth at a time (the store's lookup chunk)."""
+        return chunks(items, self._store.lookup_chunk)
+
     # -- state ---------------------------------------------------------------------------------
 
     def marks(self) -> dict[str, int]:
@@ -166,8 +169,8 @@ class Alerts:
         wanted = sorted(set(ids))
         found: dict[str, AlertRecord] = {}
         with self._store.connect() as conn:
-            for i in range(0, len(wanted), _CHUNK):
-                q = select(alerts).where(self._store.among(alerts.c.id, wanted[i : i + _CHUNK]))
+            for part in self._chunks(wanted):
+                q = select(alerts).where(self._store.among(alerts.c.id, part))
                 for row in conn.execute(q):
                     found[row.id] = AlertRecord.from_row(row)
         return found
@@ -252,12 +255,9 @@ class Alerts:
 
     def _insert_new(self, conn: Connection, row: dict[str, Any]) -> bool:
         """INSERT ... ON CONFLICT DO NOTHING; False when the id is stored already."""
-        if self._store.is_postgresql:
-            from sqlalchemy.dialects.postgresql import insert as upsert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
         # RETURNING says whether a row went in: psycopg reports no rowcount for this INSERT.
-        statement = upsert(alerts).values(**row).on_conflict_do_nothing().returning(alerts.c.id)
+        statement = self._store.insert_ignoring(alerts).values(**row)
+        statement = statement.on_conflict_do_nothing().returning(alerts.c.id)
         return conn.execute(statement).first() is not None
 
     def claim_delivery(self, alert_id: str, now: datetime) -> bool:
@@ -479,7 +479,7 @@ class Alerts:
         with self._store.connect() as conn:
             if pks is None:
                 return [tuple(r) for r in conn.execute(q)]
-            for part in _chunks(list(pks)):
+            for part in self._chunks(pks):
                 rows += [
                     tuple(r) for r in conn.execute(q.where(among_ids(self._store, d.id, part)))
                 ]
@@ -522,7 +522,7 @@ class Alerts:
         pe = pairing_events.c
         rows: list[tuple[Any, ...]] = []
         with self._store.connect() as conn:
-            for part in _chunks(list(ips)):
+            for part in self._chunks(ips):
                 q = select(pe.id, pe.ip, pe.occurred_at, pe.device_pk).where(
                     self._store.among(pe.ip, part)
                 )
@@ -543,7 +543,7 @@ class Alerts:
         d, pe = devices.c, pairing_events.c
         rows: list[tuple[Any, ...]] = []
         with self._store.connect() as conn:
-            for part in _chunks(list(users)):
+            for part in self._chunks(users):
                 q = (
                     select(pe.id, func.lower(d.user_id), d.activated_at, d.id)
                     .select_from(
@@ -570,7 +570,7 @@ class Alerts:
         pe, d = pairing_events.c, devices.c
         rows: list[tuple[Any, ...]] = []
         with self._store.connect() as conn:
-            for part in _chunks(list(pks)):
+            for part in self._chunks(pks):
                 q = (
                     select(pe.id, pe.device_pk, d.device_id, pe.occurred_at, pe.ip, pe.fingerprint)
                     .select_from(pairing_events.join(devices, devices.c.id == pe.device_pk))
@@ -594,7 +594,7 @@ class Alerts:
         pe, al, d = pairing_events.c, action_log.c, devices.c
         out: list[tuple[str, str, int, datetime]] = []
         with self._store.connect() as conn:
-            for part in _chunks(list(pks)):
+            for part in self._chunks(pks):
                 q1 = (
                     select(d.device_id, pe.id, pe.occurred_at)
                     .select_from(pairing_events.join(devices, d.id == pe.device_pk))
@@ -619,14 +619,9 @@ class Alerts:
         pe = pairing_events.c
         found: dict[int, int] = {}
         with self._store.connect() as conn:
-            for part in _chunks(list(pks)):
+            for part in self._chunks(pks):
                 q = select(pe.device_pk, pe.id).where(
                     among_ids(self._store, pe.device_pk, part), pe.result == PairingResult.ACCEPTED
                 )
                 found |= {int(pk): int(i) for pk, i in conn.execute(q)}
         return found
-
-
-def _chunks(items: list[Any]) -> Iterable[list[Any]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import String, select, type_coerce
 
 from provision.registry.schema import batches, devices
-from provision.registry.store import Store
+from provision.registry.store import Store, chunks
 
 
 def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
@@ -115,8 +115,7 @@ def follow_up(store: Store, device_ids: list[str]) -> dict[str, tuple[bytes, str
 
     out: dict[str, tuple[bytes, str | None]] = {}
     with store.connect() as conn:
-        for i in range(0, len(device_ids), 900):
-            part = device_ids[i : i + 900]
+        for part in chunks(device_ids, store.lookup_chunk):
             q = select(devices.c.id, devices.c.device_id, devices.c.serial_ct).where(
                 store.among(devices.c.device_id, part)
             )

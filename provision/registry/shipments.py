@@ -74,10 +74,6 @@ class Shipments:
     ) -> ImportRecord:
         """Record an import and store its new rows (each a dict of the shipments columns but
         import_id), all in one transaction."""
-        if self._store.is_postgresql:
-            from sqlalchemy.dialects.postgresql import insert as upsert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as upsert  # type: ignore[assignment]
         with self._store.begin() as conn:
             import_id = conn.execute(
                 insert(shipment_imports)
@@ -92,7 +88,9 @@ class Shipments:
                 )
                 .returning(shipment_imports.c.id)
             ).scalar_one()
-            statement = upsert(shipments).on_conflict_do_nothing(index_elements=["row_hash"])
+            statement = self._store.insert_ignoring(shipments).on_conflict_do_nothing(
+                index_elements=["row_hash"]
+            )
             for chunk in chunks:
                 if chunk:
                     conn.execute(statement, [r | {"import_id": import_id} for r in chunk])

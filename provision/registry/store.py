@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import String, Table, any_, bindparam, create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -158,6 +158,17 @@ class Store:
             from sqlalchemy import insert
 
             conn.execute(insert(table), rows)
+
+    def insert_ignoring(self, table: Table) -> Any:
+        """`INSERT ... ON CONFLICT DO NOTHING` into TABLE, in the dialect's own words (append
+        `.on_conflict_do_nothing(...)` targets with RETURNING to tell what went in)."""
+        if self.is_postgresql:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
 
     def bulk_pragmas(self, conn: Connection) -> None:
         if self.is_sqlite:
@@ -370,8 +381,11 @@ def _create_private(path: Path) -> None:
     os.close(fd)
 
 
-def chunks(items: Sequence[str] | Iterable[str], size: int) -> Iterator[list[str]]:
-    buf: list[str] = []
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T] | Iterable[T], size: int) -> Iterator[list[T]]:
+    buf: list[T] = []
     for item in items:
         buf.append(item)
         if len(buf) == size:

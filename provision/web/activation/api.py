@@ -56,12 +56,17 @@ def api_activate() -> Any:
     ), 201
 
 
+def bearer_token() -> str | None:
+    """The token of an `Authorization: Bearer TOKEN` header, else None."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def bearer_device(device_id: str, *, revoked: bool = False) -> DeviceRecord | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer":
+    token = bearer_token()
+    if token is None:
         return None
-    return authenticate(services().registry, device_id, token.strip(), revoked=revoked)
+    return authenticate(services().registry, device_id, token, revoked=revoked)
 
 
 def unauthorized() -> Any:
@@ -112,11 +117,7 @@ def api_log_action(device_id: str) -> Any:
 
 def api_device() -> Any:
     """The device the bearer token belongs to: how a device app learns its own id."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    device = (
-        device_of_token(services().registry, token.strip()) if scheme.lower() == "bearer" else None
-    )
+    device = device_of_token(services().registry, bearer_token())
     if device is None:
         return unauthorized()
     return jsonify(
