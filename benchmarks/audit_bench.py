@@ -37,6 +37,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bulk import Writer  # noqa: E402
 
 from provision.audit import make_sealer  # noqa: E402
 from provision.chain import genesis_hash, pairing_genesis, stamp  # noqa: E402
@@ -48,47 +51,6 @@ GOAL_S = 120.0
 CHUNK = 50_000
 PROVISION = str(Path(sys.executable).with_name("provision"))
 ACTIONS = ("firmware.update", "config.change", "diagnostics", "heartbeat", "support:ticket")
-
-
-def _text_stamp(when: datetime) -> str:
-    """SQLAlchemy's SQLite storage form of a UTC datetime."""
-    return when.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-class Writer:
-    """Bulk rows into the registry: executemany on SQLite, COPY on PostgreSQL."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-        self.pg = registry.is_postgresql
-        self.raw = registry.engine.raw_connection()
-
-    def stamp(self, when: datetime) -> Any:
-        return when if self.pg else _text_stamp(when)
-
-    def rows(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-        cur = self.raw.cursor()
-        if self.pg:
-            with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row(r)
-        else:
-            marks = ", ".join("?" * len(columns))
-            cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
-        cur.close()
-
-    def execute(self, sql: str, params: list[tuple[Any, ...]]) -> None:
-        cur = self.raw.cursor()
-        if self.pg:
-            sql = sql.replace("?", "%s")
-        cur.executemany(sql, params)
-        cur.close()
-
-    def commit(self) -> None:
-        self.raw.commit()
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def build(registry: Registry, keyring: Any, n: int, actions: int) -> None:

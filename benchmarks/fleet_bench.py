@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,10 +34,13 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bulk import Writer, bench_registry  # noqa: E402
 
 from provision.audit import make_sealer  # noqa: E402
 from provision.chain import UNATTACHED, canonical_json, genesis_hash, pairing_genesis  # noqa: E402
-from provision.keys import Keyring, init_keyring, load_keyring  # noqa: E402
+from provision.keys import Keyring  # noqa: E402
 from provision.registry import Registry  # noqa: E402
 from provision.serials import device_id, encrypt_serial, serial_hash  # noqa: E402
 
@@ -49,38 +51,6 @@ END = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
 USAGE = ("heartbeat", "firmware.update", "config.change", "diagnostics", "reboot")
 TYPES = ("thermostat", "sensor", "gateway")
 JUNK = ("forged", "malformed", "unknown_key")
-
-
-class Writer:
-    """Bulk rows: executemany on SQLite, COPY on PostgreSQL (as audit_bench.py)."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.pg = registry.is_postgresql
-        self.raw = registry.engine.raw_connection()
-
-    def stamp(self, when: datetime | None) -> Any:
-        if when is None or self.pg:
-            return when
-        return when.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-    def rows(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-        cur = self.raw.cursor()
-        if self.pg:
-            with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row(r)
-        else:
-            marks = ", ".join("?" * len(columns))
-            cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
-        cur.close()
-
-    def sql(self, statement: str, params: tuple[Any, ...] = ()) -> None:
-        cur = self.raw.cursor()
-        cur.execute(statement.replace("?", "%s") if self.pg else statement, params)
-        cur.close()
-
-    def commit(self) -> None:
-        self.raw.commit()
 
 
 DEVICE_COLS = [
@@ -233,35 +203,15 @@ def main() -> int:
     args = ap.parse_args()
     n = args.devices
     events, actions = args.events or 2 * n, args.actions or 10 * n
-    work = args.keep or Path(tempfile.mkdtemp(prefix="provision-fleet-"))
-    work.mkdir(parents=True, exist_ok=True)
-    keyring_path = work / "keyring.json"
-    cluster = None
-    if args.postgres:
-        from tests.pgcluster import PostgresCluster
-
-        cluster = PostgresCluster()
-        cluster.start()
-        url, fresh = cluster.create_database("fleet"), True
-    else:
-        db = work / "registry.db"
-        url, fresh = f"sqlite:///{db}", not db.exists()
-    try:
-        if fresh and keyring_path.exists():
-            keyring_path.unlink()
-        if not keyring_path.exists():
-            init_keyring(keyring_path)
-        keyring = load_keyring(keyring_path)
-        registry = Registry(url, keyring=keyring)
-        if fresh:
-            print(f"building {n:,} devices, {events:,} attempts, {actions:,} actions in {work}")
+    with bench_registry(args.postgres, args.keep, "fleet") as bench:
+        if bench.fresh:
+            print(
+                f"building {n:,} devices, {events:,} attempts, {actions:,} actions in {bench.work}"
+            )
             t = time.perf_counter()
-            build(registry, keyring, n, events, actions)
+            build(bench.registry, bench.keyring, n, events, actions)
             print(f"  set-up {time.perf_counter() - t:.1f} s\n")
-        return measure(registry, keyring, "PostgreSQL" if args.postgres else "SQLite")
-    finally:
-        if cluster is not None:
-            cluster.stop()
+        return measure(bench.registry, bench.keyring, bench.db)
 
 
 def measure(registry: Registry, keyring: Keyring, db: str) -> int:

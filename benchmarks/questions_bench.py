@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -36,9 +35,12 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bulk import Writer, bench_registry  # noqa: E402
 
 from provision.audit import make_sealer  # noqa: E402
-from provision.keys import Keyring, init_keyring, load_keyring  # noqa: E402
+from provision.keys import Keyring  # noqa: E402
 from provision.payload import payload_url, sign_token  # noqa: E402
 from provision.registry import Registry  # noqa: E402
 from provision.serials import (  # noqa: E402
@@ -63,34 +65,6 @@ COMPONENTS = (
 
 def serial_of(i: int) -> str:
     return f"QB{i:09d}"
-
-
-class Writer:
-    """Bulk rows: executemany on SQLite, COPY on PostgreSQL (see audit_bench.py)."""
-
-    def __init__(self, registry: Registry) -> None:
-        self.pg = registry.is_postgresql
-        self.raw = registry.engine.raw_connection()
-
-    def stamp(self, when: datetime) -> Any:
-        return when if self.pg else when.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-    def rows(self, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-        cur = self.raw.cursor()
-        if self.pg:
-            with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row(r)
-        else:
-            marks = ", ".join("?" * len(columns))
-            cur.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})", rows)
-        cur.close()
-
-    def commit(self) -> None:
-        self.raw.commit()
-
-    def close(self) -> None:
-        self.raw.close()
 
 
 def build(registry: Registry, keyring: Keyring, n: int) -> None:
@@ -180,35 +154,13 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     n = args.devices
-    work = args.keep or Path(tempfile.mkdtemp(prefix="provision-questions-"))
-    work.mkdir(parents=True, exist_ok=True)
-    keyring_path = work / "keyring.json"
-    cluster = None
-    if args.postgres:
-        from tests.pgcluster import PostgresCluster
-
-        cluster = PostgresCluster()
-        cluster.start()
-        url, fresh = cluster.create_database("questions"), True
-    else:
-        db = work / "registry.db"
-        url, fresh = f"sqlite:///{db}", not db.exists()
-    try:
-        if fresh and keyring_path.exists():
-            keyring_path.unlink()
-        if not keyring_path.exists():
-            init_keyring(keyring_path)
-        keyring = load_keyring(keyring_path)
-        registry = Registry(url, keyring=keyring)
-        if fresh:
-            print(f"building {n:,} devices, {4 * n:,} components in {work} ...")
+    with bench_registry(args.postgres, args.keep, "questions") as bench:
+        if bench.fresh:
+            print(f"building {n:,} devices, {4 * n:,} components in {bench.work} ...")
             t = time.perf_counter()
-            build(registry, keyring, n)
+            build(bench.registry, bench.keyring, n)
             print(f"  set-up {time.perf_counter() - t:.1f} s\n")
-        return measure(registry, keyring, n, args.runs, "PostgreSQL" if args.postgres else "SQLite")
-    finally:
-        if cluster is not None:
-            cluster.stop()
+        return measure(bench.registry, bench.keyring, n, args.runs, bench.db)
 
 
 def measure(registry: Registry, keyring: Keyring, n: int, runs: int, db: str) -> int:

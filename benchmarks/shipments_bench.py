@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fleet_bench import DEVICE_COLS, Writer  # noqa: E402
+from bulk import Writer  # noqa: E402
+from fleet_bench import DEVICE_COLS  # noqa: E402
 
 from provision.audit import make_sealer  # noqa: E402
 from provision.keys import init_keyring, load_keyring  # noqa: E402
