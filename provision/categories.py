@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 
@@ -45,6 +46,9 @@ class ReconcileResult:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
     aging: dict[str, int] = field(default_factory=dict)
     days_to_activation: dict[str, float | None] = field(default_factory=dict)
+    # Days from shipping to activation of every matched device (frames may hold only the
+    # first rows of each category, when the report was built a part at a time).
+    matched_days: np.ndarray | None = field(default=None, repr=False)
     since: date | None = None
     until: date | None = None
     batch: str | None = None

@@ -69,6 +69,9 @@ _END = "\x01"  # appended to every line by the fast reader: marks where a record
 # one with a probability of about 2**-128 per pair (n**2 / 2**129 for n rows).
 _KEYS = ("provision-serial", "manifest-rowkey2")
 
+BlockSink = Callable[[pd.DataFrame | None], None]
+"""Given each block's good rows as read_manifest checks them (None: forget them; see there)."""
+
 RowCheck = Callable[[pd.DataFrame], Iterable[RowError]]
 """A check over the (not yet rejected) rows of a normalised block, run by Manifest.check."""
 
@@ -314,13 +317,21 @@ def read_manifest(
     device_type_default: str | None = None,
     delimiter: str = ",",
     column_map: dict[str, str] | None = None,
+    on_block: BlockSink | None = None,
 ) -> Manifest:
     """Validate one manifest in a single streaming pass; problems are collected in `errors`.
 
     DELIMITER separates the fields (one character: ',' ';' or a tab); COLUMN_MAP names the
     header cell that holds a column, where the file's own names differ (`--map
     serial=Serial No`), compared like every header cell: without case and surrounding spaces.
+
+    ON_BLOCK, for kinds without checks across rows (shipments), is given each block's good
+    rows, normalised, as soon as the block is checked, so a caller stores them in the same
+    pass instead of reading the file again with chunks(). It is given None when what it was
+    given so far must be forgotten: the file needs the slower reader, which starts again.
     """
+    if on_block is not None and spec.unique_serial:
+        raise ValueError(f"{spec.kind}: rows are checked across the file; use chunks()")
     if len(delimiter) != 1 or delimiter in '\r\n"':
         raise UsageError(f"--delimiter {delimiter!r}: give one character, such as ',' ';' or tab")
     known = set(spec.columns)
@@ -351,10 +362,12 @@ def read_manifest(
         raise BatchError(f"{name}: cannot read file: {exc.strerror}") from None
     with fh:
         try:
-            m = _validate(p, spec, fh, True, device_type_default, delimiter, mapping)
+            m = _validate(p, spec, fh, True, device_type_default, delimiter, mapping, on_block)
         except _Irregular:
             fh.seek(0)
-            m = _validate(p, spec, fh, False, device_type_default, delimiter, mapping)
+            if on_block is not None:
+                on_block(None)
+            m = _validate(p, spec, fh, False, device_type_default, delimiter, mapping, on_block)
     if spool is not None:
         m._source = spool
         weakref.finalize(m, spool.unlink, missing_ok=True)
@@ -386,6 +399,7 @@ def _validate(
     device_type_default: str | None,
     delimiter: str = ",",
     column_map: dict[str, str] | None = None,
+    on_block: BlockSink | None = None,
 ) -> Manifest:
     sha = hashlib.sha256()
     if not fast:
@@ -398,7 +412,7 @@ def _validate(
     blocks = _fast_blocks(fh, sha, delimiter) if fast else _csv_blocks(fh, m.name, delimiter)
     try:
         with contextlib.closing(blocks):  # a fatal header leaves it unfinished
-            _check_blocks(m, blocks)
+            _check_blocks(m, blocks, on_block)
     except _Fatal as exc:
         m.errors, m.fatal = [exc.error], True
     if fast:  # the fast reader hashes as it reads; a fatal header stops it early
@@ -408,7 +422,11 @@ def _validate(
     return m
 
 
-def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, int]]) -> None:
+def _check_blocks(
+    m: Manifest,
+    blocks: Iterator[tuple[_Block, list[str] | None, int]],
+    on_block: BlockSink | None = None,
+) -> None:
     """The first pass: header checks, row checks per block, then the checks across rows."""
     name, spec = m.name, m.spec
     excluded: list[np.ndarray] = []  # row indexes the duplicate check leaves out (few)
@@ -424,10 +442,12 @@ def _check_blocks(m: Manifest, blocks: Iterator[tuple[_Block, list[str] | None, 
             ):
                 m.errors, m.fatal = problems, True
                 return
-        m.errors.extend(block.errors)
         frame, checked, errors = _normalise(block, m.header, spec, m.device_type_default, name)
-        m.errors.extend(errors)
-        m.errors.extend(_row_problems(frame, checked, spec, name))
+        found = [*block.errors, *errors, *_row_problems(frame, checked, spec, name)]
+        m.errors.extend(found)
+        if on_block is not None:
+            bad = {e.line for e in found}
+            on_block(frame[~frame[LINE].isin(bad)] if bad else frame)
         k = _fingerprints(frame["serial"])
         m._rowkeys.append(k, frame[LINE].to_numpy())
         excluded.append(np.flatnonzero(~checked | (frame["serial"] == "").to_numpy()) + m.rows)
@@ -803,7 +823,7 @@ def _normalise(
     escaped = all(c in names for c in _REJECT_COLUMNS)  # a reject file, read back
     for c in spec.columns:
         if c in names:
-            values = raw[names.index(c)].str.strip()
+            values = _stripped(raw[names.index(c)])
             frame[c] = _unescape(values) if escaped else values
         else:
             frame[c] = ""
@@ -833,6 +853,13 @@ def _normalise(
     if spec is SERIALS and device_type_default:
         frame.loc[frame["device_type"] == "", "device_type"] = device_type_default
     return frame, ~undecodable, errors
+
+
+def _stripped(cells: pd.Series) -> pd.Series:
+    """CELLS (text, never missing) without surrounding whitespace: str.strip mapped over the
+    array, several times faster than pandas' .str.strip() (1,000,000 cells: 0.08 s, not 0.4 s)."""
+    values = cells.to_numpy(dtype=object)
+    return pd.Series(list(map(str.strip, values)), index=cells.index, dtype=object)
 
 
 def _unescape(values: pd.Series) -> pd.Series:
@@ -867,8 +894,13 @@ def _row_problems(
         errors.extend(RowError(name, int(line), column, reason) for line in lines[mask])
 
     serial = f["serial"]
-    ok = serial.str.fullmatch(GS1_AI82_RE.pattern) & (serial.str.len() <= MAX_SERIAL_LENGTH)
-    for i in np.flatnonzero(checked & ~ok.to_numpy(dtype=bool)):
+    whole = GS1_AI82_RE.fullmatch
+    ok = np.fromiter(
+        (len(v) <= MAX_SERIAL_LENGTH and whole(v) is not None for v in serial.to_numpy()),
+        dtype=bool,
+        count=len(serial),
+    )
+    for i in np.flatnonzero(checked & ~ok):
         errors.append(RowError(name, int(lines[i]), "serial", str(serial_problem(serial.iat[i]))))
     if spec is SERIALS:
         flag(

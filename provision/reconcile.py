@@ -10,9 +10,10 @@ import errno
 import functools
 import json
 import os
+import pickle
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from provision.errors import ManifestError, ProvisionError, UsageError
 from provision.keys import Keyring
 from provision.manifests import LINE, SHIPMENTS, read_manifest
 from provision.registry import Registry
-from provision.serials import decrypt_serial, serial_hash
+from provision.serials import decrypt_serial, decrypt_serials, serial_hash
 from provision.states import DeviceStatus
 
 Progress = Callable[[str, int, int], None]
@@ -80,13 +81,12 @@ def reconcile_shipments(
     if start is not None and end is not None and start >= end:
         raise UsageError("--since must not be after --until")
     as_of = as_of or (until or datetime.now(UTC).date())
-    if shipments_path is not None:
-        ship = read_shipments(shipments_path)  # raises ManifestError before anything is written
-        ship["serial_hash"] = _hash_serials(keyring.pepper, ship["serial"], on_progress)
-        source = str(shipments_path)
-    else:
-        ship = _stored_shipments(registry, keyring, end)
-        source = "stored shipments"
+    if shipments_path is None:
+        return _reconcile_stored(
+            registry, keyring, as_of, since, until, batch, report_dir, formats, on_progress
+        )
+    ship = read_shipments(shipments_path)  # raises ManifestError before anything is written
+    ship["serial_hash"] = _hash_serials(keyring.pepper, ship["serial"], on_progress)
     on_progress("load", 0, 1)
     dev = registry.reconcile_frame()
     on_progress("load", 1, 1)
@@ -95,49 +95,230 @@ def reconcile_shipments(
             raise ProvisionError(f"--batch {batch!r}: no such batch")
         dev = dev[dev["batch"] == batch].reset_index(drop=True)
         ship = ship[ship["serial_hash"].isin(dev["serial_hash"])].reset_index(drop=True)
+    frames = _categorise_period(ship, dev, as_of, start, end)
+    _add_follow_up(registry, keyring, frames)
+    totals = _Totals()
+    totals.add(frames, keep_all=True)
+    result = totals.result(as_of, str(shipments_path), since, until, batch, report_dir)
+    if report_dir is not None:
+        report = _Report(Path(report_dir), formats)
+        try:
+            report.append(frames, on_progress)
+            report.finish(result)
+        except BaseException:
+            report.abandon()
+            raise
+    return result
+
+
+PART_ROWS = 250_000
+"""Devices (or stored shipments) a stored reconcile holds at once. A device and all its
+shipments share a serial hash, so the rows are dealt out by serial hash into as many
+partitions as that takes, and each partition is reconciled on its own: memory stays flat
+however many rows there are (a grace hash join)."""
+
+
+def _reconcile_stored(
+    registry: Registry,
+    keyring: Keyring,
+    as_of: date,
+    since: date | None,
+    until: date | None,
+    batch: str | None,
+    report_dir: str | Path | None,
+    formats: tuple[str, ...],
+    on_progress: Progress,
+) -> ReconcileResult:
+    """reconcile_shipments of the stored feed: both tables read straight through once, dealt
+    out into partitions (spilled to a private temporary folder when there are several), then
+    each partition categorised and its rows appended to the report's CSVs."""
+    start = pd.Timestamp(since, tz="UTC") if since else None
+    end = pd.Timestamp(until, tz="UTC") + pd.Timedelta(days=1) if until else None
+    batch_id = None
+    if batch is not None:
+        batch_id = registry.batches.id_of(batch)
+        if batch_id is None:
+            raise ProvisionError(f"--batch {batch!r}: no such batch")
+    parts = max(1, -(-max(registry.sizes()) // PART_ROWS))
+    report = _Report(Path(report_dir), formats) if report_dir is not None else None
+    totals = _Totals()
+    try:
+        with _Spill(parts) as spill:
+            on_progress("load", 0, 2)
+            spill.deal("devices", registry.reconcile_chunks(batch_id=batch_id))
+            on_progress("load", 1, 2)
+            spill.deal("shipments", registry.shipments_chunks(end.to_pydatetime() if end else None))
+            on_progress("load", 2, 2)
+            on_progress("reconcile", 0, parts)
+            for k in range(parts):
+                dev = spill.take("devices", k)
+                ship = _decrypted(keyring, spill.take("shipments", k))
+                if batch_id is not None:
+                    keep = ship["serial_hash"].isin(dev["serial_hash"])
+                    ship = ship[keep].reset_index(drop=True)
+                frames = _categorise_period(ship, dev, as_of, start, end)
+                del dev, ship
+                _add_follow_up(registry, keyring, frames)
+                totals.add(frames)
+                if report is not None:
+                    report.append(frames)
+                on_progress("reconcile", k + 1, parts)
+        result = totals.result(as_of, "stored shipments", since, until, batch, report_dir)
+        if report is not None:
+            report.finish(result)
+    except BaseException:
+        if report is not None:
+            report.abandon()
+        raise
+    return result
+
+
+class _Spill:
+    """Frames dealt out by serial hash into PARTS partitions (partition k: the hashes whose
+    first 32 bits times PARTS, over 2**32, round down to k): kept in memory when PARTS is 1,
+    else appended as pickles to one file a partition, in a temporary folder only this user
+    may read (serial hashes and user ids; never a plaintext serial), removed at the end."""
+
+    def __init__(self, parts: int) -> None:
+        self.parts = parts
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._memory: dict[str, list[pd.DataFrame]] = {}
+        self._empty: dict[str, pd.DataFrame] = {}
+
+    def __enter__(self) -> _Spill:
+        if self.parts > 1:
+            self._dir = tempfile.TemporaryDirectory(prefix="provision-reconcile-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir is not None:
+            self._dir.cleanup()
+
+    def _path(self, name: str, k: int) -> Path:
+        assert self._dir is not None
+        return Path(self._dir.name) / f"{name}-{k}.pickle"
+
+    def deal(self, name: str, frames: Iterator[pd.DataFrame]) -> None:
+        if self._dir is None:
+            self._memory[name] = list(frames)
+            return
+        files = [self._path(name, k).open("wb") for k in range(self.parts)]
+        try:
+            for frame in frames:
+                self._empty.setdefault(name, frame.iloc[:0])
+                hashes = frame["serial_hash"].to_numpy(dtype=object)
+                prefix = np.fromiter((int(h[:8], 16) for h in hashes), np.uint64, len(frame))
+                part = (prefix * np.uint64(self.parts)) >> np.uint64(32)
+                order = np.argsort(part, kind="stable")
+                bounds = np.searchsorted(part[order], np.arange(self.parts + 1))
+                for k in np.flatnonzero(np.diff(bounds)):
+                    rows = order[bounds[k] : bounds[k + 1]]
+                    pickle.dump(frame.iloc[rows], files[k], protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            for fh in files:
+                fh.close()
+
+    def take(self, name: str, k: int) -> pd.DataFrame:
+        """Partition K of NAME (its file removed once read)."""
+        if self._dir is None:
+            parts = self._memory.pop(name)
+        else:
+            parts = []
+            path = self._path(name, k)
+            with path.open("rb") as fh:
+                while True:
+                    try:
+                        parts.append(pickle.load(fh))  # our own file, written above
+                    except EOFError:
+                        break
+            path.unlink()
+            parts = parts or [self._empty[name]]
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def _categorise_period(
+    ship: pd.DataFrame, dev: pd.DataFrame, as_of: date, start: Any, end: Any
+) -> dict[str, pd.DataFrame]:
+    """categorise the shipments of the period (START-END), remembering every earlier one."""
     history = ship["serial_hash"] if end is None else ship["serial_hash"][ship["shipped_at"] < end]
     in_period = np.ones(len(ship), dtype=bool)
     if start is not None:
         in_period &= (ship["shipped_at"] >= start).to_numpy()
     if end is not None:
         in_period &= (ship["shipped_at"] < end).to_numpy()
-    frames = categorise(
+    return categorise(
         ship[in_period].reset_index(drop=True), dev, as_of, shipped=history, period=(start, end)
     )
-    _add_follow_up(registry, keyring, frames)
-    result = ReconcileResult(
-        as_of=as_of,
-        shipments_file=source,
-        counts={name: len(frames[name]) for name in CATEGORY_NAMES},
-        report_dir=str(report_dir) if report_dir else None,
-        frames=frames,
-        since=since,
-        until=until,
-        batch=batch,
-    )
-    na = frames["shipped_not_activated"]
-    result.aging = {b: int((na["aging_bucket"] == b).sum()) for b in AGING_BUCKETS}
-    days = frames["matched"]["days_to_activation"]
-    result.days_to_activation = {
-        "median": float(days.median()) if len(days) else None,
-        "p90": float(days.quantile(0.9)) if len(days) else None,
-        "max": float(days.max()) if len(days) else None,
-    }
-    if report_dir is not None:
-        write_report(result, Path(report_dir), formats, on_progress)
-    return result
 
 
-def _stored_shipments(registry: Registry, keyring: Keyring, end: Any) -> pd.DataFrame:
-    """The stored shipments up to END as a shipments frame, serials decrypted."""
-    frame = registry.shipments_frame(end.to_pydatetime() if end is not None else None)
-    key = keyring.data_key
-    frame["serial"] = [
-        decrypt_serial(key, f"shipment:{rh}", bytes(ct))
-        for rh, ct in zip(frame["row_hash"], frame["serial_ct"], strict=True)
-    ]
+SAMPLE_ROWS = 1000  # rows of each category a streamed result keeps (the PDF shows 25)
+
+
+class _Totals:
+    """What a report says about all its rows, added up a part at a time: counts, the aging
+    of what is not activated, the days to activation, and the first rows of each category."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(CATEGORY_NAMES, 0)
+        self.aging = dict.fromkeys(AGING_BUCKETS, 0)
+        self.days: list[np.ndarray] = []
+        self.samples: dict[str, list[pd.DataFrame]] = {n: [] for n in CATEGORY_NAMES}
+        self.kept = dict.fromkeys(CATEGORY_NAMES, 0)
+
+    def add(self, frames: dict[str, pd.DataFrame], keep_all: bool = False) -> None:
+        for name in CATEGORY_NAMES:
+            frame = frames[name]
+            self.counts[name] += len(frame)
+            room = len(frame) if keep_all else SAMPLE_ROWS - self.kept[name]
+            if not self.samples[name] or (room > 0 and len(frame)):
+                self.samples[name].append(frame.iloc[:room])
+                self.kept[name] += min(room, len(frame))
+        buckets = frames["shipped_not_activated"]["aging_bucket"]
+        for b in AGING_BUCKETS:
+            self.aging[b] += int((buckets == b).sum())
+        self.days.append(frames["matched"]["days_to_activation"].to_numpy(dtype=float))
+
+    def result(
+        self,
+        as_of: date,
+        source: str,
+        since: date | None,
+        until: date | None,
+        batch: str | None,
+        report_dir: str | Path | None,
+    ) -> ReconcileResult:
+        days = np.concatenate(self.days) if self.days else np.empty(0)
+        frames = {
+            n: pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+            for n, parts in self.samples.items()
+        }
+        return ReconcileResult(
+            as_of=as_of,
+            shipments_file=source,
+            counts=self.counts,
+            report_dir=str(report_dir) if report_dir else None,
+            frames=frames,
+            aging=self.aging,
+            days_to_activation={
+                "median": float(np.median(days)) if len(days) else None,
+                "p90": float(np.quantile(days, 0.9)) if len(days) else None,
+                "max": float(days.max()) if len(days) else None,
+            },
+            matched_days=days,
+            since=since,
+            until=until,
+            batch=batch,
+        )
+
+
+def _decrypted(keyring: Keyring, frame: pd.DataFrame) -> pd.DataFrame:
+    """Stored shipments (shipments_chunks) as a shipments frame in the order they shipped,
+    serials decrypted."""
+    frame = frame.sort_values(["shipped_at", "id"], kind="stable", ignore_index=True)
+    aads = ["shipment:" + rh for rh in frame["row_hash"]]
+    frame["serial"] = decrypt_serials(keyring.data_key, aads, frame["serial_ct"].tolist())
     frame[LINE] = frame.pop("line")
-    return frame.drop(columns=["serial_ct", "row_hash"])
+    return frame.drop(columns=["serial_ct", "row_hash", "id"])
 
 
 FOLLOW_UP = ("activated_not_shipped", "shipped_revoked")
@@ -333,29 +514,38 @@ def _iso_utc(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_report(
-    result: ReconcileResult,
-    target: Path,
-    formats: tuple[str, ...],
-    on_progress: Progress = _no_progress,
-) -> None:
-    """Build the report in a hidden sibling folder, then rename it into place."""
-    if target.exists():
-        raise ProvisionError(f"{target}: report folder already exists; remove it or choose another")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        files: list[str] = []
-        if "csv" in formats:
-            total, done = sum(len(result.frames[n]) for n in CATEGORY_NAMES), 0
-            on_progress("write", 0, total)
-            for name in CATEGORY_NAMES:
-                path = tmp / f"{name}.csv"
-                neutralise(_iso_utc(result.frames[name])).to_csv(path, index=False)
-                done += len(result.frames[name])
-                on_progress("write", done, total)
-                files.append(path.name)
-        if "pdf" in formats:
+class _Report:
+    """A report folder being built: in a hidden sibling folder, the CSVs appended a part at a
+    time, then the PDF and summary.json; then renamed into place (never half a report)."""
+
+    def __init__(self, target: Path, formats: tuple[str, ...]) -> None:
+        if target.exists():
+            raise ProvisionError(
+                f"{target}: report folder already exists; remove it or choose another"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.target, self.formats = target, formats
+        self.tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        self._started: set[str] = set()
+
+    def append(self, frames: dict[str, pd.DataFrame], on_progress: Progress = _no_progress) -> None:
+        if "csv" not in self.formats:
+            return
+        total, done = sum(len(frames[n]) for n in CATEGORY_NAMES), 0
+        on_progress("write", 0, total)
+        for name in CATEGORY_NAMES:
+            first = name not in self._started
+            neutralise(_iso_utc(frames[name])).to_csv(
+                self.tmp / f"{name}.csv", index=False, mode="w" if first else "a", header=first
+            )
+            self._started.add(name)
+            done += len(frames[name])
+            on_progress("write", done, total)
+
+    def finish(self, result: ReconcileResult) -> None:
+        tmp, target = self.tmp, self.target
+        files = [f"{name}.csv" for name in CATEGORY_NAMES if name in self._started]
+        if "pdf" in self.formats:
             from provision.report import render_reconciliation_pdf
 
             render_reconciliation_pdf(result, tmp / "report.pdf")
@@ -375,8 +565,24 @@ def write_report(
                     f"{target}: report folder appeared meanwhile; not replaced"
                 ) from None
             raise
+
+    def abandon(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_report(
+    result: ReconcileResult,
+    target: Path,
+    formats: tuple[str, ...],
+    on_progress: Progress = _no_progress,
+) -> None:
+    """A report of RESULT (its frames whole) into TARGET, atomically."""
+    report = _Report(target, formats)
+    try:
+        report.append(result.frames, on_progress)
+        report.finish(result)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        report.abandon()
         raise
 
 

@@ -94,7 +94,7 @@ def render_reconciliation_pdf(result: ReconcileResult, path: Path) -> None:
     table.setStyle(TableStyle(style))
     story += [table, Spacer(1, 8 * mm)]
 
-    days = result.frames["matched"]["days_to_activation"].to_numpy(dtype=float)
+    days = result.matched_days if result.matched_days is not None else np.empty(0)
     labels, counts = _histogram(days)
     story.append(_bar_chart("Days from shipping to activation (matched devices)", labels, counts))
     story.append(Spacer(1, 4 * mm))
@@ -112,11 +112,12 @@ def render_reconciliation_pdf(result: ReconcileResult, path: Path) -> None:
         if c.severity != "critical":
             continue
         frame = result.frames[c.name]
+        count = result.counts[c.name]
         story.append(Spacer(1, 6 * mm))
         story.append(
             Paragraph(
-                f"{c.name}: {len(frame):,} rows"
-                + (f" (first {FIRST_ROWS})" if len(frame) > FIRST_ROWS else ""),
+                f"{c.name}: {count:,} rows"
+                + (f" (first {FIRST_ROWS})" if count > FIRST_ROWS else ""),
                 styles["Heading3"],
             )
         )

@@ -73,6 +73,16 @@ def decrypt_serial(data_key: bytes, device_id_: str, blob: bytes) -> str:
     return AESGCM(data_key).decrypt(nonce, ct, device_id_.encode()).decode()
 
 
+def decrypt_serials(data_key: bytes, aads: list[str], blobs: list[bytes]) -> list[str]:
+    """decrypt_serial of many (AAD, blob) pairs with one AESGCM object (1.2 us each, not 3.7)."""
+    aead = AESGCM(data_key)
+    n = _NONCE_BYTES
+    return [
+        aead.decrypt(b[:n], b[n:], aad.encode()).decode()
+        for aad, b in zip(aads, map(bytes, blobs), strict=True)
+    ]
+
+
 _SHIPMENT_DOMAIN = b"provision/shipment-row/v1\x00"
 
 
@@ -81,6 +91,74 @@ def shipment_row_hash(pepper: bytes, serial_hash_: str, *values: str) -> str:
     same row imported twice, from one file or two, has the same hash and is stored once."""
     msg = _SHIPMENT_DOMAIN + "\x1f".join((serial_hash_, *values)).encode()
     return hmac.new(pepper, msg, hashlib.sha256).hexdigest()
+
+
+def seal_shipments(
+    pepper: bytes, data_key: bytes, serials: list[str], fields: list[str]
+) -> tuple[list[str], list[str], list[bytes], bytes]:
+    """Many shipment rows at once: (serial hashes, row hashes, serial ciphertexts, the first 16
+    bytes of every row hash, joined). FIELDS are each row's other values as shipment_row_hash
+    joins them ("\x1f" between them, the first one's separator included).
+
+    The same values as serial_hash, shipment_row_hash and encrypt_serial (AAD
+    `shipment:{row_hash}`), 3 times as fast: the HMAC states are keyed once and copied, one
+    AESGCM object encrypts every row, and the nonces come from one call to os.urandom.
+    """
+    by_serial = _KeyedSha256(pepper, _HASH_DOMAIN)
+    by_row = _KeyedSha256(pepper, _SHIPMENT_DOMAIN)
+    aead = AESGCM(data_key)
+    nonces = os.urandom(_NONCE_BYTES * len(serials))
+    hashes: list[str] = []
+    rows: list[str] = []
+    cts: list[bytes] = []
+    prefixes = bytearray()
+    for i, (serial, rest) in enumerate(zip(serials, fields, strict=True)):
+        sh = by_serial.digest(serial.encode()).hex()
+        digest = by_row.digest((sh + rest).encode())
+        rh = digest.hex()
+        nonce = nonces[i * _NONCE_BYTES : (i + 1) * _NONCE_BYTES]
+        hashes.append(sh)
+        rows.append(rh)
+        cts.append(nonce + aead.encrypt(nonce, serial.encode(), b"shipment:" + rh.encode()))
+        prefixes += digest[:16]
+    return hashes, rows, cts, bytes(prefixes)
+
+
+class _KeyedSha256:
+    """HMAC-SHA256 (RFC 2104) under one key, with its inner and outer states computed once: a
+    message then costs two hashlib copies (0.7 us), where hmac.new or HMAC.copy cost 1.7-2 us.
+    The same digest as hmac.new(key, prefix + message, sha256)."""
+
+    def __init__(self, key: bytes, prefix: bytes = b"") -> None:
+        if len(key) > 64:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._inner.update(prefix)
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+_worker_keys: tuple[bytes, bytes] | None = None
+
+
+def init_seal_worker(pepper: bytes, data_key: bytes) -> None:
+    """A worker process's keys (sent once, through the pool's pipe; never logged)."""
+    global _worker_keys
+    _worker_keys = (pepper, data_key)
+
+
+def seal_in_worker(
+    job: tuple[list[str], list[str]],
+) -> tuple[list[str], list[str], list[bytes], bytes]:
+    assert _worker_keys is not None
+    return seal_shipments(*_worker_keys, *job)
 
 
 _COMPONENT_DOMAIN = b"provision/component-row/v1\x00"

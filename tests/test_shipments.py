@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import inspect, text
 
 from provision.registry import Registry
 from tests.helpers import write_csv
@@ -105,13 +106,24 @@ def test_delimiters_and_column_maps(run_cli: Any, tmp_path: Path) -> None:
         assert bad.exit_code == 2 and message in bad.stderr, bad.stderr
 
 
+@pytest.mark.parametrize("part_rows", [250_000, 2], ids=["whole", "partitioned"])
 def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
-    run_cli: Any, registry: Registry, keyring_path: Path, tmp_path: Path
+    run_cli: Any,
+    registry: Registry,
+    keyring_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    part_rows: int,
 ) -> None:
     """The README's monthly case: devices shipped in August and activated in September-
-    November are not activated_not_shipped in the September-November report."""
+    November are not activated_not_shipped in the September-November report. The same
+    report whether the registry is reconciled whole or dealt out into partitions (2 rows
+    each: 5 of them, spilled to files)."""
     from datetime import UTC, datetime
 
+    import provision.reconcile
+
+    monkeypatch.setattr(provision.reconcile, "PART_ROWS", part_rows)
     from provision.activation import activate
     from provision.audit import revoke
     from provision.keys import load_keyring
@@ -202,3 +214,102 @@ def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
     assert counts["shipped_not_activated"] == 1 and sum(counts.values()) == 1
     bad = run_cli("reconcile", "--batch", "nope", "--report-dir", str(tmp_path / "c"))
     assert bad.exit_code == 1 and "--batch 'nope': no such batch" in bad.stderr
+
+
+def stored_rows(registry: Registry, keyring_path: Path) -> list[tuple[str, str, str | None, int]]:
+    from provision.keys import load_keyring
+    from provision.serials import decrypt_serial
+
+    key = load_keyring(keyring_path).data_key
+    with registry.engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT serial_ct, row_hash, shipped_at, order_id, line FROM shipments")
+        ).fetchall()
+    return sorted(
+        (decrypt_serial(key, f"shipment:{rh}", bytes(ct)), str(at)[:10], order, line)
+        for ct, rh, at, order, line in found
+    )
+
+
+def test_a_bulk_load_stores_each_row_once_and_builds_the_indexes_again(
+    run_cli: Any,
+    registry: Registry,
+    keyring_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A big import (here: every import, and sealed by worker processes) drops the indexes,
+    appends, removes the rows stored already or sent twice, and builds the indexes again; a
+    bad file in that mode stores nothing and leaves the indexes as they were."""
+    import provision.registry.shipments
+    import provision.shipments
+
+    monkeypatch.setattr(provision.registry.shipments, "BULK_MIN_ROWS", 1)
+    monkeypatch.setattr(provision.shipments, "POOL_MIN_ROWS", 0)
+    indexes = {"ux_shipments_row_hash", "ix_shipments_serial_hash", "ix_shipments_shipped_at",
+               "ix_shipments_import_id"}  # fmt: skip
+
+    def present() -> set[str]:
+        return {i["name"] for i in inspect(registry.engine).get_indexes("shipments")}
+
+    first = write_csv(tmp_path / "a.csv", HEADER, rows("BULK1", "BULK2", "BULK1"))
+    data = json.loads(run_cli("shipments", "import", str(first), "--json").stdout)
+    assert (data["rows"], data["stored"], data["already_stored"]) == (3, 2, 1)
+    second = write_csv(tmp_path / "b.csv", HEADER, rows("BULK2", "BULK3", "BULK4"))
+    data = json.loads(run_cli("shipments", "import", str(second), "--json").stdout)
+    assert (data["stored"], data["already_stored"]) == (2, 1)
+    assert present() == indexes
+    unique = [i for i in inspect(registry.engine).get_indexes("shipments") if i["unique"]]
+    assert [i["column_names"] for i in unique] == [["row_hash"]]
+    assert [r[0] for r in stored_rows(registry, keyring_path)] == [
+        "BULK1", "BULK2", "BULK3", "BULK4",
+    ]  # fmt: skip
+
+    bad = write_csv(
+        tmp_path / "bad.csv", HEADER, [*rows("BULK5"), ["BULK6", "soon", "", "", "", ""]]
+    )
+    out = run_cli("shipments", "import", str(bad))
+    assert out.exit_code == 1 and f"{bad}:3: shipped_at:" in out.stderr
+    assert present() == indexes and len(stored_rows(registry, keyring_path)) == 4
+    assert json.loads(run_cli("shipments", "list", "--json").stdout)["count"] == 4
+    # Ids go on from the highest stored (PostgreSQL: its sequence follows the explicit ids).
+    monkeypatch.setattr(provision.registry.shipments, "BULK_MIN_ROWS", 10**9)
+    third = write_csv(tmp_path / "c.csv", HEADER, rows("BULK7"))
+    assert json.loads(run_cli("shipments", "import", str(third), "--json").stdout)["stored"] == 1
+    with registry.engine.connect() as conn:
+        ids = [i for (i,) in conn.execute(text("SELECT id FROM shipments ORDER BY id"))]
+    assert len(ids) == 5 and ids[-1] > ids[-2]
+
+
+def test_a_file_read_again_by_the_slower_reader_is_stored_once(
+    run_cli: Any,
+    registry: Registry,
+    keyring_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast reader hands each block to the import as it goes; a quoted line break in a
+    later block sends the whole file to the csv reader, from its start: what the import had
+    stored from the first blocks is forgotten, and every row is stored exactly once."""
+    import provision.manifests
+    from provision.registry.shipments import ShipmentImport
+
+    monkeypatch.setattr(provision.manifests, "BLOCK_BYTES", 200)
+    restarts: list[int] = []
+    restart = ShipmentImport.restart
+
+    def counted(self: ShipmentImport) -> None:
+        restarts.append(self._added)  # rows stored before the file is read again
+        restart(self)
+
+    monkeypatch.setattr(ShipmentImport, "restart", counted)
+    many = rows(*[f"AGAIN{i}" for i in range(20)])
+    many[15][3] = "Acme\nRetail"  # a quoted line break (and a control character: rejected)
+    f = write_csv(tmp_path / "again.csv", HEADER, many)
+    out = run_cli("shipments", "import", str(f), "--reject-file", str(tmp_path / "r.csv"), "--json")
+    assert out.exit_code == 4, out.output
+    data = json.loads(out.stdout)
+    assert (data["rows"], data["stored"], data["rejected"]) == (19, 19, 1)
+    assert len(restarts) == 1 and restarts[0] > 0
+    serials = [r[0] for r in stored_rows(registry, keyring_path)]
+    assert sorted(serials) == sorted(f"AGAIN{i}" for i in range(20) if i != 15)

@@ -148,17 +148,40 @@ class Registry:
     def audit_snapshot(self) -> AbstractContextManager[AuditSnapshot]:
         return self.store.audit_snapshot()
 
-    def reconcile_frame(self, chunk: int = 100_000) -> Any:
-        """Every device as a pandas frame (serial hashes only), for reconcile."""
+    def reconcile_frame(self, chunk: int = 100_000, batch_id: int | None = None) -> Any:
+        """Every device (of BATCH_ID) as a pandas frame (serial hashes only), for reconcile."""
         from provision.registry.frames import reconcile_frame
 
-        return reconcile_frame(self.store, chunk)
+        return reconcile_frame(self.store, chunk, batch_id)
+
+    def reconcile_chunks(self, chunk: int = 100_000, batch_id: int | None = None) -> Any:
+        """reconcile_frame a CHUNK of rows at a time (an iterator of frames)."""
+        from provision.registry.frames import reconcile_chunks
+
+        return reconcile_chunks(self.store, chunk, batch_id)
 
     def shipments_frame(self, until: Any = None) -> Any:
         """The stored shipments (shipped before UNTIL) as a pandas frame, for reconcile."""
         from provision.registry.frames import shipments_frame
 
         return shipments_frame(self.store, until)
+
+    def shipments_chunks(self, until: Any = None, chunk: int = 100_000) -> Any:
+        """shipments_frame a CHUNK of rows at a time, in id order (an iterator of frames)."""
+        from provision.registry.frames import shipments_chunks
+
+        return shipments_chunks(self.store, until, chunk)
+
+    def sizes(self) -> tuple[int, int]:
+        """About how many devices and shipments are stored (their highest ids: no scan)."""
+        from sqlalchemy import func, select
+
+        from provision.registry.schema import shipments
+
+        with self.store.connect() as conn:
+            n_dev = conn.execute(select(func.max(devices.c.id))).scalar() or 0
+            n_ship = conn.execute(select(func.max(shipments.c.id))).scalar() or 0
+        return int(n_dev), int(n_ship)
 
     def follow_up(self, device_ids: list[str]) -> dict[str, tuple[bytes, str | None]]:
         """Device id -> (serial ciphertext, activation address), for reconcile's follow-ups."""

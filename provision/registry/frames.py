@@ -5,6 +5,7 @@ Apart from the core registry, so that pandas is imported only by what needs it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import String, select, type_coerce
@@ -13,10 +14,22 @@ from provision.registry.schema import batches, devices
 from provision.registry.store import Store, chunks
 
 
-def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
-    """Every device as a pandas frame (no plaintext: serial hashes only), for reconcile.
+def reconcile_frame(store: Store, chunk: int = 100_000, batch_id: int | None = None) -> Any:
+    """Every device (of BATCH_ID) as one pandas frame; see reconcile_chunks."""
+    import pandas as pd
 
-    Streamed a chunk at a time in primary-key order, with only the columns reconcile needs.
+    parts = list(reconcile_chunks(store, chunk, batch_id))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def reconcile_chunks(
+    store: Store, chunk: int = 100_000, batch_id: int | None = None
+) -> Iterator[Any]:
+    """Every device (of BATCH_ID) as pandas frames of CHUNK rows (no plaintext: serial hashes
+    only), for reconcile; one empty frame when there is none.
+
+    Streamed in primary-key order (the table read straight through), with only the columns
+    reconcile needs.
     Timestamps come back as the database's own text (SQLite) or datetimes (PostgreSQL) and
     are parsed by pandas a column at a time; repeated text (type, model, batch name, status)
     keeps one string per distinct value, so a million devices load in seconds.
@@ -38,7 +51,10 @@ def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
         type_coerce(devices.c.created_at, String).label("registered_at"),
         type_coerce(devices.c.activated_at, String).label("activated_at"),
         type_coerce(devices.c.revoked_at, String).label("revoked_at"),
-    ).order_by(devices.c.id)
+    )
+    if batch_id is not None:
+        q = q.where(devices.c.batch_id == batch_id)
+    q = q.order_by(devices.c.id)
 
     def shared(values: Any) -> Any:
         codes, uniques = pd.factorize(np.asarray(values, dtype=object))
@@ -49,7 +65,7 @@ def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
         "serial_hash", "device_id", "device_type", "model", "batch", "status", "line", "user",
         *stamps,
     ]  # fmt: skip
-    parts = []
+    given = False
     with store.connect() as conn:
         names = {i: n for i, n in conn.execute(select(batches.c.id, batches.c.name))}
         result = conn.execution_options(stream_results=True, yield_per=chunk).execute(q)
@@ -71,39 +87,56 @@ def reconcile_frame(store: Store, chunk: int = 100_000) -> Any:
                 part[col] = pd.to_datetime(
                     pd.Series(values, dtype=object), utc=True, format="ISO8601"
                 )
-            parts.append(pd.DataFrame(part))
-    if not parts:
+            given = True
+            yield pd.DataFrame(part)
+    if not given:
         empty = {c: pd.Series(dtype=object) for c in columns}
         empty |= {c: pd.Series(dtype="datetime64[us, UTC]") for c in stamps}
-        return pd.DataFrame(empty, columns=columns)
-    return pd.concat(parts, ignore_index=True)
+        yield pd.DataFrame(empty, columns=columns)
 
 
 def shipments_frame(store: Store, until: Any = None) -> Any:
-    """The stored shipments shipped up to UNTIL (all, without it) as a pandas frame: the
-    columns of a shipments file (the serial still encrypted: serial_ct and row_hash), with
-    each row's line in its file, source and import."""
+    """The stored shipments shipped up to UNTIL (all, without it) as one pandas frame, in
+    the order they shipped; see shipments_chunks."""
+    import pandas as pd
+
+    parts = list(shipments_chunks(store, until))
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return frame.sort_values(["shipped_at", "id"], kind="stable", ignore_index=True)
+
+
+def shipments_chunks(store: Store, until: Any = None, chunk: int = 100_000) -> Iterator[Any]:
+    """The stored shipments shipped up to UNTIL (all, without it) as pandas frames of CHUNK
+    rows, in id order: the columns of a shipments file (the serial still encrypted: serial_ct
+    and row_hash), with each row's id, line in its file, source and import."""
     import pandas as pd
 
     from provision.registry.schema import shipments
 
     c = shipments.c
     q = select(
-        c.line, c.serial_hash, c.serial_ct, c.row_hash,
+        c.id, c.line, c.serial_hash, c.serial_ct, c.row_hash,
         type_coerce(c.shipped_at, String).label("shipped_at"),
         c.order_id, c.customer, c.destination, c.carrier, c.source, c.import_id,
-    ).order_by(c.shipped_at, c.id)  # fmt: skip
+    ).order_by(c.id)  # fmt: skip
     if until is not None:
         q = q.where(c.shipped_at < until)
     names = [
-        "line", "serial_hash", "serial_ct", "row_hash", "shipped_at", "order_id", "customer",
-        "destination", "carrier", "source", "import_id",
+        "id", "line", "serial_hash", "serial_ct", "row_hash", "shipped_at", "order_id",
+        "customer", "destination", "carrier", "source", "import_id",
     ]  # fmt: skip
+    given = False
     with store.connect() as conn:
-        rows = conn.execute(q).fetchall()
-    frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
-    frame["shipped_at"] = pd.to_datetime(frame["shipped_at"], utc=True, format="ISO8601")
-    return frame
+        result = conn.execution_options(stream_results=True, yield_per=chunk).execute(q)
+        for rows in result.partitions():
+            frame = pd.DataFrame([tuple(r) for r in rows], columns=names)
+            frame["shipped_at"] = pd.to_datetime(frame["shipped_at"], utc=True, format="ISO8601")
+            given = True
+            yield frame
+    if not given:
+        frame = pd.DataFrame(columns=names)
+        frame["shipped_at"] = pd.to_datetime(frame["shipped_at"], utc=True)
+        yield frame
 
 
 def follow_up(store: Store, device_ids: list[str]) -> dict[str, tuple[bytes, str | None]]:

@@ -302,9 +302,11 @@ shipments = Table(
     Column("destination", String(256)),
     Column("carrier", String(256)),
     Column("source", String(64), nullable=False),
-    Column("row_hash", String(64), nullable=False, unique=True),
+    Column("row_hash", String(64), nullable=False),
     Column("import_id", Integer, ForeignKey("shipment_imports.id"), nullable=False),
     Column("line", Integer, nullable=False),
+    # An index, not a UNIQUE constraint: a bulk import drops it and builds it again.
+    Index("ux_shipments_row_hash", "row_hash", unique=True),
     Index("ix_shipments_serial_hash", "serial_hash", "shipped_at"),
     Index("ix_shipments_shipped_at", "shipped_at"),
     Index("ix_shipments_import_id", "import_id"),
