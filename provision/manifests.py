@@ -45,6 +45,7 @@ import pandas as pd
 
 from provision.errors import BatchError, ManifestError, RowError, UsageError
 from provision.files import atomic_writer
+from provision.gs1 import MAX_GS1_SERIAL, SERIAL_TOO_LONG_FOR_GTIN, gtin_problem
 from provision.serials import GS1_AI82_RE, MAX_SERIAL_LENGTH, describe_char, serial_problem
 from provision.text import BIDI_CONTROLS, CONTROL_CHARS, FORMULA_START
 
@@ -95,7 +96,7 @@ class ManifestSpec:
 SERIALS = ManifestSpec(
     "serials",
     required=("serial",),
-    optional=("device_type", "manufacturer", "model", "manufactured_at", "line"),
+    optional=("device_type", "manufacturer", "model", "manufactured_at", "line", "gtin"),
     dates=("manufactured_at",),
 )
 COMPONENTS = ManifestSpec(
@@ -908,6 +909,12 @@ def _row_problems(
             "device_type",
             "device type missing and no --device-type default given",
         )
+        gtins = f["gtin"].to_numpy(dtype=object)
+        for i in np.flatnonzero(checked & (gtins != "")):
+            if problem := gtin_problem(gtins[i]):
+                errors.append(RowError(name, int(lines[i]), "gtin", problem))
+            elif len(serial.iat[i]) > MAX_GS1_SERIAL:
+                errors.append(RowError(name, int(lines[i]), "serial", SERIAL_TOO_LONG_FOR_GTIN))
     for col in spec.required:
         if col != "serial":
             flag(checked & (f[col] == "").to_numpy(), col, "required value is empty")

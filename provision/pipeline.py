@@ -28,6 +28,7 @@ from provision.errors import (
     RowError,
 )
 from provision.files import atomic_writer, publish_revision, write_atomic
+from provision.gs1 import gtin14
 from provision.keys import Keyring
 from provision.labels.layout import check_offsets
 from provision.labels.render import (
@@ -289,6 +290,7 @@ def register_manifests(
                     "model": rec.model or None,
                     "manufactured_at": rec.manufactured_at or None,
                     "production_line": rec.line or None,
+                    "gtin": gtin14(rec.gtin) if rec.gtin else None,
                     "batch_seq": line,
                     "key_id": signing_key.id,
                     "expires_at": expires_at,

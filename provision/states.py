@@ -73,3 +73,23 @@ class SystemAction(StrEnum):
     RECALL_CREATED = "recall.created"
     RECALL_RELEASED = "recall.released"
     RECALL_CLOSED = "recall.closed"
+
+
+class BizStep(StrEnum):
+    """The GS1 CBV 2.0 business steps of provision's EPCIS events (bare, as JSON-LD writes
+    them; the event hash reads https://ref.gs1.org/cbv/BizStep-...)."""
+
+    COMMISSIONING = "commissioning"
+    ASSEMBLING = "assembling"
+    SHIPPING = "shipping"
+    ACCEPTING = "accepting"
+    HOLDING = "holding"
+
+
+class Disposition(StrEnum):
+    """The GS1 CBV 2.0 dispositions of provision's EPCIS events."""
+
+    ACTIVE = "active"
+    IN_TRANSIT = "in_transit"
+    RETAIL_SOLD = "retail_sold"
+    INACTIVE = "inactive"

@@ -19,6 +19,7 @@ from provision.cli import (
     batch,
     db,
     devices,
+    export,
     fleet,
     keys,
     printing,
@@ -85,6 +86,7 @@ for command in (
     fleet.alerts,
     shipments.shipments,
     shipments.reconcile,
+    export.export,
     servers.serve,
 ):
     cli.add_command(command)

@@ -181,6 +181,23 @@ class Devices:
         with self._store.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
+    def components_of_many(self, device_pks: Sequence[int]) -> dict[int, list[ComponentRecord]]:
+        """The components of each of DEVICE_PKS (in id order), for exports."""
+        from provision.registry.events import among_ids
+
+        out: dict[int, list[ComponentRecord]] = {}
+        with self._store.connect() as conn:
+            for part in chunks(device_pks, self._store.lookup_chunk):
+                q = (
+                    select(components)
+                    .where(among_ids(self._store, components.c.device_pk, part))
+                    .order_by(components.c.id)
+                )
+                for r in conn.execute(q):
+                    record = ComponentRecord.from_row(r)
+                    out.setdefault(record.device_pk, []).append(record)
+        return out
+
     def components_of(self, device_pk: int) -> list[ComponentRecord]:
         q = select(components).where(components.c.device_pk == device_pk).order_by(components.c.id)
         with self._store.connect() as conn:

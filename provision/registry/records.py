@@ -64,6 +64,7 @@ class DeviceRecord(_Record):
     pairing_count: int
     pairing_head: str | None
     seal: str
+    gtin: str | None = None
 
     _TIMES = ("expires_at", "created_at", "activated_at", "revoked_at")
 

@@ -79,6 +79,8 @@ devices = Table(
     Column("model", String(128)),
     Column("manufactured_at", String(40)),
     Column("production_line", String(128)),
+    # GTIN-14 (GS1 AI 01), from the manifest's gtin column or the job's model table.
+    Column("gtin", String(14)),
     Column("batch_id", Integer, ForeignKey("batches.id"), nullable=False),
     Column("batch_seq", Integer, nullable=False),
     # The payload is never stored (it activates the device): it is signed again from its key id

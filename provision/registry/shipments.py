@@ -133,6 +133,22 @@ class Shipments:
         with self._store.connect() as conn:
             return [ShipmentRecord.from_row(r) for r in conn.execute(q)]
 
+    def of_serials(self, serial_hashes: Sequence[str]) -> dict[str, list[ShipmentRecord]]:
+        """The stored shipments of each serial hash, in the order they shipped (exports)."""
+        out: dict[str, list[ShipmentRecord]] = {}
+        store = self._store
+        with store.connect() as conn:
+            for part in chunks(serial_hashes, store.lookup_chunk):
+                q = (
+                    select(shipments)
+                    .where(store.among(shipments.c.serial_hash, part))
+                    .order_by(shipments.c.shipped_at, shipments.c.id)
+                )
+                for r in conn.execute(q):
+                    record = ShipmentRecord.from_row(r)
+                    out.setdefault(record.serial_hash, []).append(record)
+        return out
+
     def sources(self) -> dict[str, int]:
         """Shipments stored, by source."""
         q = select(shipments.c.source, func.count()).group_by(shipments.c.source)
