@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import string
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from provision.config import DEFAULT_TTL_DAYS, MAX_COPIES, MAX_TTL_DAYS
 from provision.errors import JobError
+from provision.gs1 import gtin_problem
 from provision.keys import Keyring
 from provision.labels.stations import Station, get_station
 from provision.labels.templates import load_template
@@ -39,6 +40,8 @@ KEYS = {
     "copies": f"copies of each label, 1 to {MAX_COPIES} (default 1)",
     "offset_x_mm": "calibration offset right, mm (default: the station's, else 0)",
     "offset_y_mm": "calibration offset down, mm (default: the station's, else 0)",
+    "gtin": 'GTIN of each model, a table: [gtin] "TH-100" = "04012345000016" (optional; a '
+    "manifest's gtin column wins)",
 }
 WHOLE_NUMBERS = {"ttl_days": (1, MAX_TTL_DAYS), "start_at": (1, None), "copies": (1, MAX_COPIES)}
 """The whole-number keys and their bounds (None: no upper bound here; the template has one)."""
@@ -63,6 +66,7 @@ class Job:
     copies: int = 1
     offset_x_mm: float | None = None
     offset_y_mm: float | None = None
+    gtins: dict[str, str] = field(default_factory=dict)  # model -> GTIN
 
 
 @dataclass
@@ -127,6 +131,14 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
             raise JobError(f"{p}: `{key}` must be a finite number")
     if data.get("format") not in (None, "pdf", "zpl"):
         raise JobError(f"{p}: `format` must be pdf or zpl")
+    gtins = data.get("gtin", {})
+    if not isinstance(gtins, dict):
+        raise JobError(f"{p}: `gtin` must be a table of model = GTIN ({KEYS['gtin']})")
+    for model, value in gtins.items():
+        if not isinstance(value, str):
+            raise JobError(f'{p}: `gtin."{model}"` must be a string of digits')
+        if problem := gtin_problem(value):
+            raise JobError(f'{p}: `gtin."{model}"`: {problem}')
     template = data.get("template", "")
     if template.endswith(".toml"):
         template = str(base / template)
@@ -147,6 +159,7 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
         copies=int(data.get("copies", 1)),
         offset_x_mm=data.get("offset_x_mm"),
         offset_y_mm=data.get("offset_y_mm"),
+        gtins=dict(gtins),
     )
 
 
@@ -157,13 +170,13 @@ def _batch_name(path: Path, pattern: str, now: datetime) -> str:
         fields = list(string.Formatter().parse(pattern))
     except ValueError as exc:
         raise JobError(f"{path}: `batch` has a bad placeholder: {exc}") from None
-    for _literal, field, spec, conversion in fields:
-        if field is None:
+    for _literal, name, spec, conversion in fields:
+        if name is None:
             continue
-        if field != "date" or conversion or (spec and "{" in spec):
+        if name != "date" or conversion or (spec and "{" in spec):
             raise JobError(
                 f"{path}: `batch` may hold only {{date}} or {{date:FORMAT}} "
-                f"(a strftime format), not {{{field}{'!' + conversion if conversion else ''}}}"
+                f"(a strftime format), not {{{name}{'!' + conversion if conversion else ''}}}"
             )
     try:
         return pattern.format(date=now)
@@ -203,5 +216,6 @@ def run_job(
         offset_x_mm=job.offset_x_mm if job.offset_x_mm is not None else profile.offset_x_mm,
         offset_y_mm=job.offset_y_mm if job.offset_y_mm is not None else profile.offset_y_mm,
         on_progress=on_progress,
+        gtins=job.gtins,
     )
     return JobResult(str(job.path), registered, labels)

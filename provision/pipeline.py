@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
 import queue
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from provision.errors import (
     RowError,
 )
 from provision.files import atomic_writer, publish_revision, write_atomic
-from provision.gs1 import gtin14
+from provision.gs1 import MAX_GS1_SERIAL, SERIAL_TOO_LONG_FOR_GTIN, gtin14
 from provision.keys import Keyring
 from provision.labels.layout import check_offsets
 from provision.labels.render import (
@@ -170,8 +171,12 @@ def register_batch(
     on_progress: Progress = no_progress,
     on_registered: Registered | None = None,
     now: datetime | None = None,
+    gtins: Mapping[str, str] | None = None,
 ) -> RegisterResult:
     """Validate the manifests, then register every new device (and its components) in chunks.
+
+    GTINS (model -> GTIN, from a job file) gives the devices of those models their GTIN where
+    the manifest's gtin column leaves it empty.
 
     Without `reject_file` any bad row aborts before anything is written. Each chunk is one
     transaction, so a batch killed at any point is finished by simply running it again.
@@ -181,6 +186,8 @@ def register_batch(
         raise ProvisionError(f"--device-type {problem}")
     _ = keyring.active  # fail before reading anything if no key can sign
     serials = read_manifest(serials_path, SERIALS, device_type_default=device_type)
+    if gtins:
+        serials.check(functools.partial(_serials_fit_gtins, dict(gtins), serials.name))
     comps = read_manifest(components_path, COMPONENTS) if components_path else None
     return register_manifests(
         registry,
@@ -194,7 +201,23 @@ def register_batch(
         on_progress=on_progress,
         on_registered=on_registered,
         now=now,
+        gtins=gtins,
     )
+
+
+def _gtin_of(rec: Any, gtins: Mapping[str, str] | None) -> str | None:
+    """A row's GTIN-14: its own gtin cell, else its model's from the job file, else none."""
+    value = rec.gtin or (gtins or {}).get(rec.model or "")
+    return gtin14(value) if value else None
+
+
+def _serials_fit_gtins(gtins: dict[str, str], name: str, frame: Any) -> list[RowError]:
+    """Rows that get a job file's GTIN must have a serial GS1 AI 21 can hold."""
+    given = frame["gtin"].to_numpy(dtype=object) == ""
+    of_model = frame["model"].isin(list(gtins)).to_numpy(dtype=bool)
+    long = (frame["serial"].str.len() > MAX_GS1_SERIAL).to_numpy(dtype=bool)
+    lines = frame[LINE].to_numpy()[given & of_model & long]
+    return [RowError(name, int(n), "serial", SERIAL_TOO_LONG_FOR_GTIN) for n in lines]
 
 
 def register_manifests(
@@ -210,6 +233,7 @@ def register_manifests(
     on_progress: Progress = no_progress,
     on_registered: Registered | None = None,
     now: datetime | None = None,
+    gtins: Mapping[str, str] | None = None,
 ) -> RegisterResult:
     """Register already-validated manifests (see register_batch).
 
@@ -290,7 +314,7 @@ def register_manifests(
                     "model": rec.model or None,
                     "manufactured_at": rec.manufactured_at or None,
                     "production_line": rec.line or None,
-                    "gtin": gtin14(rec.gtin) if rec.gtin else None,
+                    "gtin": _gtin_of(rec, gtins),
                     "batch_seq": line,
                     "key_id": signing_key.id,
                     "expires_at": expires_at,
@@ -613,6 +637,7 @@ def register_and_render(
     offset_y_mm: float = 0.0,
     workers: int | None = None,
     on_progress: Progress = no_progress,
+    gtins: Mapping[str, str] | None = None,
 ) -> tuple[RegisterResult, LabelsResult]:
     """register_batch, then render_batch_labels; for a new batch, both at once.
 
@@ -643,6 +668,7 @@ def register_and_render(
         "ttl_days": ttl_days,
         "reject_file": reject_file,
         "chunk_size": chunk_size,
+        "gtins": gtins,
     }
     render_kwargs: dict[str, Any] = {
         "fmt": fmt,

@@ -268,3 +268,35 @@ def test_event_ids_match_the_reference_for_random_devices(tmp_path: Path) -> Non
     path.write_text("".join(document_chunks(iter(events))))
     assert schema_errors(json.loads(path.read_text())) == []
     assert [e["eventID"] for e in events] == reference_hashes(path)
+
+
+def test_a_job_file_gives_each_model_its_gtin(
+    run_cli: Any, registry: Registry, keyring_path: Path, tmp_path: Path
+) -> None:
+    from provision.keys import load_keyring
+    from provision.serials import device_id
+
+    pepper = load_keyring(keyring_path).pepper
+    rows = [
+        ["JOB1", "sensor", "S-1", "", ""],  # the model's GTIN
+        ["JOB2", "sensor", "S-1", "", "96385074"],  # its own gtin cell wins
+        ["JOB3", "sensor", "S-9", "", ""],  # a model the table does not name: none
+    ]
+    write_csv(tmp_path / "s.csv", SERIALS, rows)
+    job = tmp_path / "job.toml"
+    job.write_text(f'batch = "j1"\nserials = "s.csv"\n[gtin]\n"S-1" = "{GTIN}"\n')
+    out = run_cli("run", str(job))
+    assert out.exit_code == 0, out.output
+    gtins = [registry.devices.get(device_id(pepper, s[0])) for s in rows]
+    assert [d.gtin if d else "missing" for d in gtins] == [GTIN, "00000096385074", None]
+
+    job.write_text('batch = "j2"\nserials = "s.csv"\n[gtin]\n"S-1" = "04012345000017"\n')
+    bad = run_cli("run", str(job))
+    assert bad.exit_code != 0
+    assert f'{job}: `gtin."S-1"`: check digit is 7, should be 6' in bad.stderr
+    long = write_csv(tmp_path / "long.csv", SERIALS, [["L" * 21, "sensor", "S-1", "", ""]])
+    job.write_text(f'batch = "j3"\nserials = "long.csv"\n[gtin]\n"S-1" = "{GTIN}"\n')
+    too_long = run_cli("run", str(job))
+    assert too_long.exit_code != 0
+    assert f"{long}:2: serial: a serial with a gtin is a GS1 AI 21" in too_long.stderr
+    assert registry.batches.id_of("j3") is None
