@@ -137,6 +137,8 @@ def activate(
     expiry = int(device.expires_at.timestamp())  # whole seconds, as the payload holds it
     if check.key_id != device.key_id or int(check.expires_at.timestamp()) != expiry:
         raise reject(Reason.FORGED, device)
+    if check.gtin is not None and check.gtin != device.gtin:
+        raise reject(Reason.FORGED, device)  # signed for another GTIN: not this device's label
     if device.status == DeviceStatus.REVOKED:
         raise reject(Reason.REVOKED_DEVICE, device)
     if device.status == DeviceStatus.PENDING and recalled(registry, device):

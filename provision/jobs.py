@@ -37,6 +37,7 @@ KEYS = {
     "reject_file": "let good rows through and write bad ones here (optional)",
     "station": "print station profile: offsets, template and format (optional)",
     "format": "pdf or zpl (default: the station's, else pdf)",
+    "payload": "what the QR holds: compact or digital-link (default: the station's, else compact)",
     "copies": f"copies of each label, 1 to {MAX_COPIES} (default 1)",
     "offset_x_mm": "calibration offset right, mm (default: the station's, else 0)",
     "offset_y_mm": "calibration offset down, mm (default: the station's, else 0)",
@@ -67,6 +68,7 @@ class Job:
     offset_x_mm: float | None = None
     offset_y_mm: float | None = None
     gtins: dict[str, str] = field(default_factory=dict)  # model -> GTIN
+    payload: str | None = None
 
 
 @dataclass
@@ -131,6 +133,8 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
             raise JobError(f"{p}: `{key}` must be a finite number")
     if data.get("format") not in (None, "pdf", "zpl"):
         raise JobError(f"{p}: `format` must be pdf or zpl")
+    if data.get("payload") not in (None, "compact", "digital-link"):
+        raise JobError(f"{p}: `payload` must be compact or digital-link")
     gtins = data.get("gtin", {})
     if not isinstance(gtins, dict):
         raise JobError(f"{p}: `gtin` must be a table of model = GTIN ({KEYS['gtin']})")
@@ -160,6 +164,7 @@ def load_job(path: str | Path, now: datetime | None = None) -> Job:
         offset_x_mm=data.get("offset_x_mm"),
         offset_y_mm=data.get("offset_y_mm"),
         gtins=dict(gtins),
+        payload=data.get("payload"),
     )
 
 
@@ -217,5 +222,6 @@ def run_job(
         offset_y_mm=job.offset_y_mm if job.offset_y_mm is not None else profile.offset_y_mm,
         on_progress=on_progress,
         gtins=job.gtins,
+        payload=job.payload or profile.payload or "compact",
     )
     return JobResult(str(job.path), registered, labels)

@@ -48,6 +48,7 @@ class Verification:
     device_id: str | None = None
     key_id: int | None = None
     expires_at: datetime | None = None
+    gtin: str | None = None  # a GS1 Digital Link payload's GTIN-14 (the device must have it)
 
     def to_json(self) -> dict[str, Any]:
         if not self.valid:
@@ -147,10 +148,98 @@ def token_header(token: str) -> tuple[int, str, int] | None:
     return (key_id, dev.hex(), expiry) if version == VERSION else None
 
 
+# -- GS1 Digital Link payloads ---------------------------------------------------------------------
+#
+# `labels --payload digital-link` puts `{BASE_URL}/01/{GTIN-14}/21/{SERIAL}?s={SIG}` in the QR:
+# a GS1 Digital Link URI (a retail scanner reads the GTIN and serial off it; GS1 Digital Link
+# lets a URI carry attributes of its own in the query string, which a resolver passes on) that
+# a phone opens on the activation service. SIG is base32 (no padding) of 22 bytes:
+#
+#     version 2 (1) | key id (1) | expiry, unix seconds (4) | tag (16)
+#
+# tag = HMAC-SHA256(key, DL_PURPOSE || GTIN-14 || 0x1F || serial || the 6 bytes before it): the
+# signature covers the GTIN, the serial, the key id and the expiry. The device id is the keyed
+# hash of the serial, as for every device, so verifying needs the keyring, not the database.
+
+DL_VERSION = 2
+DL_PURPOSE = b"provision/digital-link-payload/v1\x00"
+_DL_HEADER = struct.Struct(">BBI")
+DL_SIG_CHARS = 36  # 22 bytes in base32, without its padding
+_DL_PATH = re.compile(r"/01/(\d{8}|\d{12,14})/21/([^/?#]+)/?(?:\?([^#]*))?(?:#.*)?")
+_DL_SIG_RE = re.compile(rf"[A-Z2-7]{{{DL_SIG_CHARS}}}")
+
+
+def _dl_tag(secret: bytes, gtin14: str, serial: str, header: bytes) -> bytes:
+    message = DL_PURPOSE + gtin14.encode() + b"\x1f" + serial.encode() + header
+    return hmac.new(secret, message, hashlib.sha256).digest()[:TAG_BYTES]
+
+
+def sign_digital_link(key_id: int, secret: bytes, gtin14: str, serial: str, expires_at: int) -> str:
+    """The SIG query value of a device's Digital Link payload."""
+    header = _DL_HEADER.pack(DL_VERSION, key_id, expires_at)
+    raw = header + _dl_tag(secret, gtin14, serial, header)
+    return base64.b32encode(raw).decode("ascii").rstrip("=")
+
+
+def digital_link_url(
+    base_url: str, keyring: Keyring, key_id: int, gtin14: str, serial: str, expires_at: datetime
+) -> str:
+    """A device's Digital Link payload, signed again from its key id and expiry."""
+    from provision.gs1 import encode_serial
+
+    key = keyring.get(key_id)
+    if key is None or key.secret is None:
+        state = "not in the keyring" if key is None else KeyState.REVOKED
+        raise KeyringError(f"key {key_id} is {state}: a payload cannot be signed with it")
+    sig = sign_digital_link(key.id, key.secret, gtin14, serial, int(expires_at.timestamp()))
+    return f"{base_url.rstrip('/')}/01/{gtin14}/21/{encode_serial(serial)}?s={sig}"
+
+
+def is_digital_link(payload_or_url: str) -> bool:
+    return _DL_PATH.search(payload_or_url.strip()) is not None
+
+
+def _verify_digital_link(text: str, keyring: Keyring, now: datetime | None) -> Verification:
+    from provision.serials import device_id, serial_problem
+
+    found = _DL_PATH.search(text)
+    assert found is not None
+    gtin, segment, query = found.group(1).zfill(14), found.group(2), found.group(3) or ""
+    serial = urllib.parse.unquote(segment)
+    sigs = urllib.parse.parse_qs(query).get("s", [])
+    if serial_problem(serial) is not None or len(sigs) != 1:
+        return Verification(False, Reason.MALFORMED)
+    sig = sigs[0].translate(_ASCII_UPPER)
+    if not _DL_SIG_RE.fullmatch(sig):
+        return Verification(False, Reason.MALFORMED)
+    raw = base64.b32decode(sig + "====")
+    header, tag = raw[: _DL_HEADER.size], raw[_DL_HEADER.size :]
+    version, key_id, expiry = _DL_HEADER.unpack(header)
+    if version != DL_VERSION:
+        return Verification(False, Reason.MALFORMED)
+    did = device_id(keyring.pepper, serial)
+    key = keyring.get(key_id)
+    if key is None:
+        return Verification(False, Reason.UNKNOWN_KEY, key_id=key_id)
+    if key.state == KeyState.REVOKED or key.secret is None:
+        return Verification(False, Reason.REVOKED_KEY, key_id=key_id)
+    if not hmac.compare_digest(_dl_tag(key.secret, gtin, serial, header), tag):
+        return Verification(False, Reason.FORGED, key_id=key_id)
+    expires_at = datetime.fromtimestamp(expiry, UTC)
+    if (now or datetime.now(UTC)) >= expires_at:
+        return Verification(
+            False, Reason.EXPIRED, device_id=did, key_id=key_id, expires_at=expires_at
+        )
+    return Verification(True, None, did, key_id, expires_at, gtin)
+
+
 def verify_payload(
     payload_or_url: str, keyring: Keyring, now: datetime | None = None
 ) -> Verification:
-    """Check format, key, signature and expiry; no database involved."""
+    """Check format, key, signature and expiry; no database involved. A compact payload
+    (`.../A/TOKEN`) or a GS1 Digital Link one (`.../01/GTIN/21/SERIAL?s=SIG`)."""
+    if is_digital_link(payload_or_url):
+        return _verify_digital_link(payload_or_url.strip(), keyring, now)
     token = extract_token(payload_or_url)
     if not _TOKEN_RE.fullmatch(token):
         return Verification(False, Reason.MALFORMED)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -27,6 +28,7 @@ from provision.errors import (
     ManifestError,
     ProvisionError,
     RowError,
+    UsageError,
 )
 from provision.files import atomic_writer, publish_revision, write_atomic
 from provision.gs1 import MAX_GS1_SERIAL, SERIAL_TOO_LONG_FOR_GTIN, gtin14
@@ -49,7 +51,7 @@ from provision.manifests import (
     read_manifest,
     write_rejects,
 )
-from provision.payload import device_token, payload_url
+from provision.payload import device_token, digital_link_url, payload_url
 from provision.qr import save_png
 from provision.registry import NewBatch, Registry, utcnow
 from provision.serials import (
@@ -65,6 +67,19 @@ from provision.states import DeviceStatus
 from provision.text import plural, text_problem
 
 log = logging.getLogger(__name__)
+
+# What a label's QR holds: the compact token, or a GS1 Digital Link URI (provision.payload).
+COMPACT = "compact"
+DIGITAL_LINK = "digital-link"
+PAYLOADS = (COMPACT, DIGITAL_LINK)
+
+
+def check_payload(payload: str) -> str:
+    """What a label's QR holds: `compact` (BASE_URL/A/TOKEN) or `digital-link`."""
+    if payload not in PAYLOADS:
+        raise UsageError(f"--payload must be {' or '.join(PAYLOADS)}, not {payload!r}")
+    return payload
+
 
 Progress = Callable[[str, int, int], None]
 """on_progress(stage, done, total): the CLI wires tqdm to it; the library never imports tqdm."""
@@ -498,20 +513,30 @@ def render_batch_labels(
     offset_x_mm: float = 0.0,
     offset_y_mm: float = 0.0,
     on_progress: Progress = no_progress,
+    payload: str = COMPACT,
 ) -> LabelsResult:
     """Render OUTPUT/BATCH.pdf (or .zpl), then OUTPUT/BATCH.json, the print station's signal.
 
     Each payload is signed again from the device's key id and expiry (it is never stored).
+    PAYLOAD is what the QR holds: `compact` (BASE_URL/A/TOKEN) or `digital-link` (a GS1
+    Digital Link URI with the signature in its query: every device needs a GTIN).
 
     The print file is published under a new name, never over an existing one: a re-render
     with other content becomes BATCH.r2.pdf, BATCH.r3.pdf, ... and the summary names it.
     """
     if fmt not in RENDERERS:
         raise BatchError(f"--format must be one of {', '.join(RENDERERS)}")
+    check_payload(payload)
     batch_id = _batch_id(registry, batch)
     total = registry.devices.count(batch_id)
     if total == 0:
         raise BatchError(f"batch {batch!r} has no devices")
+    if payload == DIGITAL_LINK and (missing := registry.devices.without_gtin(batch_id)):
+        raise BatchError(
+            f"batch {batch!r}: {plural(missing, 'device')} without a GTIN; --payload "
+            "digital-link needs one for each (a gtin column in the manifest, or the job "
+            "file's [gtin] table)"
+        )
     # A pending device under a key that cannot sign (revoked) would get a label that never
     # activates: refuse, and say how to fix it. An activated or revoked device under such a
     # key is left off the sheets (it needs no label; its payload cannot be signed again).
@@ -528,7 +553,9 @@ def render_batch_labels(
             f"`provision resign {batch}` to sign them under the active key"
         )
 
-    labels = batch_labels(registry, batch_id, batch, template, base_url, keyring, on_progress)
+    labels = batch_labels(
+        registry, batch_id, batch, template, base_url, keyring, on_progress, payload
+    )
     result = _publish_labels(
         labels,
         batch,
@@ -539,6 +566,7 @@ def render_batch_labels(
         copies=copies,
         offset_x_mm=offset_x_mm,
         offset_y_mm=offset_y_mm,
+        payload=payload,
     )
     registry.batches.labels_published(batch_id, result.revision, utcnow())
     return result
@@ -556,6 +584,7 @@ def _publish_labels(
     offset_x_mm: float,
     offset_y_mm: float,
     pool: RenderPool | None = None,
+    payload: str = "compact",
 ) -> LabelsResult:
     """Render LABELS to OUTPUT/BATCH.pdf (or .zpl, or a new revision), then OUTPUT/BATCH.json."""
     out = Path(output_dir)
@@ -597,6 +626,7 @@ def _publish_labels(
     )
     summary = {
         "batch": batch,
+        "payload": payload,
         "format": fmt,
         fmt: path.name,
         "revision": revision,
@@ -638,6 +668,7 @@ def register_and_render(
     workers: int | None = None,
     on_progress: Progress = no_progress,
     gtins: Mapping[str, str] | None = None,
+    payload: str = "compact",
 ) -> tuple[RegisterResult, LabelsResult]:
     """register_batch, then render_batch_labels; for a new batch, both at once.
 
@@ -671,13 +702,16 @@ def register_and_render(
         "gtins": gtins,
     }
     render_kwargs: dict[str, Any] = {
+        "payload": payload,
         "fmt": fmt,
         "start_at": start_at,
         "copies": copies,
         "offset_x_mm": offset_x_mm,
         "offset_y_mm": offset_y_mm,
     }
-    if not fresh or fmt != "pdf":
+    check_payload(payload)
+    # The labels drawn while registering are compact ones; a Digital Link batch is drawn after.
+    if not fresh or fmt != "pdf" or payload != COMPACT:
         registered = register_batch(
             registry, keyring, serials_path, on_progress=on_progress, **register_kwargs
         )
@@ -794,6 +828,7 @@ def batch_labels(
     base_url: str,
     keyring: Keyring,
     on_progress: Progress = no_progress,
+    payload: str = "compact",
 ) -> Iterator[LabelData]:
     """What each label of a batch shows, in label order, read from the registry in chunks."""
     total = registry.devices.count(batch_id)
@@ -803,16 +838,17 @@ def batch_labels(
         for d in chunk:
             if d.status != DeviceStatus.PENDING and not _can_sign(keyring, d.key_id):
                 continue  # in use already, under a key that can no longer sign: no label
+            linked = payload == DIGITAL_LINK
             serial = (
                 decrypt_serial(keyring.data_key, d.device_id, d.serial_ct)
-                if template.prints_serial
+                if template.prints_serial or linked
                 else None
             )
-            yield _label(
+            label = _label(
                 keyring,
                 base_url,
                 batch,
-                serial,
+                serial if template.prints_serial else None,
                 device_id=d.device_id,
                 device_type=d.device_type,
                 model=d.model,
@@ -820,6 +856,11 @@ def batch_labels(
                 key_id=d.key_id,
                 expires_at=d.expires_at,
             )
+            if linked:
+                assert d.gtin is not None and serial is not None  # checked before rendering
+                url = digital_link_url(base_url, keyring, d.key_id, d.gtin, serial, d.expires_at)
+                label = dataclasses.replace(label, url=url)
+            yield label
         done += len(chunk)
         on_progress("render", done, total)
 
@@ -955,6 +996,7 @@ def resign_batch(
         offset_x_mm=float(last.get("offset_x_mm") or 0.0),
         offset_y_mm=float(last.get("offset_y_mm") or 0.0),
         on_progress=on_progress,
+        payload=str(last.get("payload") or COMPACT),
     )
     log.info("batch %s: %d devices re-signed under key %d", batch, moved, key.id)
     return ResignResult(batch, moved, key.id, labels)

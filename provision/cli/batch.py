@@ -189,6 +189,13 @@ def raise_if_rejected(result: Any) -> None:
     help="Use a station profile's offsets, template and format (`provision stations`).",
 )
 @click.option(
+    "--payload",
+    type=click.Choice(["compact", "digital-link"]),
+    help="What the QR holds: compact (BASE_URL/A/TOKEN) or digital-link (a GS1 Digital Link "
+    "URI BASE_URL/01/GTIN/21/SERIAL?s=SIG, read by retail scanners; every device needs a "
+    "GTIN, and the serial is printed in clear) [default: the station's, else compact].",
+)
+@click.option(
     "--alignment-page",
     is_flag=True,
     help="Only write OUTPUT/alignment-TEMPLATE.pdf: label outlines and rulers.",
@@ -206,6 +213,7 @@ def labels(
     offset_x: float | None,
     offset_y: float | None,
     station: str | None,
+    payload: str | None,
     alignment_page: bool,
     as_json: bool,
     quiet: bool,
@@ -220,6 +228,7 @@ def labels(
       provision labels line1-20261128 --template avery-5160 --start-at 5
       provision labels line1-20261128 --station dock-zebra --format zpl --copies 2
       provision labels line1-20261128 --template avery-l7160 --alignment-page
+      provision labels line1-20261128 --payload digital-link --template thermal-50x30
     """
     from provision.labels.stations import Station, get_station
     from provision.labels.templates import load_template
@@ -257,6 +266,7 @@ def labels(
         offset_x_mm=dx,
         offset_y_mm=dy,
         on_progress=progress_bar(quiet),
+        payload=payload or profile.payload or "compact",
     )
     emit(
         as_json,

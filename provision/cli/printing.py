@@ -35,6 +35,11 @@ def stations() -> None:
 @click.option("--offset-y", type=MILLIMETRES, default=0.0, show_default=True, metavar="MM")
 @click.option("--template", "-t", help="Default template of this station.")
 @click.option("--format", "fmt", type=click.Choice(["pdf", "zpl"]), help="Default format.")
+@click.option(
+    "--payload",
+    type=click.Choice(["compact", "digital-link"]),
+    help="Default QR content: the compact token, or a GS1 Digital Link URI.",
+)
 @json_option
 @pass_settings
 def stations_set(
@@ -44,6 +49,7 @@ def stations_set(
     offset_y: float,
     template: str | None,
     fmt: str | None,
+    payload: str | None,
     as_json: bool,
 ) -> None:
     """Create or replace a station's profile in the stations file.
@@ -57,7 +63,7 @@ def stations_set(
 
     if template:
         load_template(template)  # refuse a profile naming a template that does not load
-    station = Station(name, offset_x, offset_y, template, fmt)
+    station = Station(name, offset_x, offset_y, template, fmt, payload)
     save_station(settings.stations, station)
     emit(as_json, station.to_json(), f"Station {name} saved in {settings.stations}.")
 

@@ -484,11 +484,15 @@ def _slot(job: SheetJob, position: int, symbol: QRSymbol, label: LabelData) -> _
     # The template was checked for a typical URL; a longer base URL makes a bigger symbol.
     least = t.least_module
     if m + 1e-9 < least:
+        from provision.labels.templates import templates_that_fit
+
+        fit = templates_that_fit(symbol.size, t)[:3]
         raise TemplateError(
             f"{t.name}: the {len(label.url)}-character QR URL needs a version {symbol.version} "
             f"code ({symbol.size} modules), whose modules would be {m:.3f} mm on this "
             f"{t.label_width} x {t.label_height} mm label, below the readable {least:.3f} mm; "
             "use a shorter base URL or a larger label"
+            + (f" (templates that fit: {', '.join(fit)})" if fit else "")
         )
     # A symbol of another size than the first label's was not checked against the page yet.
     check_placement(t, position, placed, *job.offset)

@@ -25,6 +25,7 @@ class Station:
     offset_y_mm: float = 0.0
     template: str | None = None
     format: str | None = None
+    payload: str | None = None  # what the QR holds: compact or digital-link
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,7 +43,7 @@ def load_stations(path: str | Path) -> dict[str, Station]:
     for name, values in data.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{p}: [{name}] must be a table")
-        unknown = set(values) - {"offset_x_mm", "offset_y_mm", "template", "format"}
+        unknown = set(values) - {"offset_x_mm", "offset_y_mm", "template", "format", "payload"}
         if unknown:
             raise ConfigError(f"{p}: [{name}] has unknown key(s) {', '.join(sorted(unknown))}")
         try:
@@ -73,6 +74,8 @@ def check_station(s: Station) -> Station:
             )
     if s.format is not None and s.format not in ("pdf", "zpl"):
         raise ConfigError(f"station {s.name}: format must be pdf or zpl")
+    if s.payload is not None and s.payload not in ("compact", "digital-link"):
+        raise ConfigError(f"station {s.name}: payload must be compact or digital-link")
     return s
 
 
@@ -117,5 +120,7 @@ def save_station(path: str | Path, station: Station) -> None:
             lines.append(f"template = {json.dumps(s.template)}")
         if s.format:
             lines.append(f"format = {json.dumps(s.format)}")
+        if s.payload:
+            lines.append(f"payload = {json.dumps(s.payload)}")
         lines.append("")
     write_atomic(path, "\n".join(lines).encode())

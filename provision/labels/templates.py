@@ -266,6 +266,21 @@ def list_templates(*, strict: bool = True) -> list[Template]:
     return out
 
 
+def templates_that_fit(modules: int, like: Template | None = None) -> list[str]:
+    """The names of the templates (yours and the built-ins) whose labels hold a readable QR
+    code of MODULES modules; those of LIKE's kind (a roll or a sheet, as its per_page says)
+    first, smallest label first."""
+    fits = [
+        t for t in list_templates(strict=False) if t.module_size(modules) + 1e-9 >= t.least_module
+    ]
+    roll = like is not None and like.per_page == 1
+
+    def order(t: Template) -> tuple[bool, float]:
+        return ((t.per_page == 1) != roll, t.label_width * t.label_height)
+
+    return [t.name for t in sorted(fits, key=order)]
+
+
 def load_template(name_or_path: str | Path) -> Template:
     """A template by name (the user template folders first, then the built-ins), or a template
     file by path."""

@@ -174,6 +174,12 @@ class Devices:
         with self._store.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
+    def without_gtin(self, batch_id: int) -> int:
+        """How many of the batch's devices have no GTIN."""
+        q = select(func.count()).where(devices.c.batch_id == batch_id, devices.c.gtin.is_(None))
+        with self._store.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
     def count_components(self, batch_id: int | None = None) -> int:
         q = select(func.count()).select_from(components)
         if batch_id is not None:

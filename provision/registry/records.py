@@ -122,6 +122,7 @@ class LabelRow(_Record):
     expires_at: datetime
     serial_ct: bytes
     status: DeviceStatus
+    gtin: str | None = None
 
     _TIMES = ("expires_at",)
 

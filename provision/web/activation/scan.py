@@ -60,6 +60,22 @@ def scan_post(token: str) -> Any:
     return render_template("activated.html", result=result, user=user), 200
 
 
+def _linked_payload(gtin: str, serial: str) -> str:
+    """A GS1 Digital Link scan's payload, from its path (decoded by the router: each serial
+    character encoded again as the label had it) and its signature parameter."""
+    from provision.gs1 import encode_serial
+
+    return f"/01/{gtin}/21/{encode_serial(serial)}?s={request.args.get('s', '')}"
+
+
+def linked_page(gtin: str, serial: str) -> Any:
+    return scan_page(_linked_payload(gtin, serial))
+
+
+def linked_post(gtin: str, serial: str) -> Any:
+    return scan_post(_linked_payload(gtin, serial))
+
+
 def blueprint(activation_limit: Callable[..., Any]) -> Blueprint:
     """The scan pages; ACTIVATION_LIMIT is the app's shared limit on activating POSTs."""
     bp = Blueprint("scan", __name__)
@@ -72,4 +88,8 @@ def blueprint(activation_limit: Callable[..., Any]) -> Blueprint:
             activation_limit(scan_post),
             methods=["POST"],
         )
+    # A GS1 Digital Link label (`labels --payload digital-link`): /01/GTIN/21/SERIAL?s=SIG.
+    rule = "/01/<gtin>/21/<path:serial>"
+    bp.add_url_rule(rule, "linked_page", linked_page, methods=["GET"])
+    bp.add_url_rule(rule, "linked_post", activation_limit(linked_post), methods=["POST"])
     return bp
