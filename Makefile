@@ -9,13 +9,19 @@ DEMO_ENV := PROVISION_KEYRING=$(CURDIR)/var/demo-keyring.json \
             PROVISION_DB_URL=sqlite:///$(CURDIR)/var/demo.db \
             PROVISION_OUTPUT=$(CURDIR)/output
 
-.PHONY: demo test lint typecheck pytest clean install chromium glabels bench bench-reconcile
+.PHONY: demo test lint typecheck pytest clean install chromium glabels redis bench bench-reconcile
 
 # The browser tests drive Debian's Chromium; install it when the machine lacks it.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing Debian chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The shared rate limit's tests start a throwaway Redis (Debian redis-server), as PostgreSQL's.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian redis-server for the shared rate limit tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,7 +57,7 @@ glabels:
 	  echo "installing Debian glabels-data for the template import tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq glabels-data; }
 
-pytest: $(STAMP) chromium glabels
+pytest: $(STAMP) chromium glabels redis
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -12,6 +12,7 @@ from provision.cli.common import (
     json_option,
     pass_settings,
 )
+from provision.errors import UsageError
 
 
 @click.command()
@@ -41,6 +42,23 @@ from provision.cli.common import (
     show_envvar=True,
     help="Activation attempts allowed per client address.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with --workers threads, sharing the port.",
+)
+@click.option(
+    "--rate-limit-storage",
+    default="memory://",
+    show_default=True,
+    envvar="PROVISION_RATE_LIMIT_STORAGE",
+    show_envvar=True,
+    metavar="URI",
+    help="Where the rate limit's counters live: memory:// (this process only) or "
+    "redis://HOST:PORT, shared by every process and host.",
+)
 @json_option
 @pass_settings
 def serve(
@@ -50,29 +68,62 @@ def serve(
     workers: int,
     trusted_proxies: int,
     rate_limit: str,
+    processes: int,
+    rate_limit_storage: str,
     as_json: bool,
 ) -> None:
     """Run the activation service (scan page and JSON API) under waitress.
 
+    /healthz answers while the process is alive; /readyz when the registry answers and the
+    keyring reads (503 naming the check that failed). SIGTERM stops it gracefully: no new
+    connections, the requests in flight finished, exit 0.
+
     \b
     Example:
       provision --base-url https://act.example.com serve --host 0.0.0.0 --trusted-proxies 1
+      provision serve --processes 4 --rate-limit-storage redis://127.0.0.1:6379
     """
     from provision.web import WebSettings, create_app
-    from provision.web import serve as run_server
+    from provision.web.server import serve as run_server
 
-    logging.getLogger("provision").setLevel(logging.INFO)
-    app = create_app(
-        WebSettings(
-            settings.db, settings.keyring_path, settings.base_url, trusted_proxies, rate_limit
-        ),
-        keyring=settings.keyring(),
-        registry=settings.registry(),
-    )
-    if as_json:
-        click.echo(json.dumps({"listening": f"http://{host}:{port}", "workers": workers}))
-    else:
-        click.echo(
-            f"provision activation service on http://{host}:{port} ({workers} workers)", err=True
+    if processes > 1 and rate_limit_storage.startswith("memory://"):
+        raise UsageError(
+            f"--processes {processes} with --rate-limit-storage memory://: each process would "
+            "count on its own, multiplying the limit; give a shared store, e.g. "
+            "--rate-limit-storage redis://127.0.0.1:6379"
         )
-    run_server(app, host, port, workers)
+    logging.getLogger("provision").setLevel(logging.INFO)
+    web = WebSettings(
+        settings.db,
+        settings.keyring_path,
+        settings.base_url,
+        trusted_proxies,
+        rate_limit,
+        rate_limit_storage,
+    )
+    keyring, registry = settings.keyring(), settings.registry()  # fail here, not in a worker
+    if processes == 1:
+        app = create_app(web, keyring=keyring, registry=registry)
+
+        def make_app() -> object:
+            return app
+
+    else:
+        registry.ping()
+        registry.close()  # each worker opens its own connections, after the fork
+
+        def make_app() -> object:
+            return create_app(web)
+
+    def listening() -> None:
+        if as_json:
+            data = {"listening": f"http://{host}:{port}", "workers": workers}
+            click.echo(json.dumps(data | {"processes": processes}))
+        else:
+            click.echo(
+                f"provision activation service on http://{host}:{port} "
+                f"({processes} x {workers} workers)",
+                err=True,
+            )
+
+    run_server(make_app, host, port, workers, processes, on_listening=listening)

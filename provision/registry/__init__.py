@@ -189,5 +189,10 @@ class Registry:
 
         return follow_up(self.store, device_ids)
 
+    def ping(self) -> None:
+        """One trivial query: raises when the database does not answer."""
+        with self.store.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
     def close(self) -> None:
         self.store.close()

@@ -6,11 +6,8 @@ activation/   the public activation service: scan pages and the device API
 
 from __future__ import annotations
 
-import errno
-
 from flask import Flask
 
-from provision.errors import ConfigError
 from provision.web.activation import create_app
 from provision.web.common import DEFAULT_RATE_LIMIT, Services, WebSettings, redact_path
 
@@ -18,16 +15,7 @@ __all__ = ["DEFAULT_RATE_LIMIT", "Services", "WebSettings", "create_app", "redac
 
 
 def serve(app: Flask, host: str, port: int, threads: int) -> None:
-    """Run under waitress, a production WSGI server (not Flask's development server)."""
-    from waitress.server import create_server
+    """Run APP under waitress in this process until SIGTERM (provision.web.server)."""
+    from provision.web.server import serve as run
 
-    try:
-        server = create_server(app, host=host, port=port, threads=threads, ident="provision")
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} is in use") from None
-        if exc.errno == errno.EACCES:
-            raise ConfigError(f"port {port}: permission denied") from None
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    server.print_listen("Serving on http://{}:{}")
-    server.run()
+    run(lambda: app, host, port, threads)

@@ -67,6 +67,9 @@ class WebSettings:
     base_url: str
     trusted_proxies: int = 0
     rate_limit: str = DEFAULT_RATE_LIMIT
+    # Where Flask-Limiter keeps its counters: this process's memory, or a store every process
+    # and host shares (redis://HOST:PORT), so that a limit holds across them.
+    rate_limit_storage: str = "memory://"
 
 
 @dataclass(frozen=True)
@@ -139,12 +142,13 @@ def make_app(svc: Services) -> Flask:
     app.register_error_handler(500, _internal)
     app.register_error_handler(KeyringError, _no_keyring)
     app.add_url_rule("/healthz", "healthz", _healthz, methods=["GET"])
+    app.add_url_rule("/readyz", "readyz", _readyz, methods=["GET"])
     return app
 
 
-def make_limiter(app: Flask) -> Limiter:
-    """Flask-Limiter on APP, its counters in this process's memory."""
-    return Limiter(get_remote_address, app=app, storage_uri="memory://", headers_enabled=True)
+def make_limiter(app: Flask, storage_uri: str = "memory://") -> Limiter:
+    """Flask-Limiter on APP, its counters in STORAGE_URI (memory:// or redis://...)."""
+    return Limiter(get_remote_address, app=app, storage_uri=storage_uri, headers_enabled=True)
 
 
 def page_error(reason: str, status: int, message: str) -> Any:
@@ -230,4 +234,23 @@ def _no_keyring(exc: KeyringError) -> Any:
 
 
 def _healthz() -> Any:
+    """Alive: the process answers (nothing else is looked at)."""
     return jsonify({"ok": True})
+
+
+def _readyz() -> Any:
+    """Ready: the registry answers a query and the keyring file reads; 503 naming what is not."""
+    svc = services()
+    checks: dict[str, str] = {}
+    try:
+        svc.registry.ping()
+        checks["registry"] = "ok"
+    except Exception as exc:
+        checks["registry"] = type(exc).__name__
+    try:
+        svc.keyring()
+        checks["keyring"] = "ok"
+    except Exception as exc:
+        checks["keyring"] = type(exc).__name__
+    ready = all(v == "ok" for v in checks.values())
+    return jsonify({"ready": ready, "checks": checks}), 200 if ready else 503

@@ -25,7 +25,7 @@ def create_app(
     """The activation service's Flask app; `provision serve` runs it under waitress."""
     app = make_app(Services.open(settings, registry, keyring))
     csrf = CSRFProtect(app)
-    limiter = make_limiter(app)
+    limiter = make_limiter(app, settings.rate_limit_storage)
     # One budget per client address for every route that activates (/A/, /a/ and the API):
     # a per-route limit would let a client triple it by switching the path's case or the route.
     activation_limit = limiter.shared_limit(

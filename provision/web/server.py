@@ -1,0 +1,154 @@
+"""Running a web app: waitress in one process or several (pre-forked), stopped gracefully.
+
+`serve` binds the port once; with several processes each is forked from this one after that
+and serves the same listening socket (the kernel hands each new connection to one of them),
+and each builds its own app (its own database connections) after the fork. The parent only
+supervises: a worker that dies is replaced; SIGTERM (or SIGINT) is passed on to every worker.
+
+A worker told to stop stops accepting, lets every request it has begun finish and its answer
+go out (up to GRACE_SECONDS), closes its idle keep-alive connections, and exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from provision.errors import ConfigError
+
+log = logging.getLogger("provision.web")
+GRACE_SECONDS = 30.0  # the longest a stopping worker waits for requests in flight
+_TICK = 0.2  # seconds between two looks at the connections of a stopping worker
+_CRASH_WINDOW = 5.0  # a worker that dies this soon after starting counts as a crash loop
+_MAX_QUICK_DEATHS = 5
+
+
+def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """The listening socket, or a one-line ConfigError (port in use, no permission, ...)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} is in use") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"port {port}: permission denied") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _busy(channel: Any) -> bool:
+    """A connection with a request being read, run or answered."""
+    return bool(
+        getattr(channel, "requests", None)
+        or getattr(channel, "request", None) is not None
+        or getattr(channel, "total_outbufs_len", 0)
+    )
+
+
+def run_worker(app: Any, sock: socket.socket, threads: int) -> None:
+    """Serve APP on SOCK with waitress until SIGTERM or SIGINT, then stop gracefully."""
+    from waitress import wasyncore
+    from waitress.server import create_server
+
+    server: Any = create_server(app, sockets=[sock], threads=threads, ident="provision")
+    stopping: list[float] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if not stopping:
+            stopping.append(time.monotonic())
+            server.accepting = False  # new connections go to another worker, or wait
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    channels = server._map  # waitress's own: the listening socket and every connection
+    while True:
+        wasyncore.loop(timeout=_TICK, use_poll=True, map=channels, count=1)
+        if not stopping:
+            continue
+        open_ = [c for c in list(channels.values()) if c is not server]
+        for channel in open_:
+            if not _busy(channel):
+                channel.handle_close()  # an idle keep-alive connection
+        if not any(_busy(c) for c in open_):
+            break
+        if time.monotonic() - stopping[0] > GRACE_SECONDS:
+            log.warning(
+                "stopping with %d requests unfinished after %.0f s", len(open_), GRACE_SECONDS
+            )
+            break
+    server.close()
+    server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
+
+
+def serve(
+    make_app: Callable[[], Any],
+    host: str,
+    port: int,
+    threads: int,
+    processes: int = 1,
+    on_listening: Callable[[], None] | None = None,
+) -> None:
+    """Serve the app MAKE_APP builds on HOST:PORT: in this process, or in PROCESSES forked
+    workers, each with THREADS threads. Returns when stopped (SIGTERM, SIGINT)."""
+    sock = listen(host, port)
+    if on_listening is not None:
+        on_listening()
+    if processes == 1:
+        run_worker(make_app(), sock, threads)
+        return
+    workers: dict[int, float] = {}  # pid -> when it started
+    stopping: list[bool] = []
+
+    def start() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                run_worker(make_app(), sock, threads)
+            except BaseException:
+                log.exception("worker %d failed", os.getpid())
+                code = 1
+            finally:
+                os._exit(code)
+        workers[pid] = time.monotonic()
+
+    def stop(signum: int, frame: Any) -> None:
+        stopping.append(True)
+        for pid in list(workers):
+            with contextlib.suppress(ProcessLookupError):  # gone already
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(processes):
+        start()
+    quick_deaths = 0
+    while workers:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        started = workers.pop(pid, None)
+        if stopping or started is None:
+            continue
+        log.warning("worker %d ended (status %d); starting another", pid, status)
+        quick_deaths = quick_deaths + 1 if time.monotonic() - started < _CRASH_WINDOW else 0
+        if quick_deaths >= _MAX_QUICK_DEATHS:
+            stop(signal.SIGTERM, None)
+            raise ConfigError(f"workers keep failing at start ({quick_deaths} in a row); stopped")
+        start()
+    sock.close()

@@ -1,0 +1,203 @@
+"""`provision serve` as it runs in production: several processes sharing one rate limit in a
+real, throwaway Redis (Debian redis-server), /healthz and /readyz, and a graceful SIGTERM that
+lets the request in flight finish."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provision.registry import Registry
+from tests.helpers import with_payload
+
+BASE = "http://localhost:5001"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A throwaway Redis on 127.0.0.1 (no persistence), stopped at the end of the session."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is missing: `make test` installs Debian's redis-server"
+    port = free_port()
+    work = tempfile.mkdtemp(prefix="provision-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", work, "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class Server:
+    """`provision serve` in a child process of its own."""
+
+    def __init__(self, db_url: str, keyring_path: Path, *args: str) -> None:
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
+        env |= {"PROVISION_DB_URL": db_url, "PROVISION_KEYRING": str(keyring_path)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "provision", "--base-url", BASE, "serve", "--port",
+             str(self.port), *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if self.get("/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited: {self.proc.stderr.read()}")  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def activate(self, payload: str, user: str) -> int:
+        body = json.dumps({"payload": payload, "user": user}).encode()
+        req = urllib.request.Request(
+            self.url("/api/v1/activations"), body, {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(60)
+
+
+def test_readyz_names_what_is_not_ready(
+    registry: Registry, keyring_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provision.errors import RegistryError
+    from provision.keys import load_keyring
+    from provision.web import WebSettings, create_app
+
+    settings = WebSettings(registry.url, str(keyring_path), BASE)
+    client = create_app(
+        settings, registry=registry, keyring=load_keyring(keyring_path)
+    ).test_client()
+    assert client.get("/healthz").json == {"ok": True}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json == {"ready": True, "checks": {"registry": "ok", "keyring": "ok"}}
+
+    def down() -> None:
+        raise RegistryError("registry: connection refused")
+
+    monkeypatch.setattr(registry, "ping", down)
+    broken = client.get("/readyz")
+    assert broken.status_code == 503
+    assert broken.json["checks"] == {"registry": "RegistryError", "keyring": "ok"}
+    assert client.get("/healthz").status_code == 200  # alive all the same
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_several_processes_need_a_shared_limit_store(run_cli: Any) -> None:
+    out = run_cli("serve", "--processes", "3")
+    assert out.exit_code != 0
+    assert "--rate-limit-storage memory://" in out.stderr and "redis://" in out.stderr
+
+
+def test_a_limit_holds_across_three_processes(
+    db_url: str, registry: Registry, keyring_path: Path, redis_url: str
+) -> None:
+    """5 activations a minute for one client, whichever of the 3 processes takes each
+    connection: the sixth and later are refused (429)."""
+    host, port = redis_url.removeprefix("redis://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"FLUSHALL\r\n")  # the counts of an earlier test's client (127.0.0.1 too)
+        assert s.recv(16).startswith(b"+OK")
+    server = Server(
+        db_url, keyring_path, "--processes", "3", "--workers", "2", "--rate-limit",
+        "5 per minute", "--rate-limit-storage", redis_url,
+    )  # fmt: skip
+    try:
+        codes = [server.activate("NOT-A-PAYLOAD", f"u{i}@example.com") for i in range(12)]
+        assert codes.count(429) == 7 and codes[:5] == [400] * 5, codes
+        assert server.get("/readyz")[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_sigterm_finishes_the_request_in_flight(
+    db_url: str, registry: Registry, keyring_path: Path, tmp_path: Path
+) -> None:
+    """An activation waiting on a database lock when SIGTERM comes still gets its 201, and
+    the service then exits 0. (The lock is SQLite's BEGIN IMMEDIATE, held by the test.)"""
+    from provision.keys import load_keyring
+    from provision.pipeline import register_batch
+    from provision.registry.records import DeviceFilter
+    from tests.helpers import serials_csv
+
+    keyring = load_keyring(keyring_path)
+    register_batch(registry, keyring, serials_csv(tmp_path / "s.csv", 1), batch="term")
+    [device] = registry.devices.page(DeviceFilter(), None, None, 1)
+    payload = with_payload(keyring, device)["payload"]
+    server = Server(db_url, keyring_path)
+    lock = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=60)
+    lock.execute("BEGIN IMMEDIATE")  # the activation's write waits for this
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(server.activate(payload, "ada")))
+    worker.start()
+    time.sleep(1.5)  # the request is in flight, blocked on the lock
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert server.proc.poll() is None  # still finishing
+    lock.rollback()
+    lock.close()
+    worker.join(60)
+    assert result == [201]
+    assert server.proc.wait(30) == 0
