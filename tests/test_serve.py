@@ -98,7 +98,11 @@ class Server:
             with urllib.request.urlopen(self.url(path), timeout=30) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"null")
+            body = e.read()
+            try:
+                return e.code, json.loads(body or b"null")
+            except ValueError:
+                return e.code, body.decode(errors="replace")  # an HTML error page
 
     def activate(self, payload: str, user: str) -> int:
         body = json.dumps({"payload": payload, "user": user}).encode()
@@ -201,3 +205,64 @@ def test_sigterm_finishes_the_request_in_flight(
     worker.join(60)
     assert result == [201]
     assert server.proc.wait(30) == 0
+
+
+def test_metrics_sum_every_process_on_localhost_only(
+    db_url: str, registry: Registry, keyring_path: Path, redis_url: str, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from provision.keys import load_keyring
+    from provision.pipeline import register_batch
+    from provision.registry.records import DeviceFilter
+    from tests.helpers import serials_csv
+
+    keyring = load_keyring(keyring_path)
+    register_batch(registry, keyring, serials_csv(tmp_path / "s.csv", 1), batch="metrics")
+    [device] = registry.devices.page(DeviceFilter(), None, None, 1)
+    payload = with_payload(keyring, device)["payload"]
+    host, port = redis_url.removeprefix("redis://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"FLUSHALL\r\n")
+        assert s.recv(16).startswith(b"+OK")
+    metrics_port = free_port()
+    server = Server(
+        db_url, keyring_path, "--processes", "2", "--rate-limit", "4 per minute",
+        "--rate-limit-storage", redis_url, "--metrics-port", str(metrics_port),
+    )  # fmt: skip
+    try:
+        codes = [
+            server.activate(payload, "ada@example.com"),
+            server.activate(payload, "eve@example.com"),
+            server.activate("NOT-A-PAYLOAD", "eve@example.com"),
+            server.activate("NOT-A-PAYLOAD", "eve@example.com"),
+            server.activate("NOT-A-PAYLOAD", "eve@example.com"),
+        ]
+        assert codes == [201, 409, 400, 400, 429]
+        assert server.get("/metrics")[0] == 404  # the public port has none
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    finally:
+        assert server.stop() == 0
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    activations = {
+        labels: v for (name, labels), v in samples.items() if name == "provision_activations_total"
+    }
+    assert activations == {
+        (("reason", ""), ("result", "activated")): 1.0,
+        (("reason", "already_activated"), ("result", "refused")): 1.0,
+        (("reason", "malformed"), ("result", "refused")): 2.0,
+    }
+    assert samples[("provision_rate_limited_total", ())] == 1.0
+    timed = "provision_request_duration_seconds_count"
+    counts = [
+        v for (name, labels), v in samples.items()
+        if name == timed and ("endpoint", "api.activate") in labels
+    ]  # fmt: skip
+    assert counts == [5.0]
+    with pytest.raises(OSError):  # 127.0.0.1 only
+        socket.create_connection((socket.gethostbyname(socket.gethostname()), metrics_port), 1)

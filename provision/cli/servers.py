@@ -59,6 +59,12 @@ from provision.errors import UsageError
     help="Where the rate limit's counters live: memory:// (this process only) or "
     "redis://HOST:PORT, shared by every process and host.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (never the public port).",
+)
 @json_option
 @pass_settings
 def serve(
@@ -70,6 +76,7 @@ def serve(
     rate_limit: str,
     processes: int,
     rate_limit_storage: str,
+    metrics_port: int | None,
     as_json: bool,
 ) -> None:
     """Run the activation service (scan page and JSON API) under waitress.
@@ -93,6 +100,16 @@ def serve(
             "--rate-limit-storage redis://127.0.0.1:6379"
         )
     logging.getLogger("provision").setLevel(logging.INFO)
+    if metrics_port is not None:
+        if metrics_port == port:
+            raise UsageError(f"--metrics-port {metrics_port} is the public --port")
+        from provision.web import metrics
+
+        samples = metrics.prepare()  # before any app exists: each worker writes its samples there
+        import atexit
+        import shutil
+
+        atexit.register(shutil.rmtree, samples, True)
     web = WebSettings(
         settings.db,
         settings.keyring_path,
@@ -126,4 +143,6 @@ def serve(
                 err=True,
             )
 
-    run_server(make_app, host, port, workers, processes, on_listening=listening)
+    run_server(
+        make_app, host, port, workers, processes, on_listening=listening, metrics_port=metrics_port
+    )

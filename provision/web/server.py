@@ -100,10 +100,20 @@ def serve(
     threads: int,
     processes: int = 1,
     on_listening: Callable[[], None] | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve the app MAKE_APP builds on HOST:PORT: in this process, or in PROCESSES forked
-    workers, each with THREADS threads. Returns when stopped (SIGTERM, SIGINT)."""
+    workers, each with THREADS threads; with METRICS_PORT, their metrics on 127.0.0.1 there.
+    Returns when stopped (SIGTERM, SIGINT)."""
+    from provision.web import metrics
+
     sock = listen(host, port)
+    if metrics_port is not None:
+        try:
+            metrics.serve_metrics(metrics_port)
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"--metrics-port {metrics_port}: {exc.strerror}") from None
     if on_listening is not None:
         on_listening()
     if processes == 1:
@@ -143,6 +153,7 @@ def serve(
         except ChildProcessError:
             break
         started = workers.pop(pid, None)
+        metrics.worker_gone(pid)
         if stopping or started is None:
             continue
         log.warning("worker %d ended (status %d); starting another", pid, status)

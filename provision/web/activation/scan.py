@@ -11,6 +11,7 @@ from provision.activation import ActivationRejected, activate, recalled
 from provision.errors import ProvisionError, RegistryError
 from provision.payload import extract_token, verify_payload
 from provision.states import DeviceStatus, Reason
+from provision.web import metrics
 from provision.web.activation.reasons import refused_page
 from provision.web.common import page_error, services
 
@@ -52,11 +53,14 @@ def scan_post(token: str) -> Any:
             fingerprint=request.form.get("fingerprint") or None,
         )
     except ActivationRejected as exc:
+        metrics.activation(exc.reason)
         return refused_page(exc.reason)
     except RegistryError:
         raise  # the database failed: a 500, not the customer's mistake
     except ProvisionError as exc:
+        metrics.activation(Reason.MALFORMED)
         return page_error("bad_request", 400, str(exc))
+    metrics.activation(None)
     return render_template("activated.html", result=result, user=user), 200
 
 
