@@ -9,7 +9,7 @@ DEMO_ENV := PROVISION_KEYRING=$(CURDIR)/var/demo-keyring.json \
             PROVISION_DB_URL=sqlite:///$(CURDIR)/var/demo.db \
             PROVISION_OUTPUT=$(CURDIR)/output
 
-.PHONY: demo test lint typecheck pytest clean install chromium glabels redis bench bench-reconcile
+.PHONY: demo test lint typecheck pytest clean install chromium glabels redis nginx bench bench-reconcile
 
 # The browser tests drive Debian's Chromium; install it when the machine lacks it.
 chromium:
@@ -57,7 +57,13 @@ glabels:
 	  echo "installing Debian glabels-data for the template import tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq glabels-data; }
 
-pytest: $(STAMP) chromium glabels redis
+# The reverse-proxy test runs Debian's nginx in front of the service.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { \
+	  echo "installing Debian nginx for the reverse-proxy test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; }
+
+pytest: $(STAMP) chromium glabels redis nginx
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

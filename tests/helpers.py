@@ -122,3 +122,22 @@ def register_with_components(
     found = {s: registry.devices.get(device_id(keyring.pepper, s)) for s in serials}
     assert all(d is not None for d in found.values())
     return {s: with_payload(keyring, d) for s, d in found.items()}
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flush(redis_url: str) -> None:
+    """Empty the test Redis (rate-limit counts of earlier tests' clients)."""
+    import socket
+
+    host, port = redis_url.removeprefix("redis://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"FLUSHALL\r\n")
+        assert s.recv(16).startswith(b"+OK")

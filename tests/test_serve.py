@@ -6,64 +6,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from provision.registry import Registry
-from tests.helpers import with_payload
+from tests.helpers import flush, free_port, with_payload
 
 BASE = "http://localhost:5001"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A throwaway Redis on 127.0.0.1 (no persistence), stopped at the end of the session."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is missing: `make test` installs Debian's redis-server"
-    port = free_port()
-    work = tempfile.mkdtemp(prefix="provision-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", work, "--daemonize", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 class Server:
@@ -159,10 +119,7 @@ def test_a_limit_holds_across_three_processes(
 ) -> None:
     """5 activations a minute for one client, whichever of the 3 processes takes each
     connection: the sixth and later are refused (429)."""
-    host, port = redis_url.removeprefix("redis://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(b"FLUSHALL\r\n")  # the counts of an earlier test's client (127.0.0.1 too)
-        assert s.recv(16).startswith(b"+OK")
+    flush(redis_url)  # the counts of an earlier test's client (127.0.0.1 too)
     server = Server(
         db_url, keyring_path, "--processes", "3", "--workers", "2", "--rate-limit",
         "5 per minute", "--rate-limit-storage", redis_url,
@@ -221,10 +178,7 @@ def test_metrics_sum_every_process_on_localhost_only(
     register_batch(registry, keyring, serials_csv(tmp_path / "s.csv", 1), batch="metrics")
     [device] = registry.devices.page(DeviceFilter(), None, None, 1)
     payload = with_payload(keyring, device)["payload"]
-    host, port = redis_url.removeprefix("redis://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as s:
-        s.sendall(b"FLUSHALL\r\n")
-        assert s.recv(16).startswith(b"+OK")
+    flush(redis_url)
     metrics_port = free_port()
     server = Server(
         db_url, keyring_path, "--processes", "2", "--rate-limit", "4 per minute",

@@ -144,5 +144,12 @@ def serve(
             )
 
     run_server(
-        make_app, host, port, workers, processes, on_listening=listening, metrics_port=metrics_port
+        make_app,
+        host,
+        port,
+        workers,
+        processes,
+        on_listening=listening,
+        metrics_port=metrics_port,
+        proxy_headers=trusted_proxies > 0,
     )

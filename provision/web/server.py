@@ -58,12 +58,21 @@ def _busy(channel: Any) -> bool:
     )
 
 
-def run_worker(app: Any, sock: socket.socket, threads: int) -> None:
-    """Serve APP on SOCK with waitress until SIGTERM or SIGINT, then stop gracefully."""
+def run_worker(app: Any, sock: socket.socket, threads: int, proxy_headers: bool = False) -> None:
+    """Serve APP on SOCK with waitress until SIGTERM or SIGINT, then stop gracefully.
+
+    waitress drops X-Forwarded-* headers by default; PROXY_HEADERS keeps them for the app,
+    which believes only as many of their entries as --trusted-proxies says (ProxyFix)."""
     from waitress import wasyncore
     from waitress.server import create_server
 
-    server: Any = create_server(app, sockets=[sock], threads=threads, ident="provision")
+    server: Any = create_server(
+        app,
+        sockets=[sock],
+        threads=threads,
+        ident="provision",
+        clear_untrusted_proxy_headers=not proxy_headers,
+    )
     stopping: list[float] = []
 
     def stop(signum: int, frame: Any) -> None:
@@ -101,6 +110,7 @@ def serve(
     processes: int = 1,
     on_listening: Callable[[], None] | None = None,
     metrics_port: int | None = None,
+    proxy_headers: bool = False,
 ) -> None:
     """Serve the app MAKE_APP builds on HOST:PORT: in this process, or in PROCESSES forked
     workers, each with THREADS threads; with METRICS_PORT, their metrics on 127.0.0.1 there.
@@ -117,7 +127,7 @@ def serve(
     if on_listening is not None:
         on_listening()
     if processes == 1:
-        run_worker(make_app(), sock, threads)
+        run_worker(make_app(), sock, threads, proxy_headers)
         return
     workers: dict[int, float] = {}  # pid -> when it started
     stopping: list[bool] = []
@@ -128,7 +138,7 @@ def serve(
             code = 0
             try:
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                run_worker(make_app(), sock, threads)
+                run_worker(make_app(), sock, threads, proxy_headers)
             except BaseException:
                 log.exception("worker %d failed", os.getpid())
                 code = 1
