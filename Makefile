@@ -9,7 +9,7 @@ DEMO_ENV := PROVISION_KEYRING=$(CURDIR)/var/demo-keyring.json \
             PROVISION_DB_URL=sqlite:///$(CURDIR)/var/demo.db \
             PROVISION_OUTPUT=$(CURDIR)/output
 
-.PHONY: demo test lint typecheck pytest clean install chromium glabels redis nginx bench bench-reconcile
+.PHONY: demo test lint typecheck pytest clean install chromium glabels redis nginx bench bench-reconcile bench-activation
 
 # The browser tests drive Debian's Chromium; install it when the machine lacks it.
 chromium:
@@ -76,6 +76,12 @@ bench: $(STAMP)
 # Reconciliation at scale: 1,000,000 shipments against 1,000,000 devices (issue: <= 30 s, 2 GB).
 bench-reconcile: $(STAMP)
 	$(BIN)/python benchmarks/reconcile_bench.py --n $(or $(N),1000000)
+
+# The activation service under wrk, on PostgreSQL and SQLite, beside a one-UPDATE baseline.
+bench-activation: $(STAMP) redis
+	@command -v wrk >/dev/null 2>&1 || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(BIN)/python benchmarks/activation_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var output/*.pdf output/*.json output/*.png

@@ -203,9 +203,9 @@ def _headers(resp: Response) -> Response:
 
 
 def _too_many(exc: RateLimitExceeded) -> Any:
-    from provision.web import metrics
+    from provision.web.metrics import rate_limited
 
-    metrics.rate_limited()
+    rate_limited()
     msg = "Too many activation attempts from your address; try again in a minute."
     return error("rate_limited", 429, msg)
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from flask import Flask, g, request
 
+from provision.states import DeviceStatus
+
 _state: dict[str, Any] = {}
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -52,7 +54,7 @@ def _start() -> bool:
 def activation(reason: str | None) -> None:
     """Count one activation attempt: REASON None when it activated."""
     if _state:
-        result = "activated" if reason is None else "refused"
+        result = DeviceStatus.ACTIVATED.value if reason is None else "refused"
         _state["activations"].labels(result, reason or "").inc()
 
 

@@ -115,7 +115,7 @@ def serve(
     """Serve the app MAKE_APP builds on HOST:PORT: in this process, or in PROCESSES forked
     workers, each with THREADS threads; with METRICS_PORT, their metrics on 127.0.0.1 there.
     Returns when stopped (SIGTERM, SIGINT)."""
-    from provision.web import metrics
+    import provision.web.metrics as metrics
 
     sock = listen(host, port)
     if metrics_port is not None:

@@ -12,10 +12,10 @@ from flask_wtf.csrf import CSRFProtect
 
 from provision.keys import Keyring
 from provision.registry import Registry
-from provision.web import metrics
 from provision.web.activation import api, scan
 from provision.web.activation.reasons import REASON_STATUS
 from provision.web.common import Services, WebSettings, make_app, make_limiter
+from provision.web.metrics import install as install_metrics
 
 __all__ = ["REASON_STATUS", "create_app"]
 
@@ -25,7 +25,7 @@ def create_app(
 ) -> Flask:
     """The activation service's Flask app; `provision serve` runs it under waitress."""
     app = make_app(Services.open(settings, registry, keyring))
-    metrics.install(app)  # when `serve --metrics-port` turned them on
+    install_metrics(app)  # when `serve --metrics-port` turned them on
     csrf = CSRFProtect(app)
     limiter = make_limiter(app, settings.rate_limit_storage)
     # One budget per client address for every route that activates (/A/, /a/ and the API):

@@ -12,9 +12,9 @@ from provision.audit import log_action, owner_history, record_refused_action
 from provision.errors import DeviceError, ProvisionError, RegistryError
 from provision.registry import DeviceRecord
 from provision.states import DeviceStatus, Reason
-from provision.web import metrics
 from provision.web.activation.reasons import refused_api
 from provision.web.common import api_error, bounded_int, services
+from provision.web.metrics import activation as count_activation
 
 MAX_HISTORY_LIMIT = 10_000
 
@@ -45,14 +45,14 @@ def api_activate() -> Any:
             fingerprint=fingerprint if isinstance(fingerprint, str) else None,
         )
     except ActivationRejected as exc:
-        metrics.activation(exc.reason)
+        count_activation(exc.reason)
         return refused_api(exc.reason)
     except RegistryError:
         raise  # the database failed: a 500, not the client's mistake
     except ProvisionError as exc:
-        metrics.activation(Reason.MALFORMED)
+        count_activation(Reason.MALFORMED)
         return api_error(Reason.MALFORMED, 400, str(exc))
-    metrics.activation(None)
+    count_activation(None)
     data = result.to_json()
     return jsonify(
         {k: data[k] for k in ("device_id", "device_type", "activation_token")}

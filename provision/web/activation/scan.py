@@ -11,9 +11,9 @@ from provision.activation import ActivationRejected, activate, recalled
 from provision.errors import ProvisionError, RegistryError
 from provision.payload import extract_token, verify_payload
 from provision.states import DeviceStatus, Reason
-from provision.web import metrics
 from provision.web.activation.reasons import refused_page
 from provision.web.common import page_error, services
+from provision.web.metrics import activation as count_activation
 
 
 def scan_page(token: str) -> Any:
@@ -53,14 +53,14 @@ def scan_post(token: str) -> Any:
             fingerprint=request.form.get("fingerprint") or None,
         )
     except ActivationRejected as exc:
-        metrics.activation(exc.reason)
+        count_activation(exc.reason)
         return refused_page(exc.reason)
     except RegistryError:
         raise  # the database failed: a 500, not the customer's mistake
     except ProvisionError as exc:
-        metrics.activation(Reason.MALFORMED)
+        count_activation(Reason.MALFORMED)
         return page_error("bad_request", 400, str(exc))
-    metrics.activation(None)
+    count_activation(None)
     return render_template("activated.html", result=result, user=user), 200
 
 

@@ -1,0 +1,288 @@
+"""Benchmark the activation service under a real load tool (wrk, Debian's), as launch day
+loads it: every request a different device's payload, at concurrency 8, 32 and 64, on
+PostgreSQL and on SQLite, `provision serve --processes 2` with its rate limit in Redis.
+
+    .venv/bin/python benchmarks/activation_bench.py [--seconds 8] [--processes 2]
+        [--only sqlite|postgresql]          (make bench-activation)
+
+Beside each run, the same-run baseline: a minimal Flask app doing one UPDATE per request,
+under the same waitress processes and threads (provision.web.server), on the same database.
+After each run the number of devices activated must equal the number of 201 answers.
+
+Goal (issue "The activation service beyond one process"): on PostgreSQL with 2 processes on
+this 2-core machine, at least 600 activations/s at c=32, p99 at most 150 ms, zero errors, and
+at least 80% of the baseline. Exit status 0 when it is met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from provision.keys import init_keyring, load_keyring  # noqa: E402
+from provision.payload import device_token  # noqa: E402
+from provision.pipeline import register_batch  # noqa: E402
+from provision.registry import Registry  # noqa: E402
+from provision.registry.records import DeviceFilter  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+
+CONCURRENCY = (8, 32, 64)
+THREADS = 8  # waitress threads a process (serve --workers)
+
+# wrk: each thread walks its own slice of the bodies (one payload each); counts the 201s.
+LUA = """
+local bodies, created, threads, n = {}, 0, {}, 0
+function setup(thread)
+  n = n + 1
+  thread:set("id", n)
+  table.insert(threads, thread)
+end
+function init(args)
+  for line in io.lines(args[1]) do table.insert(bodies, line) end
+  step = tonumber(args[2]); i = id - step
+end
+function request()
+  i = i + step
+  local body = bodies[(i - 1) % #bodies + 1]
+  return wrk.format("POST", "/api/v1/activations", {["Content-Type"] = "application/json"}, body)
+end
+function response(status, headers, body)
+  if status == 201 then created = created + 1 end
+end
+function done(summary, latency, requests)
+  local total = 0
+  for _, t in ipairs(threads) do total = total + t:get("created") end
+  io.write(string.format('RESULT {"requests": %d, "seconds": %.3f, "created": %d, '
+    .. '"p50_ms": %.2f, "p99_ms": %.2f, "errors": %d, "non2xx": %d}\\n',
+    summary.requests, summary.duration / 1e6, total, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+      + summary.errors.timeout + summary.errors.status, summary.errors.status))
+end
+"""
+
+BASELINE_APP = """
+import os, random
+from flask import Flask
+from sqlalchemy import create_engine, text
+engine = create_engine(os.environ["BENCH_DB"], pool_size=10)
+app = Flask("baseline")
+N = int(os.environ["BENCH_ROWS"])
+@app.post("/api/v1/activations")
+def one_update():
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE bench_baseline SET n = n + 1 WHERE id = :i"),
+                     {"i": random.randint(1, N)})
+    return "", 201
+"""
+
+
+def wait_ready(
+    port: int, path: str = "/healthz", proc: subprocess.Popen[str] | None = None
+) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                sys.exit(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+            if time.monotonic() > deadline:
+                sys.exit(f"server on {port} did not start")
+            time.sleep(0.2)
+
+
+def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(work)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return proc, f"redis://127.0.0.1:{port}"
+
+
+def wrk(port: int, concurrency: int, seconds: int, bodies: Path | None) -> dict[str, float]:
+    script = bodies.parent / "bench.lua" if bodies else Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(LUA)
+    threads = min(concurrency, 4)
+    args = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{seconds}s", "--latency", "-s",
+            str(script), f"http://127.0.0.1:{port}"]  # fmt: skip
+    if bodies is not None:
+        args += ["--", str(bodies), str(threads)]
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
+    return dict(json.loads(line.removeprefix("RESULT ")))
+
+
+def bodies_file(registry: Registry, keyring_path: Path, work: Path, batch: str, n: int) -> Path:
+    """N new pending devices in BATCH, one activation body each."""
+    keyring = load_keyring(keyring_path)
+    serials = work / f"{batch}.csv"
+    serials.write_text(
+        "serial,device_type\n" + "".join(f"{batch.upper()}-{i:07d},sensor\n" for i in range(n))
+    )
+    register_batch(registry, keyring, serials, batch=batch)
+    batch_id = registry.batches.id_of(batch)
+    out = work / f"{batch}.bodies"
+    with out.open("w") as fh:
+        after = None
+        while page := registry.devices.page(DeviceFilter(), batch_id, after, 5000):
+            for d in page:
+                token = device_token(keyring, d.key_id, d.device_id, d.expires_at)
+                fh.write(json.dumps({"payload": token, "user": f"{d.device_id}@example.com"}))
+                fh.write("\n")
+            after = page[-1].id
+    return out
+
+
+def activated(registry: Registry, batch: str) -> int:
+    from sqlalchemy import func, select
+
+    from provision.registry.schema import devices
+
+    batch_id = registry.batches.id_of(batch)
+    q = select(func.count()).where(devices.c.batch_id == batch_id, devices.c.status == "activated")
+    with registry.engine.connect() as conn:
+        return int(conn.execute(q).scalar_one())
+
+
+def run_database(db: str, url: str, args: argparse.Namespace, work: Path, redis: str) -> list[dict]:
+    keyring_path = work / f"keyring-{db}.json"
+    keyring_path.unlink(missing_ok=True)
+    init_keyring(keyring_path)
+    registry = Registry(url, keyring=load_keyring(keyring_path))
+    rows = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISION_")}
+    env |= {"PROVISION_DB_URL": url, "PROVISION_KEYRING": str(keyring_path)}
+    with registry.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS bench_baseline")
+        conn.exec_driver_sql("CREATE TABLE bench_baseline (id INTEGER PRIMARY KEY, n INTEGER)")
+        conn.exec_driver_sql(
+            "INSERT INTO bench_baseline (id, n) SELECT i, 0 FROM ("
+            + (
+                "SELECT generate_series(1, 10000) AS i"
+                if db == "PostgreSQL"
+                else "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s "
+                "WHERE i < 10000) SELECT i FROM s"
+            )
+            + ") t"
+        )
+    for c in CONCURRENCY:
+        batch = f"c{c}"
+        bodies = bodies_file(registry, keyring_path, work, batch, args.devices)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "provision", "serve", "--port", str(port), "--processes",
+             str(args.processes), "--workers", str(THREADS), "--rate-limit",
+             "10000000 per minute", "--rate-limit-storage", redis],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_ready(port, "/readyz", server)
+        result = wrk(port, c, args.seconds, bodies)
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        result["activated_in_db"] = activated(registry, batch)
+        # The baseline: one UPDATE per request, same processes and threads.
+        base_port = free_port()
+        base_env = env | {"BENCH_DB": url, "BENCH_ROWS": "10000", "PYTHONPATH": str(work)}
+        (work / "baseline_app.py").write_text(textwrap.dedent(BASELINE_APP))
+        baseline = subprocess.Popen(
+            [sys.executable, "-c",
+             "import baseline_app; from provision.web.server import serve; "
+             f"serve(lambda: baseline_app.app, '127.0.0.1', {base_port}, {THREADS}, "
+             f"{args.processes})"],
+            env=base_env, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wait_ready(base_port, "/", baseline)  # a 404 is an answer
+        base = wrk(base_port, c, args.seconds, None)
+        baseline.send_signal(signal.SIGTERM)
+        baseline.wait(60)
+        rows.append({"db": db, "c": c, "run": result, "baseline": base})
+    registry.close()
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--devices", type=int, default=20_000, help="pending devices a run")
+    ap.add_argument("--only", choices=["sqlite", "postgresql"])
+    args = ap.parse_args()
+    for tool in ("wrk", "redis-server"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is missing: apt-get install {'wrk' if tool == 'wrk' else tool}")
+    work = Path(tempfile.mkdtemp(prefix="provision-activation-bench-"))
+    redis_proc, redis = start_redis(work)
+    rows: list[dict] = []
+    cluster = None
+    try:
+        if args.only in (None, "sqlite"):
+            rows += run_database("SQLite", f"sqlite:///{work / 'registry.db'}", args, work, redis)
+        if args.only in (None, "postgresql"):
+            from tests.pgcluster import PostgresCluster
+
+            cluster = PostgresCluster()
+            cluster.start()
+            url = cluster.create_database("activation")
+            rows += run_database("PostgreSQL", url, args, work, redis)
+    finally:
+        redis_proc.terminate()
+        if cluster is not None:
+            cluster.stop()
+    print(f"{args.processes} processes x {THREADS} threads, {args.seconds} s a run, wrk")
+    head = (f"{'database':<11} {'c':>3} {'act/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+            f" {'201s':>6} {'in db':>6} {'base/s':>7} {'base p99':>8} {'% base':>6}")  # fmt: skip
+    print(head)
+    met = True
+    for r in rows:
+        run, base = r["run"], r["baseline"]
+        rate = run["created"] / run["seconds"]
+        base_rate = base["requests"] / base["seconds"]
+        share = 100 * rate / base_rate if base_rate else 0
+        exact = run["created"] == run["activated_in_db"]
+        print(
+            f"{r['db']:<11} {r['c']:>3} {rate:>7.0f} {run['p50_ms']:>7.1f} {run['p99_ms']:>7.1f} "
+            f"{run['errors']:>6.0f} {run['created']:>6.0f} {run['activated_in_db']:>6} "
+            f"{base_rate:>7.0f} {base['p99_ms']:>8.1f} {share:>5.0f}%"
+            + ("" if exact else "  MISMATCH: 201s != activated")
+        )
+        met &= exact and run["errors"] == 0
+        if r["db"] == "PostgreSQL" and r["c"] == 32:
+            goal = rate >= 600 and run["p99_ms"] <= 150 and share >= 80
+            print(f"  goal (PostgreSQL, c=32: >= 600/s, p99 <= 150 ms, >= 80% of baseline): "
+                  f"{'met' if goal else 'NOT met'}")  # fmt: skip
+            met &= goal
+    shutil.rmtree(work, ignore_errors=True)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
