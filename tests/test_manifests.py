@@ -417,6 +417,7 @@ def test_reject_file_lets_good_rows_through_and_lists_bad_ones_with_reason(
         "model",
         "manufactured_at",
         "line",
+        "gtin",
         "component_type",
         "component_spec",
         "component_serial",
@@ -426,7 +427,7 @@ def test_reject_file_lets_good_rows_through_and_lists_bad_ones_with_reason(
     ]
     device = ["Acme", "M-1"]
     no_comp = ["", "", "", "", ""]
-    no_device = ["", "", "", "", ""]
+    no_device = ["", "", "", "", "", ""]
     assert table[1:] == [
         [
             data(s),
@@ -436,6 +437,7 @@ def test_reject_file_lets_good_rows_through_and_lists_bad_ones_with_reason(
             *device,
             "2026-11-01",
             "L1",
+            "",
             *no_comp,
             f"serial: {SPACE}",
         ],
@@ -447,6 +449,7 @@ def test_reject_file_lets_good_rows_through_and_lists_bad_ones_with_reason(
             *device,
             "2026-11-01",
             "L2",
+            "",
             *no_comp,
             f"device_type: {NO_TYPE}",
         ],
@@ -458,6 +461,7 @@ def test_reject_file_lets_good_rows_through_and_lists_bad_ones_with_reason(
             *device,
             "not-a-date",
             "L2",
+            "",
             *no_comp,
             "manufactured_at: not an ISO 8601 date or date-time",
         ],
