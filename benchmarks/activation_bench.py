@@ -70,11 +70,12 @@ function done(summary, latency, requests)
   local total = 0
   for _, t in ipairs(threads) do total = total + t:get("created") end
   io.write(string.format('RESULT {"requests": %d, "seconds": %.3f, "created": %d, '
-    .. '"p50_ms": %.2f, "p99_ms": %.2f, "errors": %d, "non2xx": %d}\\n',
+    .. '"p50_ms": %.2f, "p99_ms": %.2f, "errors": %d, "non2xx": %d, "timeouts": %d}\\n',
     summary.requests, summary.duration / 1e6, total, latency:percentile(50) / 1000,
     latency:percentile(99) / 1000,
     summary.errors.connect + summary.errors.read + summary.errors.write
-      + summary.errors.timeout + summary.errors.status, summary.errors.status))
+      + summary.errors.timeout + summary.errors.status, summary.errors.status,
+    summary.errors.timeout))
 end
 """
 
@@ -314,6 +315,12 @@ def main() -> int:
             f"{run['errors']:>6.0f} {run['created']:>6.0f} {run['activated_in_db']:>6} "
             f"{base_rate:>7.0f} {base['p99_ms']:>8.1f} {share:>5.0f}%"
             + ("" if exact else f"  MISMATCH: {run['answered_201']} 201s answered")
+            + (
+                f"  (errors: {run['timeouts']:.0f} past wrk's 2 s timeout, "
+                f"{run['non2xx']:.0f} not 2xx)"
+                if run["errors"]
+                else ""
+            )
         )
         met &= exact and run["errors"] == 0
         if r["db"] == "PostgreSQL" and r["c"] == 32:
