@@ -82,6 +82,7 @@ def test_a_station_profile_supplies_offsets_template_and_format(
                 "offset_y_mm": -0.25,
                 "template": "thermal-50x30",
                 "format": "zpl",
+                "payload": None,  # compact, unless the profile says digital-link
             }
         ]
     }
