@@ -71,7 +71,11 @@ def test_a_digital_link_label_scans_at_a_till_and_activates_once(
 
 
 def test_the_activation_service_opens_a_digital_link(
-    run_cli: Any, registry: Registry, tmp_path: Path, keyring_path: Path
+    run_cli: Any,
+    registry: Registry,
+    tmp_path: Path,
+    keyring_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from provision.keys import load_keyring
     from provision.web import WebSettings, create_app
@@ -86,6 +90,7 @@ def test_the_activation_service_opens_a_digital_link(
     )  # fmt: skip
     client = create_app(settings, registry=registry, keyring=keyring).test_client()
     parts = urllib.parse.urlsplit(text)
+    caplog.set_level("INFO", logger="provision.web")
     page = client.get(f"{parts.path}?{parts.query}")
     assert page.status_code == 200, page.text
     token = CSRF_RE.search(page.text)
@@ -103,6 +108,9 @@ def test_the_activation_service_opens_a_digital_link(
     api = client.post("/api/v1/activations", json={"payload": text, "user": "eve@example.com"})
     assert api.status_code == 409 and api.json["error"]["reason"] == "already_activated"
     assert client.get(f"{parts.path}?s=AAAA").status_code == 400  # malformed
+    # The access log shows neither the serial nor the signature.
+    assert f"GET /01/{GTIN}/21/<serial> 200" in caplog.text
+    assert "WEB" not in caplog.text and parts.query.removeprefix("s=") not in caplog.text
 
 
 def test_every_built_in_template_holds_the_link_or_names_one_that_does(

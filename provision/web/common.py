@@ -33,6 +33,8 @@ MAX_CONTENT_LENGTH = 64 * 1024
 _SECRET_DOMAIN = b"provision/web-session/v1\x00"
 # Request paths carry the payload token; it never reaches a log line in full.
 _REDACT = re.compile(r"(?i)(/a/)[^/?#]+")
+# A GS1 Digital Link path holds the serial in clear (`labels --payload digital-link`).
+_REDACT_SERIAL = re.compile(r"(/01/\d+/21/)[^?#]+")
 # The machine-readable reason of each HTTP error status a route can answer with.
 HTTP_REASONS = {
     400: "bad_request",
@@ -175,7 +177,8 @@ def bounded_int(text: str, low: int, high: int) -> int | None:
 
 
 def redact_path(path: str) -> str:
-    return _REDACT.sub(r"\1<token>", path)
+    """PATH as a log line may show it: no payload token, no serial."""
+    return _REDACT_SERIAL.sub(r"\1<serial>", _REDACT.sub(r"\1<token>", path))
 
 
 def _nonce() -> None:
