@@ -86,42 +86,61 @@ class Events:
         transaction."""
         now = attempt.occurred_at
         with self._store.begin() as conn:
-            won = (
-                conn.execute(
-                    update(devices)
-                    .where(
-                        devices.c.id == device_pk,
-                        devices.c.status == DeviceStatus.PENDING,
-                        # In the UPDATE itself, not only checked before: a hold committed
-                        # between the check and this statement still stops the activation.
-                        ~held(device_pk).exists(),
-                    )
-                    .values(
-                        status=DeviceStatus.ACTIVATED,
-                        activated_at=now,
-                        user_id=user,
-                        activation_token_hash=token_hash,
-                    )
-                ).rowcount
-                == 1
-            )
-            reason = None
-            if not won:
+            # One statement decides the race, bumps both chains' counters and hands back what
+            # the new seal covers (the chains' new heads are filled in below).
+            row = conn.execute(
+                update(devices)
+                .where(
+                    devices.c.id == device_pk,
+                    devices.c.status == DeviceStatus.PENDING,
+                    # In the UPDATE itself, not only checked before: a hold committed
+                    # between the check and this statement still stops the activation.
+                    ~held(device_pk).exists(),
+                )
+                .values(
+                    status=DeviceStatus.ACTIVATED,
+                    activated_at=now,
+                    user_id=user,
+                    activation_token_hash=token_hash,
+                    pairing_count=devices.c.pairing_count + 1,
+                    action_count=devices.c.action_count + 1,
+                )
+                .returning(*(devices.c[c] for c in SEALED_COLUMNS))
+            ).one_or_none()
+            if row is None:
                 status = DeviceStatus(
                     conn.execute(
                         select(devices.c.status).where(devices.c.id == device_pk)
                     ).scalar_one()
                 )
                 reason = _LOST_REASON.get(status, Reason.ALREADY_ACTIVATED)
-            result = PairingResult.ACCEPTED if won else PairingResult.REJECTED
-            _append_pairing(conn, device_pk, device_id, attempt, result, reason, sealer)
-            if won:
-                action = NewAction(
-                    SystemAction.ACTIVATED, canonical_json({"user": user}), attempt.ip, user, now
+                _append_pairing(
+                    conn, device_pk, device_id, attempt, PairingResult.REJECTED, reason, sealer
                 )
-                _append_action(conn, device_pk, device_id, action, sealer)
-            _reseal(conn, device_pk, sealer)
-        return reason
+                _reseal(conn, device_pk, sealer)
+                return reason
+            state = dict(zip(SEALED_COLUMNS, row, strict=True))
+            state["pairing_head"] = _insert_pairing(
+                conn, device_pk, device_id, state["pairing_count"], attempt,
+                PairingResult.ACCEPTED, None, sealer,
+            )  # fmt: skip
+            action = NewAction(
+                SystemAction.ACTIVATED, canonical_json({"user": user}), attempt.ip, user, now
+            )
+            _, state["action_head"] = _insert_action(
+                conn, device_pk, device_id, state["action_count"], action, sealer
+            )
+            # The heads and the seal in one write: the seal covers the row as it now stands.
+            conn.execute(
+                update(devices)
+                .where(devices.c.id == device_pk)
+                .values(
+                    pairing_head=state["pairing_head"],
+                    action_head=state["action_head"],
+                    seal=sealer.device_values(*(state[c] for c in SEALED_COLUMNS)),
+                )
+            )
+        return None
 
     def revoke(
         self, device_pk: int, device_id: str, by: str, reason: str, now: datetime, sealer: Sealer
@@ -429,6 +448,16 @@ def _append_action(
     ).one()
     if when_revoked is not None and status == DeviceStatus.REVOKED:
         action = when_revoked
+    entry, head = _insert_action(conn, device_pk, device_id, seq, action, sealer)
+    conn.execute(update(devices).where(devices.c.id == device_pk).values(action_head=head))
+    return entry
+
+
+def _insert_action(
+    conn: Connection, device_pk: int, device_id: str, seq: int, action: NewAction, sealer: Sealer
+) -> tuple[ActionEntry, str]:
+    """Entry SEQ of the device's action chain (its counter bumped already), and the chain's
+    new head, for the caller to store."""
     prev: str | None = genesis_hash(device_id)
     if seq > 1:
         prev = conn.execute(
@@ -458,12 +487,10 @@ def _append_action(
         "entry_hash": entry_hash,
     }
     pk = conn.execute(insert(action_log).values(**row)).inserted_primary_key
+    assert pk is not None
     # The head is keyed too: deleting the newest entries and rewinding the head by hand needs
     # the keyring, not just database access.
-    head = sealer.action_head(device_id, seq, now, entry_hash)
-    conn.execute(update(devices).where(devices.c.id == device_pk).values(action_head=head))
-    assert pk is not None
-    return ActionEntry(id=int(pk[0]), **row)
+    return ActionEntry(id=int(pk[0]), **row), sealer.action_head(device_id, seq, now, entry_hash)
 
 
 def _append_pairing(
@@ -479,17 +506,37 @@ def _append_pairing(
     # Bumping the chain's counter first takes its row's write lock: appends queue up here.
     if device_pk is not None:
         assert device_id is not None
-        chain, counter, head_of = device_id, devices.c.pairing_count, devices.c.pairing_head
+        counter, head_of = devices.c.pairing_count, devices.c.pairing_head
         owner = devices.c.id == device_pk
-        same_chain = pairing_events.c.device_pk == device_pk
     else:
-        chain, counter, head_of = UNATTACHED, audit_chains.c.count, audit_chains.c.head
+        counter, head_of = audit_chains.c.count, audit_chains.c.head
         owner = audit_chains.c.name == UNATTACHED
-        same_chain = pairing_events.c.device_pk.is_(None)
     table = counter.table
     seq = conn.execute(
         update(table).where(owner).values({counter: counter + 1}).returning(counter)
     ).scalar_one()
+    head = _insert_pairing(conn, device_pk, device_id, seq, attempt, result, reason, sealer)
+    conn.execute(update(table).where(owner).values({head_of: head}))
+
+
+def _insert_pairing(
+    conn: Connection,
+    device_pk: int | None,
+    device_id: str | None,
+    seq: int,
+    attempt: Attempt,
+    result: PairingResult,
+    reason: Reason | None,
+    sealer: Sealer,
+) -> str:
+    """Event SEQ of the pairing chain (its counter bumped already); returns the new head."""
+    if device_pk is not None:
+        assert device_id is not None
+        chain = device_id
+        same_chain = pairing_events.c.device_pk == device_pk
+    else:
+        chain = UNATTACHED
+        same_chain = pairing_events.c.device_pk.is_(None)
     prev: str | None = pairing_genesis(chain)
     if seq > 1:
         prev = conn.execute(
@@ -532,8 +579,7 @@ def _append_pairing(
             entry_hash=entry,
         )
     )
-    head = sealer.pairing_head(chain, seq, entry)
-    conn.execute(update(table).where(owner).values({head_of: head}))
+    return sealer.pairing_head(chain, seq, entry)
 
 
 def _reseal(conn: Connection, device_pk: int, sealer: Sealer) -> None:
