@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import quote
 
 from provision.errors import ConfigError, ProvisionError
 from provision.files import atomic_writer
 from provision.gs1 import (
     CANONICAL_DOMAIN,
+    canonical_epc,
     canonical_location,
     component_epc,
     device_epc,
@@ -55,10 +56,6 @@ ASSEMBLING = (BizStep.ASSEMBLING, None)
 SHIPPING = (BizStep.SHIPPING, Disposition.IN_TRANSIT)
 ACTIVATION = (BizStep.ACCEPTING, Disposition.RETAIL_SOLD)
 REVOCATION = (BizStep.HOLDING, Disposition.INACTIVE)
-
-# GS1's reference normaliser turns a Digital Link under any domain into id.gs1.org only when
-# its serial is at most 20 of these characters; the event hash takes any other as written.
-_PLAIN_SERIAL = re.compile(r"[A-Za-z0-9._-]{1,20}")
 
 
 @dataclass(frozen=True)
@@ -183,8 +180,6 @@ def _object(
 
 
 def _order_uri(source: str, order: str) -> str:
-    from urllib.parse import quote
-
     return f"urn:provision:order:{quote(source, safe='')}:{quote(order, safe='')}"
 
 
@@ -204,10 +199,10 @@ def prehash(event: dict[str, Any], domain: str = CANONICAL_DOMAIN) -> str:
     parts = ["eventType=" + event["type"], "eventTime=" + event["eventTime"]]
     parts.append("eventTimeZoneOffset=" + event["eventTimeZoneOffset"])
     if "parentID" in event:
-        parts.append("parentID=" + _canonical_epc(event["parentID"], domain))
+        parts.append("parentID=" + canonical_epc(event["parentID"], domain))
     for name in ("epcList", "childEPCs"):
         if name in event:
-            epcs = sorted("epc=" + _canonical_epc(e, domain) for e in event[name])
+            epcs = sorted("epc=" + canonical_epc(e, domain) for e in event[name])
             parts.append(name + "".join(epcs))
     parts.append("action=" + event["action"])
     parts.append(f"bizStep={CBV}BizStep-{event['bizStep']}")
@@ -226,16 +221,6 @@ def prehash(event: dict[str, Any], domain: str = CANONICAL_DOMAIN) -> str:
         values = sorted(_key(k) + "=" + _value(v) for k, v in event["ilmd"].items())
         parts.append("ilmd" + "".join(values))
     return "".join(parts)
-
-
-def _canonical_epc(epc: str, domain: str) -> str:
-    prefix = domain.rstrip("/") + "/01/"
-    if epc.startswith(prefix):
-        rest = epc[len(prefix) :]
-        serial = rest.partition("/21/")[2]
-        if _PLAIN_SERIAL.fullmatch(serial):
-            return CANONICAL_DOMAIN + "/01/" + rest
-    return epc
 
 
 def _key(key: str) -> str:

@@ -20,6 +20,7 @@ MAX_GS1_SERIAL = 20  # GS1 AI 21 (serial number) holds at most 20 characters
 SERIAL_TOO_LONG_FOR_GTIN = (
     f"a serial with a gtin is a GS1 AI 21 serial number: at most {MAX_GS1_SERIAL} characters"
 )
+_PLAIN_SERIAL = re.compile(r"[A-Za-z0-9._-]{1,20}")
 _SGLN = re.compile(r"urn:epc:id:sgln:(\d+)\.(\d*)\.(.+)")
 _GLN_URI = re.compile(r"https?://[^/]+/414/(\d{13})(?:/254/([^/?#]+))?")
 
@@ -62,10 +63,14 @@ def device_epc(
 
 
 def canonical_epc(epc: str, domain: str) -> str:
-    """EPC as GS1's event hash reads it: a Digital Link URI under id.gs1.org."""
+    """EPC as GS1's event hash reads it: a Digital Link URI under DOMAIN moved to id.gs1.org,
+    when its serial is one GS1's reference normaliser takes (at most 20 of A-Z a-z 0-9 . _ -);
+    any other EPC as written."""
     prefix = domain.rstrip("/") + "/01/"
     if epc.startswith(prefix):
-        return CANONICAL_DOMAIN + "/01/" + epc[len(prefix) :]
+        rest = epc[len(prefix) :]
+        if _PLAIN_SERIAL.fullmatch(rest.partition("/21/")[2]):
+            return CANONICAL_DOMAIN + "/01/" + rest
     return epc
 
 

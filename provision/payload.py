@@ -74,14 +74,19 @@ def device_token(keyring: Keyring, key_id: int, device_id: str, expires_at: date
 
     HMAC is deterministic: the same bytes as when the device was registered.
     """
+    secret = _signing_secret(keyring, key_id, f"device {device_id}: its payload")
+    return sign_token(key_id, secret, device_id, int(expires_at.timestamp()))
+
+
+def _signing_secret(keyring: Keyring, key_id: int, what: str) -> bytes:
+    """The secret of key KEY_ID, which signed WHAT; KeyringError if it cannot sign."""
     key = keyring.get(key_id)
     if key is None or key.secret is None:
         state = "not in the keyring" if key is None else KeyState.REVOKED
         raise KeyringError(
-            f"device {device_id}: its payload is signed with key {key_id}, which is {state}; "
-            "it cannot be signed again"
+            f"{what} is signed with key {key_id}, which is {state}; it cannot be signed again"
         )
-    return sign_token(key.id, key.secret, device_id, int(expires_at.timestamp()))
+    return key.secret
 
 
 def check_base_url(url: str) -> str:
@@ -187,11 +192,8 @@ def digital_link_url(
     """A device's Digital Link payload, signed again from its key id and expiry."""
     from provision.gs1 import encode_serial
 
-    key = keyring.get(key_id)
-    if key is None or key.secret is None:
-        state = "not in the keyring" if key is None else KeyState.REVOKED
-        raise KeyringError(f"key {key_id} is {state}: a payload cannot be signed with it")
-    sig = sign_digital_link(key.id, key.secret, gtin14, serial, int(expires_at.timestamp()))
+    secret = _signing_secret(keyring, key_id, f"the Digital Link payload of GTIN {gtin14}")
+    sig = sign_digital_link(key_id, secret, gtin14, serial, int(expires_at.timestamp()))
     return f"{base_url.rstrip('/')}/01/{gtin14}/21/{encode_serial(serial)}?s={sig}"
 
 
@@ -217,20 +219,34 @@ def _verify_digital_link(text: str, keyring: Keyring, now: datetime | None) -> V
     version, key_id, expiry = _DL_HEADER.unpack(header)
     if version != DL_VERSION:
         return Verification(False, Reason.MALFORMED)
-    did = device_id(keyring.pepper, serial)
+    secret, refused = _verifying_secret(keyring, key_id)
+    if refused is not None:
+        return refused
+    if not hmac.compare_digest(_dl_tag(secret, gtin, serial, header), tag):
+        return Verification(False, Reason.FORGED, key_id=key_id)
+    return _unexpired(device_id(keyring.pepper, serial), key_id, expiry, now, gtin)
+
+
+def _verifying_secret(keyring: Keyring, key_id: int) -> tuple[bytes, Verification | None]:
+    """Key KEY_ID's secret, or the refusal of a payload it signed (unknown, revoked)."""
     key = keyring.get(key_id)
     if key is None:
-        return Verification(False, Reason.UNKNOWN_KEY, key_id=key_id)
+        return b"", Verification(False, Reason.UNKNOWN_KEY, key_id=key_id)
     if key.state == KeyState.REVOKED or key.secret is None:
-        return Verification(False, Reason.REVOKED_KEY, key_id=key_id)
-    if not hmac.compare_digest(_dl_tag(key.secret, gtin, serial, header), tag):
-        return Verification(False, Reason.FORGED, key_id=key_id)
+        return b"", Verification(False, Reason.REVOKED_KEY, key_id=key_id)
+    return key.secret, None
+
+
+def _unexpired(
+    device: str, key_id: int, expiry: int, now: datetime | None, gtin: str | None = None
+) -> Verification:
+    """A payload whose signature holds: valid until EXPIRY (unix seconds)."""
     expires_at = datetime.fromtimestamp(expiry, UTC)
     if (now or datetime.now(UTC)) >= expires_at:
         return Verification(
-            False, Reason.EXPIRED, device_id=did, key_id=key_id, expires_at=expires_at
+            False, Reason.EXPIRED, device_id=device, key_id=key_id, expires_at=expires_at
         )
-    return Verification(True, None, did, key_id, expires_at, gtin)
+    return Verification(True, None, device, key_id, expires_at, gtin)
 
 
 def verify_payload(
@@ -251,17 +267,10 @@ def verify_payload(
     version, key_id, dev, expiry = _HEADER.unpack(header)
     if version != VERSION:
         return Verification(False, Reason.MALFORMED)
-    key = keyring.get(key_id)
-    if key is None:
-        return Verification(False, Reason.UNKNOWN_KEY, key_id=key_id)
-    if key.state == KeyState.REVOKED or key.secret is None:
-        return Verification(False, Reason.REVOKED_KEY, key_id=key_id)
-    expected = hmac.new(key.secret, PURPOSE + header, hashlib.sha256).digest()[:TAG_BYTES]
+    secret, refused = _verifying_secret(keyring, key_id)
+    if refused is not None:
+        return refused
+    expected = hmac.new(secret, PURPOSE + header, hashlib.sha256).digest()[:TAG_BYTES]
     if not hmac.compare_digest(expected, tag):
         return Verification(False, Reason.FORGED, key_id=key_id)
-    expires_at = datetime.fromtimestamp(expiry, UTC)
-    if (now or datetime.now(UTC)) >= expires_at:
-        return Verification(
-            False, Reason.EXPIRED, device_id=dev.hex(), key_id=key_id, expires_at=expires_at
-        )
-    return Verification(True, None, dev.hex(), key_id, expires_at)
+    return _unexpired(dev.hex(), key_id, expiry, now)

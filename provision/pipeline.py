@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import json
@@ -844,7 +843,11 @@ def batch_labels(
                 if template.prints_serial or linked
                 else None
             )
-            label = _label(
+            url = None
+            if linked:
+                assert d.gtin is not None and serial is not None  # checked before rendering
+                url = digital_link_url(base_url, keyring, d.key_id, d.gtin, serial, d.expires_at)
+            yield _label(
                 keyring,
                 base_url,
                 batch,
@@ -855,12 +858,8 @@ def batch_labels(
                 manufacturer=d.manufacturer,
                 key_id=d.key_id,
                 expires_at=d.expires_at,
+                url=url,
             )
-            if linked:
-                assert d.gtin is not None and serial is not None  # checked before rendering
-                url = digital_link_url(base_url, keyring, d.key_id, d.gtin, serial, d.expires_at)
-                label = dataclasses.replace(label, url=url)
-            yield label
         done += len(chunk)
         on_progress("render", done, total)
 
@@ -877,12 +876,15 @@ def _label(
     manufacturer: str | None,
     key_id: int,
     expires_at: datetime,
+    url: str | None = None,
 ) -> LabelData:
-    """What a device's label shows; its payload signed again from key id and expiry."""
-    token = device_token(keyring, key_id, device_id, expires_at)
+    """What a device's label shows; its payload signed again from key id and expiry (URL:
+    a payload signed already, as a Digital Link label's is)."""
+    if url is None:
+        url = payload_url(base_url, device_token(keyring, key_id, device_id, expires_at))
     return LabelData(
         device_id=device_id,
-        url=payload_url(base_url, token),
+        url=url,
         device_type=device_type,
         model=model,
         manufacturer=manufacturer,

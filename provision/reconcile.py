@@ -101,13 +101,7 @@ def reconcile_shipments(
     totals.add(frames, keep_all=True)
     result = totals.result(as_of, str(shipments_path), since, until, batch, report_dir)
     if report_dir is not None:
-        report = _Report(Path(report_dir), formats)
-        try:
-            report.append(frames, on_progress)
-            report.finish(result)
-        except BaseException:
-            report.abandon()
-            raise
+        write_report(result, Path(report_dir), formats, on_progress)
     return result
 
 

@@ -250,10 +250,6 @@ def _isoformat(stamps: pd.Series) -> list[str]:
     return out
 
 
-def _text(value: Any) -> str:
-    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
-
-
 @dataclass(frozen=True)
 class ShipmentList:
     """Stored shipments matching a filter: how many, the newest of them, the imports."""

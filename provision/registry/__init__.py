@@ -160,12 +160,6 @@ class Registry:
 
         return reconcile_chunks(self.store, chunk, batch_id)
 
-    def shipments_frame(self, until: Any = None) -> Any:
-        """The stored shipments (shipped before UNTIL) as a pandas frame, for reconcile."""
-        from provision.registry.frames import shipments_frame
-
-        return shipments_frame(self.store, until)
-
     def shipments_chunks(self, until: Any = None, chunk: int = 100_000) -> Any:
         """shipments_frame a CHUNK of rows at a time, in id order (an iterator of frames)."""
         from provision.registry.frames import shipments_chunks

@@ -95,16 +95,6 @@ def reconcile_chunks(
         yield pd.DataFrame(empty, columns=columns)
 
 
-def shipments_frame(store: Store, until: Any = None) -> Any:
-    """The stored shipments shipped up to UNTIL (all, without it) as one pandas frame, in
-    the order they shipped; see shipments_chunks."""
-    import pandas as pd
-
-    parts = list(shipments_chunks(store, until))
-    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    return frame.sort_values(["shipped_at", "id"], kind="stable", ignore_index=True)
-
-
 def shipments_chunks(store: Store, until: Any = None, chunk: int = 100_000) -> Iterator[Any]:
     """The stored shipments shipped up to UNTIL (all, without it) as pandas frames of CHUNK
     rows, in id order: the columns of a shipments file (the serial still encrypted: serial_ct
