@@ -195,6 +195,18 @@ def record_refused_action(
     return registry.events.append_action(device.id, device.device_id, refusal, make_sealer(keyring))
 
 
+def check_reason(reason: str, why: str = "why the device is revoked") -> str:
+    """REASON trimmed, or a ProvisionError saying what is wrong with it."""
+    reason = reason.strip()
+    if not reason:
+        raise ProvisionError(f"--reason must say {why}")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ProvisionError(f"--reason is longer than {MAX_REASON_LENGTH} characters")
+    if problem := text_problem(reason):
+        raise ProvisionError(f"--reason {problem}")
+    return reason
+
+
 def revoke(
     registry: Registry,
     keyring: Keyring,
@@ -202,18 +214,33 @@ def revoke(
     reason: str,
     by: str,
     now: datetime | None = None,
+    ip: str | None = None,
 ) -> None:
-    reason = reason.strip()
-    if not reason:
-        raise ProvisionError("--reason must say why the device is revoked")
-    if len(reason) > MAX_REASON_LENGTH:
-        raise ProvisionError(f"--reason is longer than {MAX_REASON_LENGTH} characters")
-    if problem := text_problem(reason):
-        raise ProvisionError(f"--reason {problem}")
+    reason = check_reason(reason)
     if not registry.events.revoke(
-        device.id, device.device_id, by, reason, now or utcnow(), make_sealer(keyring)
+        device.id, device.device_id, by, reason, now or utcnow(), make_sealer(keyring), ip
     ):
         raise DeviceError(f"device {device.device_id} is already revoked")
+
+
+def unrevoke(
+    registry: Registry,
+    keyring: Keyring,
+    device: DeviceRecord,
+    reason: str,
+    by: str,
+    now: datetime | None = None,
+    ip: str | None = None,
+) -> str:
+    """Undo a revocation (a mistaken one, or a device found again); returns the status the
+    device has now: activated if it had been activated, else pending."""
+    reason = check_reason(reason, "why the revocation is undone")
+    status = registry.events.unrevoke(
+        device.id, device.device_id, by, reason, now or utcnow(), make_sealer(keyring), ip
+    )
+    if status is None:
+        raise DeviceError(f"device {device.device_id} is not revoked")
+    return status
 
 
 @dataclass(frozen=True)

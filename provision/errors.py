@@ -112,6 +112,13 @@ class NotifyFailed(ProvisionError):
     kind = "notify_failed"
 
 
+class StaffError(ProvisionError):
+    """A staff account cannot be made or changed as asked (a bad name or password, no such
+    account, a name taken)."""
+
+    kind = "staff"
+
+
 class RegistryError(ProvisionError):
     """The registry database cannot be reached or refused a statement."""
 

@@ -67,12 +67,30 @@ class SystemAction(StrEnum):
 
     ACTIVATED = "activated"
     REVOKED = "revoked"
+    # Staff undid a revocation (the console's un-revoke): the device is as it was before.
+    UNREVOKED = "unrevoked"
     RESIGNED = "resigned"
     # A revoked device's token tried to log an action: refused, and recorded here.
     ACTION_REFUSED = "action.refused"
     RECALL_CREATED = "recall.created"
     RECALL_RELEASED = "recall.released"
     RECALL_CLOSED = "recall.closed"
+
+
+class StaffRole(StrEnum):
+    """What a staff account may do in the console; each role can do what the one before can.
+
+    viewer reads; support also revokes and un-revokes devices, releases recall holds and
+    acknowledges alerts; admin also manages staff accounts.
+    """
+
+    VIEWER = "viewer"
+    SUPPORT = "support"
+    ADMIN = "admin"
+
+    def allows(self, needed: StaffRole) -> bool:
+        order = list(StaffRole)
+        return order.index(self) >= order.index(needed)
 
 
 class BizStep(StrEnum):

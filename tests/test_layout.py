@@ -143,6 +143,7 @@ ERROR_TYPES = {
     errors.RecallError: "recall",
     errors.RegistryError: "registry",
     errors.AlertError: "alert",
+    errors.StaffError: "staff",
     errors.NotifyFailed: "notify_failed",
     errors.CheckpointError: "checkpoint",
     errors.JobError: "job",

@@ -1,7 +1,7 @@
 """The `provision` command: each command parses, makes one library call, formats the result.
 
 One module per command group (keys, db, batch, printing, devices, audit, quality, fleet,
-shipments, servers);
+shipments, staff, servers);
 what they share is in common.py. Each module imports what its commands need inside them, so
 `provision --help` loads none of the library behind them.
 """
@@ -26,6 +26,7 @@ from provision.cli import (
     quality,
     servers,
     shipments,
+    staff,
 )
 from provision.cli.common import ProvisionGroup, Settings, settings_options
 
@@ -88,6 +89,8 @@ for command in (
     shipments.reconcile,
     export.export,
     servers.serve,
+    servers.console,
+    staff.staff,
 ):
     cli.add_command(command)
 

@@ -1,4 +1,4 @@
-"""The long-running services: `provision serve`."""
+"""The long-running services: `provision serve` (public) and `provision console` (staff)."""
 
 from __future__ import annotations
 
@@ -151,5 +151,66 @@ def serve(
         processes,
         on_listening=listening,
         metrics_port=metrics_port,
+        proxy_headers=trusted_proxies > 0,
+    )
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=5002, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Worker threads of the WSGI server (waitress).",
+)
+@click.option(
+    "--trusted-proxies",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    envvar="PROVISION_TRUSTED_PROXIES",
+    show_envvar=True,
+    help="Reverse proxies in front of us; only then is X-Forwarded-For believed.",
+)
+@json_option
+@pass_settings
+def console(
+    settings: Settings, host: str, port: int, workers: int, trusted_proxies: int, as_json: bool
+) -> None:
+    """Run the staff console (STAFF ONLY: login, pages, staff API) under waitress.
+
+    A separate app from `serve`, on its own port; keep it off the public internet (a VPN, or a
+    proxy that only staff reach). Accounts come from `provision staff add`. The pages read the
+    registry and the output folder (label files, reconciliation reports).
+
+    \b
+    Example:
+      provision staff add alice --role admin
+      provision console --port 5002
+    """
+    from provision.web import WebSettings
+    from provision.web.console import create_console_app
+    from provision.web.server import serve as run_server
+
+    logging.getLogger("provision").setLevel(logging.INFO)
+    web = WebSettings(settings.db, settings.keyring_path, settings.base_url, trusted_proxies)
+    keyring, registry = settings.keyring(), settings.registry()
+    app = create_console_app(web, settings.output, keyring=keyring, registry=registry)
+
+    def listening() -> None:
+        if as_json:
+            click.echo(json.dumps({"listening": f"http://{host}:{port}", "workers": workers}))
+        else:
+            click.echo(f"provision staff console on http://{host}:{port}", err=True)
+
+    run_server(
+        lambda: app,
+        host,
+        port,
+        workers,
+        1,
+        on_listening=listening,
         proxy_headers=trusted_proxies > 0,
     )

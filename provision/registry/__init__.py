@@ -2,14 +2,15 @@
 
 `Registry(url)` opens it (migrating the schema on first use) and hands out one object per
 subject, as sqlite-utils' `db[table]` does: `registry.batches`, `registry.devices`,
-`registry.events`, `registry.recalls` and `registry.alerts`. They return frozen dataclasses
+`registry.events`, `registry.recalls`, `registry.alerts`, `registry.shipments` and
+`registry.staff`. They return frozen dataclasses
 (provision.registry.records, and the trace and recall records of recalls.py) and raise
 ProvisionError subclasses, never SQLAlchemy's exceptions.
 
     schema.py   the tables; states come from provision.states
     store.py    engine, dialect specifics, bulk paths, error translation, audit reads
     records.py  the dataclasses the subjects return
-    batches.py, devices.py, events.py, recalls.py, alerts.py, shipments.py   one module
+    batches.py, devices.py, events.py, recalls.py, alerts.py, shipments.py, staff.py: one module
                 per subject
     frames.py   pandas frames for reconcile (pandas stays out of the rest)
 """
@@ -57,6 +58,7 @@ from provision.registry.schema import (
     pairing_events,
 )
 from provision.registry.shipments import Shipments
+from provision.registry.staff import Staff, StaffEvent, StaffRecord
 from provision.registry.store import AuditSnapshot, Store, utcnow
 from provision.states import DeviceStatus, PairingResult
 
@@ -81,6 +83,8 @@ __all__ = [
     "RecallMember",
     "RecallRecord",
     "Registry",
+    "StaffEvent",
+    "StaffRecord",
     "TraceRow",
     "action_log",
     "audit_chains",
@@ -117,6 +121,7 @@ class Registry:
         self.recalls = Recalls(self.store)
         self.alerts = Alerts(self.store)
         self.shipments = Shipments(self.store)
+        self.staff = Staff(self.store)
 
     @property
     def url(self) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, text, update
+from sqlalchemy import and_, func, insert, or_, select, text, update
 from sqlalchemy.engine import Connection
 
 from provision.registry.events import among_ids
@@ -197,6 +197,15 @@ class Alerts:
         if severities is not None:
             q = q.where(alerts.c.severity.in_(list(severities)))
         q = q.order_by(alerts.c.last_seen.desc(), alerts.c.id)
+        with self._store.connect() as conn:
+            return [AlertRecord.from_row(r) for r in conn.execute(q)]
+
+    def about(self, subjects: Sequence[tuple[str, str]]) -> list[AlertRecord]:
+        """The alerts about any of SUBJECTS ((subject_kind, subject) pairs), newest first."""
+        if not subjects:
+            return []
+        wanted = [and_(alerts.c.subject_kind == k, alerts.c.subject == s) for k, s in subjects]
+        q = select(alerts).where(or_(*wanted)).order_by(alerts.c.last_seen.desc(), alerts.c.id)
         with self._store.connect() as conn:
             return [AlertRecord.from_row(r) for r in conn.execute(q)]
 

@@ -29,7 +29,7 @@ from provision.registry.schema import (
     recall_devices,
     recalls,
 )
-from provision.registry.store import Store
+from provision.registry.store import Store, aware
 from provision.states import DeviceStatus, PairingResult, Reason, SystemAction
 
 # Devices per statement of the bulk paths on PostgreSQL (one array parameter); SQLite binds
@@ -143,7 +143,14 @@ class Events:
         return None
 
     def revoke(
-        self, device_pk: int, device_id: str, by: str, reason: str, now: datetime, sealer: Sealer
+        self,
+        device_pk: int,
+        device_id: str,
+        by: str,
+        reason: str,
+        now: datetime,
+        sealer: Sealer,
+        ip: str | None = None,
     ) -> bool:
         """Mark a device revoked (from any other state); False if it already was."""
         with self._store.begin() as conn:
@@ -159,11 +166,57 @@ class Events:
             ).rowcount
             if changed:
                 action = NewAction(
-                    SystemAction.REVOKED, canonical_json({"reason": reason}), None, by, now
+                    SystemAction.REVOKED, canonical_json({"reason": reason}), ip, by, now
                 )
                 _append_action(conn, device_pk, device_id, action, sealer)
                 _reseal(conn, device_pk, sealer)
         return bool(changed)
+
+    def unrevoke(
+        self,
+        device_pk: int,
+        device_id: str,
+        by: str,
+        reason: str,
+        now: datetime,
+        sealer: Sealer,
+        ip: str | None = None,
+    ) -> str | None:
+        """Undo a revocation: the device is activated again if it had been activated, else
+        pending; the revocation's columns are cleared and the `unrevoked` action (with the
+        revocation it undid) is appended, with the seal, in one transaction. Returns the new
+        status, or None if the device was not revoked."""
+        with self._store.begin() as conn:
+            row = conn.execute(
+                select(
+                    devices.c.activated_at,
+                    devices.c.revoked_at,
+                    devices.c.revoked_by,
+                    devices.c.revoked_reason,
+                ).where(devices.c.id == device_pk, devices.c.status == DeviceStatus.REVOKED)
+            ).first()
+            if row is None:
+                return None
+            status = DeviceStatus.ACTIVATED if row.activated_at else DeviceStatus.PENDING
+            changed = conn.execute(
+                update(devices)
+                .where(devices.c.id == device_pk, devices.c.status == DeviceStatus.REVOKED)
+                .values(status=status, revoked_at=None, revoked_by=None, revoked_reason=None)
+            ).rowcount
+            if not changed:
+                return None
+            undone = aware(row.revoked_at)
+            meta = {
+                "reason": reason,
+                "status": str(status),
+                "revoked_at": undone.isoformat() if undone else None,
+                "revoked_by": row.revoked_by,
+                "revoked_reason": row.revoked_reason,
+            }
+            action = NewAction(SystemAction.UNREVOKED, canonical_json(meta), ip, by, now)
+            _append_action(conn, device_pk, device_id, action, sealer)
+            _reseal(conn, device_pk, sealer)
+        return str(status)
 
     def resign(self, batch_id: int, key_id: int, actor: str, now: datetime, sealer: Sealer) -> int:
         """Move the batch's pending devices signed by another key to KEY_ID; returns how many.

@@ -239,6 +239,21 @@ class Recalls:
             row = conn.execute(q).first()
         return RecallMember(aware(row[0]), row[1]) if row is not None else None
 
+    def of_device(self, device_pk: int) -> list[tuple[RecallRecord, RecallMember]]:
+        """The recalls that matched the device, oldest first, with its row in each."""
+        q = (
+            select(recalls, recall_devices.c.released_at, recall_devices.c.released_by)
+            .join(recall_devices, recall_devices.c.recall_id == recalls.c.id)
+            .where(recall_devices.c.device_pk == device_pk)
+            .order_by(recalls.c.id)
+        )
+        with self._store.connect() as conn:
+            rows = conn.execute(q).all()
+        return [
+            (RecallRecord.from_row(r), RecallMember(aware(r.released_at), r.released_by))
+            for r in rows
+        ]
+
     def holding(self, device_pk: int) -> str | None:
         """The name of an open recall whose hold stops the device's activation, or None."""
         q = (

@@ -313,3 +313,48 @@ shipments = Table(
     Index("ix_shipments_shipped_at", "shipped_at"),
     Index("ix_shipments_import_id", "import_id"),
 )
+
+# A staff account of the console (`provision staff`). The password only as its argon2id hash,
+# the API token only as its SHA-256; disabled_at set means it can no longer log in.
+staff = Table(
+    "staff",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(256), nullable=False),
+    Column("password_changed_at", DateTime(timezone=True), nullable=False),
+    Column("token_hash", String(64)),
+    Column("token_created_at", DateTime(timezone=True)),
+    Column("disabled_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(256), nullable=False),
+    Index("ux_staff_token_hash", "token_hash", unique=True),
+)
+
+# Failed console logins: 5 within 15 minutes lock the account name, and the address too.
+staff_login_failures = Table(
+    "staff_login_failures",
+    metadata,
+    Column("id", ROW_ID, primary_key=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("username", String(64), nullable=False),
+    Column("ip", String(64), nullable=False),
+    Index("ix_staff_login_failures_username", "username", "occurred_at"),
+    Index("ix_staff_login_failures_ip", "ip", "occurred_at"),
+)
+
+# What staff did: who, when, what, to what, from which address (the console and `staff`).
+staff_audit = Table(
+    "staff_audit",
+    metadata,
+    Column("id", ROW_ID, primary_key=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("staff", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(256)),
+    Column("ip", String(64)),
+    Column("detail_json", Text, nullable=False),
+    Index("ix_staff_audit_occurred_at", "occurred_at"),
+    Index("ix_staff_audit_subject", "subject", "occurred_at"),
+)

@@ -228,3 +228,23 @@ def active_devices(
     )
     with _reading(store) as conn:
         return {str(g): (int(n), int(w or 0)) for g, n, w in conn.execute(q)}
+
+
+def status_counts(store: Store) -> dict[str, int]:
+    """Devices by status (the index on status answers it)."""
+    q = select(devices.c.status, func.count()).group_by(devices.c.status)
+    with _reading(store) as conn:
+        return {str(s): int(n) for s, n in conn.execute(q)}
+
+
+def activations_per_day(store: Store, since: datetime) -> list[tuple[str, int]]:
+    """(YYYY-MM-DD, activations) of each UTC day since SINCE that has any, oldest first."""
+    c = devices.c
+    if store.is_postgresql:
+        day = func.to_char(func.timezone("UTC", c.activated_at), "YYYY-MM-DD")
+    else:
+        day = func.substr(c.activated_at, 1, 10)  # UTC text, as the week and month above
+    key = day.label("d")
+    q = select(key, func.count()).where(c.activated_at >= since).group_by(key).order_by(key)
+    with _reading(store) as conn:
+        return [(str(d), int(n)) for d, n in conn.execute(q)]

@@ -1,7 +1,7 @@
 """What every provision web app shares: settings, services, headers, errors, the limiter.
 
-The public activation service (provision.web.activation) is built from these; a staff console
-would be too, as an app of its own, sharing none of the routes.
+The public activation service (provision.web.activation) and the staff console
+(provision.web.console) are built from these, each an app of its own sharing none of the routes.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def make_limiter(app: Flask, storage_uri: str = "memory://") -> Limiter:
 
 
 def page_error(reason: str, status: int, message: str) -> Any:
-    return render_template("error.html", reason=reason, message=message), status
+    template = current_app.config.get("PROVISION_ERROR_TEMPLATE", "error.html")
+    return render_template(template, reason=reason, message=message, status=status), status
 
 
 def api_error(reason: str, status: int, message: str) -> Any:
