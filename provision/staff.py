@@ -237,7 +237,7 @@ def login(
         ok = _verify(account.password_hash, password)
     if not ok:
         event = _event(username or "-", "login.failed", username, ip, None)
-        registry.staff.login_failed(username, ip, now, event)
+        registry.staff.login_failed(username, ip, now, since, event)
         if max(by_name, by_ip) + 1 >= LOCK_FAILURES:
             return Login(LoginResult.LOCKED, locked_until=now + LOCK_WINDOW)
         return Login(LoginResult.BAD)
@@ -264,4 +264,5 @@ def staff_json(a: StaffRecord) -> dict[str, Any]:
         "password_changed_at": a.password_changed_at.isoformat(),
         "token_created_at": a.token_created_at.isoformat() if a.token_created_at else None,
         "disabled_at": a.disabled_at.isoformat() if a.disabled_at else None,
+        "last_login_at": a.last_login_at.isoformat() if a.last_login_at else None,
     }

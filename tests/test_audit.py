@@ -354,6 +354,37 @@ def test_revoking_twice_or_without_a_reason_is_refused(fleet: Fleet) -> None:
     assert [a["action_type"] for a in fleet.history(did)["actions"]] == ["revoked"]
 
 
+def test_unrevoke_gives_the_device_back_its_state_and_keeps_both_in_history(fleet: Fleet) -> None:
+    active, pending = fleet.serials[0], fleet.serials[1]
+    fleet.activate(active)
+    for s in (active, pending):
+        assert fleet.run_cli("revoke", fleet.did(s), "--reason", "stolen").exit_code == 0
+    result = fleet.run_cli("unrevoke", fleet.did(active), "--reason", "found", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "device_id": fleet.did(active),
+        "status": "activated",
+        "unrevoked_by": operator(),
+        "reason": "found",
+    }
+    h = fleet.history(fleet.did(active))
+    assert h["device"]["status"] == "activated" and h["device"]["revoked_at"] is None
+    assert h["device"]["user"] is not None
+    assert [a["action_type"] for a in h["actions"]][-2:] == ["revoked", "unrevoked"]
+    assert h["actions"][-1]["metadata"]["revoked_reason"] == "stolen"
+    text_out = fleet.run_cli("unrevoke", fleet.did(pending), "--reason", "arrived").stdout
+    assert (
+        text_out
+        == f"Device {fleet.did(pending)} un-revoked by {operator()} (now pending): arrived\n"
+    )
+    again = fleet.run_cli("unrevoke", fleet.did(pending), "--reason", "twice")
+    assert again.exit_code == 1
+    assert again.stderr == f"Error: device {fleet.did(pending)} is not revoked\n"
+    blank = fleet.run_cli("unrevoke", fleet.did(pending), "--reason", " ")
+    assert blank.stderr == "Error: --reason must say why the revocation is undone\n"
+    assert fleet.run_cli("audit", "verify").exit_code == 0
+
+
 # -- log ---------------------------------------------------------------------------------------
 
 

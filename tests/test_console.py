@@ -101,6 +101,13 @@ def post_form(client: FlaskClient, page: str, action: str, **data: str) -> Any:
 
 @pytest.fixture
 def console(registry: Registry, keyring_path: Path, tmp_path: Path) -> Console:
+    return populate(registry, keyring_path, tmp_path)
+
+
+def populate(registry: Registry, keyring_path: Path, tmp_path: Path) -> Console:
+    """Batch `console`: CON-1 (alice) and CON-2 (bob) activated, CON-3 and CON-4 pending; LOT-A
+    in CON-1 and CON-2; mallory's refused attempt on CON-1 and an alert about it; staff vera
+    (viewer), sam (support) and ada (admin); label files and a report in the output folder."""
     keyring = load_keyring(keyring_path)
     rows = [
         ["CON-1", "battery", "CR2032", "BAT-1", "Volta", "LOT-A"],
@@ -233,6 +240,29 @@ def test_login_locks_the_account_and_the_address_after_5_failures(console: Conso
     assert staff_lib.login(registry, "sam", PASSWORD, "10.1.1.1", later).result == "ok"
     actions = [e.action for e in registry.staff.events(limit=50)]
     assert actions.count("login.failed") == 5 and actions.count("login.locked") == 2
+
+
+def test_a_good_login_clears_the_account_count_but_not_the_address_count(
+    console: Console,
+) -> None:
+    registry = console.registry
+    now = datetime.now(UTC)
+    for _ in range(4):
+        staff_lib.login(registry, "sam", "wrong password!", "10.1.1.1", now)
+    assert staff_lib.login(registry, "sam", PASSWORD, "10.1.1.1", now).result == "ok"
+    later = now + timedelta(seconds=1)
+    # The account starts again from nought: one more failure elsewhere does not lock it...
+    assert (
+        staff_lib.login(registry, "sam", "wrong password!", "10.2.2.2", later).result
+        == "bad_credentials"
+    )
+    assert staff_lib.login(registry, "sam", PASSWORD, "10.2.2.2", later).result == "ok"
+    # ...but the address that failed 4 times locks at its fifth, whichever account it tries.
+    assert (
+        staff_lib.login(registry, "vera", "wrong password!", "10.1.1.1", later).result == "locked"
+    )
+    account = registry.staff.get("sam")
+    assert account is not None and account.last_login_at is not None
 
 
 def test_unknown_and_disabled_names_fail_like_a_wrong_password(console: Console) -> None:

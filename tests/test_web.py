@@ -631,9 +631,15 @@ class Server:
 
 @contextlib.contextmanager
 def provision_server(
-    db_url: str, keyring_path: Path, workdir: Path, *args: str, timeout: float = 60
+    db_url: str,
+    keyring_path: Path,
+    workdir: Path,
+    *args: str,
+    timeout: float = 60,
+    command: str = "serve",
 ) -> Iterator[Server]:
-    """Run `python -m provision --verbose serve` until the block ends; fail if it never answers."""
+    """Run `python -m provision --verbose serve` (or COMMAND: `console`) until the block ends;
+    fail if it never answers."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -645,7 +651,7 @@ def provision_server(
         "PROVISION_OUTPUT": str(workdir / "output"),
         "PYTHONUNBUFFERED": "1",
     }
-    argv = [sys.executable, "-m", "provision", "--verbose", "serve"]
+    argv = [sys.executable, "-m", "provision", "--verbose", command]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "4", *args]
     out, err = workdir / "server.stdout", workdir / "server.stderr"
     with out.open("wb") as fout, err.open("wb") as ferr:
@@ -655,7 +661,9 @@ def provision_server(
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"provision serve exited with {proc.returncode}:\n{server.output()}")
+                pytest.fail(
+                    f"provision {command} exited with {proc.returncode}:\n{server.output()}"
+                )
             try:
                 with urllib.request.urlopen(base + "/healthz", timeout=2) as resp:
                     if json.load(resp) == {"ok": True}:
@@ -663,7 +671,7 @@ def provision_server(
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"provision serve did not answer in {timeout}s:\n{server.output()}")
+                pytest.fail(f"provision {command} did not answer in {timeout}s:\n{server.output()}")
             time.sleep(0.1)
         yield server
     finally:

@@ -77,6 +77,7 @@ for command in (
     devices.log_cmd,
     devices.history,
     devices.revoke_cmd,
+    devices.unrevoke_cmd,
     devices.batches,
     devices.devices_cmd,
     devices.find_cmd,

@@ -242,6 +242,33 @@ def revoke_cmd(
     )
 
 
+@click.command("unrevoke")
+@device_selector
+@click.option("--reason", required=True, help="Why the revocation is undone; shown in history.")
+@json_option
+@pass_settings
+def unrevoke_cmd(
+    settings: Settings, device_id: str | None, serial: str | None, reason: str, as_json: bool
+) -> None:
+    """Undo a revocation: the device is activated again (same owner) if it had been, else
+    pending; history keeps both, with who and why.
+
+    \b
+    Example:
+      provision unrevoke 3f9a0c1d2e4b5a69 --reason "found again; the theft report was withdrawn"
+    """
+    from provision.audit import unrevoke
+
+    device = find_device_for_write(settings, device_id, serial)
+    by = operator()
+    status = unrevoke(*settings.registry_with_keyring(), device, reason, by)
+    emit(
+        as_json,
+        {"device_id": device.device_id, "status": status, "unrevoked_by": by, "reason": reason},
+        f"Device {device.device_id} un-revoked by {by} (now {status}): {reason}",
+    )
+
+
 # -- questions: batches, devices, find ---------------------------------------------------------
 
 

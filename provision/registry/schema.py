@@ -327,6 +327,7 @@ staff = Table(
     Column("token_hash", String(64)),
     Column("token_created_at", DateTime(timezone=True)),
     Column("disabled_at", DateTime(timezone=True)),
+    Column("last_login_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(256), nullable=False),
     Index("ux_staff_token_hash", "token_hash", unique=True),

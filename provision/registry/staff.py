@@ -27,10 +27,17 @@ class StaffRecord(_Record):
     token_hash: str | None
     token_created_at: datetime | None
     disabled_at: datetime | None
+    last_login_at: datetime | None
     created_at: datetime
     created_by: str
 
-    _TIMES = ("password_changed_at", "token_created_at", "disabled_at", "created_at")
+    _TIMES = (
+        "password_changed_at",
+        "token_created_at",
+        "disabled_at",
+        "last_login_at",
+        "created_at",
+    )
 
     @property
     def active(self) -> bool:
@@ -128,40 +135,45 @@ class Staff:
 
     # -- failed logins ---------------------------------------------------------------------------
 
-    def login_failed(self, username: str, ip: str, now: datetime, event: Mapping[str, Any]) -> None:
+    def login_failed(
+        self,
+        username: str,
+        ip: str,
+        now: datetime,
+        forget_before: datetime,
+        event: Mapping[str, Any],
+    ) -> None:
+        """Count a failed login; those before FORGET_BEFORE, which lock nothing any more, are
+        dropped (the audit log keeps every one)."""
+        f = staff_login_failures
         with self._store.begin() as conn:
-            conn.execute(
-                insert(staff_login_failures).values(occurred_at=now, username=username, ip=ip)
-            )
+            conn.execute(delete(f).where(f.c.occurred_at < forget_before))
+            conn.execute(insert(f).values(occurred_at=now, username=username, ip=ip))
             _record(conn, now, event)
 
     def failures_since(self, username: str, ip: str, since: datetime) -> tuple[int, int]:
-        """Failed logins since SINCE: of the account name, and from the address."""
+        """Failed logins since SINCE: of the account name (only those after its last good
+        login), and from the address (all of them)."""
         f = staff_login_failures
         with self._store.connect() as conn:
-            by_name = conn.execute(
-                select(func.count()).where(f.c.username == username, f.c.occurred_at >= since)
-            ).scalar_one()
-            by_ip = conn.execute(
+            last = aware(
+                conn.execute(select(staff.c.last_login_at).where(staff.c.name == username)).scalar()
+            )
+            by_name = select(func.count()).where(f.c.username == username, f.c.occurred_at >= since)
+            if last is not None:
+                by_name = by_name.where(f.c.occurred_at > last)
+            names = conn.execute(by_name).scalar_one()
+            ips = conn.execute(
                 select(func.count()).where(f.c.ip == ip, f.c.occurred_at >= since)
             ).scalar_one()
-        return int(by_name), int(by_ip)
+        return int(names), int(ips)
 
     def logged_in(self, username: str, now: datetime, event: Mapping[str, Any]) -> None:
-        """A good login: the account name's failures are forgotten (the address's are not)."""
+        """A good login: the account's failures before it no longer count against it (they
+        still count against the address they came from)."""
         with self._store.begin() as conn:
-            conn.execute(
-                delete(staff_login_failures).where(staff_login_failures.c.username == username)
-            )
+            conn.execute(update(staff).where(staff.c.name == username).values(last_login_at=now))
             _record(conn, now, event)
-
-    def forget_failures(self, before: datetime) -> int:
-        """Drop failed logins older than BEFORE (they no longer lock anything)."""
-        with self._store.begin() as conn:
-            done = conn.execute(
-                delete(staff_login_failures).where(staff_login_failures.c.occurred_at < before)
-            )
-        return int(done.rowcount or 0)
 
     # -- the audit log ---------------------------------------------------------------------------
 

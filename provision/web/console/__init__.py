@@ -57,6 +57,7 @@ def create_console_app(
         PROVISION_ERROR_TEMPLATE="console/error.html",
     )
     app.jinja_env.filters["datetime"] = _timestamp
+    app.jinja_env.filters["stamp"] = _stamp
     csrf = CSRFProtect(app)
     auth.install(app)
     app.register_blueprint(auth.blueprint())
@@ -65,6 +66,11 @@ def create_console_app(
     csrf.exempt(staff_api)  # bearer tokens, not cookies: no cross-site form can use them
     app.register_blueprint(staff_api)
     return app
+
+
+def _stamp(iso: str | None) -> str:
+    """An ISO 8601 time from a history (UTC) as the pages show times, to the second."""
+    return iso[:19].replace("T", " ") if iso else ""
 
 
 def _timestamp(seconds: float) -> str:
