@@ -614,3 +614,32 @@ def test_nothing_secret_reaches_the_log(console: Console, caplog: pytest.LogCapt
     text = caplog.text
     assert "POST /login 302" in text
     assert PASSWORD not in text and token not in text
+
+
+def test_figures_are_served_stale_while_one_thread_computes_them_again() -> None:
+    from provision.web.console.pages import Figures
+
+    calls: list[int] = []
+
+    def slow() -> int:
+        calls.append(1)
+        time.sleep(0.2)
+        return len(calls)
+
+    cache = Figures(ttl=0.1)
+    assert cache.get("k", slow)[0] == 1  # the first computes while the caller waits
+    time.sleep(0.15)
+    t = time.perf_counter()
+    assert cache.get("k", slow)[0] == 1  # stale: served at once, refreshed behind
+    assert cache.get("k", slow)[0] == 1  # one refresh at a time
+    assert time.perf_counter() - t < 0.1
+    time.sleep(0.3)
+    assert cache.get("k", slow)[0] == 2 and len(calls) == 2
+
+
+def test_a_change_through_the_console_shows_in_the_overview_at_once(console: Console) -> None:
+    client = console.login("sam")
+    assert 'id="count-revoked">0<' in client.get("/").get_data(as_text=True)
+    dev = console.device("CON-2")["device_id"]
+    post_form(client, f"/devices/{dev}", f"/devices/{dev}/revoke", reason="stolen")
+    assert 'id="count-revoked">1<' in client.get("/").get_data(as_text=True)

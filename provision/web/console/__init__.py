@@ -29,7 +29,9 @@ from provision.web.console import api, auth, pages
 IDLE_TIMEOUT = timedelta(minutes=30)
 _SECRET_DOMAIN = b"provision/console-session/v1\x00"
 
-__all__ = ["IDLE_TIMEOUT", "create_console_app"]
+__all__ = ["IDLE_TIMEOUT", "create_console_app", "warm"]
+
+warm = pages.warm
 
 
 def create_console_app(
@@ -56,6 +58,7 @@ def create_console_app(
         PROVISION_FIGURES_TTL=figures_ttl,
         PROVISION_ERROR_TEMPLATE="console/error.html",
     )
+    pages.install_figures(app, figures_ttl)
     app.jinja_env.filters["datetime"] = _timestamp
     app.jinja_env.filters["stamp"] = _stamp
     csrf = CSRFProtect(app)

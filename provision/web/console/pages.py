@@ -10,7 +10,9 @@ for an overview. Everything about one device, trace, recall or alert is read liv
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -35,7 +37,7 @@ from provision import audit as audit_lib
 from provision import outputs, queries, recalls
 from provision import staff as staff_lib
 from provision.errors import ProvisionError
-from provision.registry import DeviceFilter, DeviceRecord
+from provision.registry import DeviceFilter, DeviceRecord, Registry
 from provision.registry import stats as registry_stats
 from provision.states import AlertStatus, DeviceStatus, StaffRole
 from provision.trace import TraceQuery, trace_components
@@ -49,28 +51,108 @@ PAGE_SIZE = 50
 TRACE_ROWS_SHOWN = 200
 STATS_GROUPINGS = ("batch", "model", "line", "week")
 T = TypeVar("T")
-_cache: dict[str, tuple[float, datetime, Any]] = {}
-_cache_lock = threading.Lock()
+log = logging.getLogger("provision.web.console")
 
 
-def cached(key: str, fn: Callable[[], T]) -> tuple[T, datetime]:
-    """FN's value, computed at most once per FIGURES_TTL in this process, and when it was."""
-    ttl = current_app.config.get("PROVISION_FIGURES_TTL", FIGURES_TTL)
-    now = time.monotonic()
-    with _cache_lock:
-        hit = _cache.get(key)
-    if hit is not None and now - hit[0] < ttl:
+class Figures:
+    """Fleet-wide aggregates, cached per process: stale-while-revalidate. A value older than
+    its TTL is still served while one background thread computes the new one, so only the very
+    first request after a start waits for it (`warm` computes them all at start)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._values: dict[str, tuple[float, datetime, Any]] = {}
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, fn: Callable[[], T]) -> tuple[T, datetime]:
+        """FN's value for KEY and when it was computed."""
+        with self._lock:
+            hit = self._values.get(key)
+            stale = hit is None or time.monotonic() - hit[0] >= self.ttl
+            refresh = hit is not None and stale and key not in self._busy
+            if refresh:
+                self._busy.add(key)
+        if hit is None:
+            return self._compute(key, fn)
+        if refresh:
+            threading.Thread(target=self._refresh, args=(key, fn), daemon=True).start()
         return hit[2], hit[1]
-    value, at = fn(), datetime.now(UTC)
-    with _cache_lock:
-        _cache[key] = (now, at, value)
-    return value, at
+
+    def _compute(self, key: str, fn: Callable[[], T]) -> tuple[T, datetime]:
+        started = time.monotonic()
+        value, at = fn(), datetime.now(UTC)
+        with self._lock:
+            self._values[key] = (started, at, value)
+        return value, at
+
+    def _refresh(self, key: str, fn: Callable[[], Any]) -> None:
+        try:
+            self._compute(key, fn)
+        except Exception:
+            log.exception("console figures %s: refresh failed; the old value stays", key)
+        finally:
+            with self._lock:
+                self._busy.discard(key)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._values.clear()
 
 
-def forget_figures() -> None:
-    """Drop the cached figures (after a write that changes them, so the page shows it)."""
-    with _cache_lock:
-        _cache.clear()
+def _first_day() -> date:
+    return datetime.now(UTC).date() - timedelta(days=DAYS_CHARTED - 1)
+
+
+def _figure_makers(registry: Registry) -> dict[str, Callable[[], Any]]:
+    """Every cached figure: its key and how it is computed."""
+    from provision.stats import fleet_stats
+
+    store = registry.store
+    first = _first_day()
+    since = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    makers: dict[str, Callable[[], Any]] = {
+        "status": lambda: registry_stats.status_counts(store),
+        f"days:{first}": lambda: registry_stats.activations_per_day(store, since),
+        "batches": lambda: queries.batches_overview(registry),
+    }
+    for by in STATS_GROUPINGS:
+        makers[f"stats:{by}"] = functools.partial(fleet_stats, registry, by)
+    return makers
+
+
+def figures() -> Figures:
+    found: Figures = current_app.extensions["provision.figures"]
+    return found
+
+
+def figure(key: str) -> tuple[Any, datetime]:
+    """The cached figure KEY (a key of _figure_makers; `days` is today's 90 days)."""
+    makers = _figure_makers(services().registry)
+    if key == "days":
+        key = f"days:{_first_day()}"
+    return figures().get(key, makers[key])
+
+
+def install_figures(app: Any, ttl: float) -> None:
+    app.extensions["provision.figures"] = Figures(ttl)
+
+
+def warm(app: Any) -> threading.Thread:
+    """Compute every figure in a background thread (`provision console` calls it at start)."""
+
+    def run() -> None:
+        with app.app_context():
+            registry, cache = services().registry, figures()
+            for key, fn in _figure_makers(registry).items():
+                try:
+                    cache.get(key, fn)
+                except Exception:
+                    log.exception("console figures %s: warm-up failed", key)
+
+    thread = threading.Thread(target=run, name="console-figures", daemon=True)
+    thread.start()
+    return thread
 
 
 def _actor() -> str:
@@ -113,15 +195,10 @@ def blueprint() -> Blueprint:
     @needs(StaffRole.VIEWER)
     def overview() -> Any:
         registry = services().registry
-        store = registry.store
-        today = datetime.now(UTC).date()
-        first = today - timedelta(days=DAYS_CHARTED - 1)
-        since = datetime(first.year, first.month, first.day, tzinfo=UTC)
-        counts, at = cached("status", lambda: registry_stats.status_counts(store))
-        per_day, _ = cached(
-            f"days:{first}", lambda: registry_stats.activations_per_day(store, since)
-        )
-        batches, _ = cached("batches", lambda: queries.batches_overview(registry))
+        first = _first_day()
+        counts, at = figure("status")
+        per_day, _ = figure("days")
+        batches, _ = figure("batches")
         by_day = dict(per_day)
         days = [(first + timedelta(days=i)).isoformat() for i in range(DAYS_CHARTED)]
         chart = bar_chart(
@@ -148,7 +225,7 @@ def blueprint() -> Blueprint:
     @bp.get("/batches")
     @needs(StaffRole.VIEWER)
     def batches() -> Any:
-        rows, at = cached("batches", lambda: queries.batches_overview(services().registry))
+        rows, at = figure("batches")
         rows = sorted(rows, key=lambda b: b.created_at, reverse=True)
         return render_template("console/batches.html", batches=rows, as_of=at)
 
@@ -272,7 +349,7 @@ def blueprint() -> Blueprint:
         except ProvisionError as exc:
             return _device_page(device, str(exc).replace("--reason", "reason"), 409)
         audit(f"device.{what}", device.device_id, {"reason": reason.strip(), "status": status})
-        forget_figures()
+        figures().clear()
         flash(f"Device {device.device_id} is now {status}.")
         return redirect(url_for("pages.device", device_id=device.device_id))
 
@@ -395,12 +472,10 @@ def blueprint() -> Blueprint:
     @bp.get("/stats")
     @needs(StaffRole.VIEWER)
     def stats() -> Any:
-        from provision.stats import fleet_stats
-
         by = request.args.get("by", "batch")
         if by not in STATS_GROUPINGS:
             return _bad(f"by: one of {', '.join(STATS_GROUPINGS)}, not {by!r}")
-        result, at = cached(f"stats:{by}", lambda: fleet_stats(services().registry, by))
+        result, at = figure(f"stats:{by}")
         groups = result.groups[-60:] if by == "week" else result.groups[:60]
         chart = bar_chart(
             f"Registered and activated devices by {by}",
