@@ -616,25 +616,40 @@ def test_nothing_secret_reaches_the_log(console: Console, caplog: pytest.LogCapt
     assert PASSWORD not in text and token not in text
 
 
-def test_figures_are_served_stale_while_one_thread_computes_them_again() -> None:
-    from provision.web.console.pages import Figures
+def test_figures_are_served_stale_while_one_thread_renews_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from provision.web.console import figures
 
-    calls: list[int] = []
+    calls: list[str] = []
 
-    def slow() -> int:
-        calls.append(1)
+    def slow(_registry: Any, key: str) -> int:
+        calls.append(key)
         time.sleep(0.2)
         return len(calls)
 
-    cache = Figures(ttl=0.1)
-    assert cache.get("k", slow)[0] == 1  # the first computes while the caller waits
+    monkeypatch.setattr(figures, "compute", slow)
+    cache = figures.Figures(None, ttl=0.1)  # type: ignore[arg-type]
+    assert cache.get("status")[0] == 1  # the first computes while the caller waits
     time.sleep(0.15)
     t = time.perf_counter()
-    assert cache.get("k", slow)[0] == 1  # stale: served at once, refreshed behind
-    assert cache.get("k", slow)[0] == 1  # one refresh at a time
+    assert cache.get("status")[0] == 1  # stale: served at once, renewed behind
+    assert cache.get("status")[0] == 1  # one renewal at a time
     assert time.perf_counter() - t < 0.1
     time.sleep(0.3)
-    assert cache.get("k", slow)[0] == 2  # the refreshed value (another refresh may start)
+    assert cache.get("status")[0] == 2  # the renewed value (another renewal may start)
+    assert calls[:2] == ["status", "status"]
+
+
+def test_figures_computed_in_a_worker_process_are_the_same(console: Console) -> None:
+    client = console.app(figures_process=True).test_client()
+    login(client, "vera", PASSWORD)
+    html = client.get("/").get_data(as_text=True)
+    assert 'id="count-total">4<' in html and 'id="count-activated">2<' in html
+    stats = client.get("/stats?by=model").get_data(as_text=True)
+    assert "<title>M-1: 4 registered</title>" in stats
+    batch = client.get("/batches/console").get_data(as_text=True)
+    assert 'id="batch-devices">4<' in batch
 
 
 def test_a_change_through_the_console_shows_in_the_overview_at_once(console: Console) -> None:

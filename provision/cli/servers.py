@@ -191,14 +191,16 @@ def console(
       provision console --port 5002
     """
     from provision.web import WebSettings
-    from provision.web.console import create_console_app, warm
+    from provision.web.console import create_console_app
     from provision.web.server import serve as run_server
 
     logging.getLogger("provision").setLevel(logging.INFO)
     web = WebSettings(settings.db, settings.keyring_path, settings.base_url, trusted_proxies)
     keyring, registry = settings.keyring(), settings.registry()
-    app = create_console_app(web, settings.output, keyring=keyring, registry=registry)
-    warm(app)  # the fleet-wide figures, so that no page waits for them
+    app = create_console_app(
+        web, settings.output, keyring=keyring, registry=registry, figures_process=True
+    )
+    app.extensions["provision.figures"].warm()  # so that no page waits for them
 
     def listening() -> None:
         if as_json:

@@ -9,6 +9,7 @@ SameSite=Strict) and every form carries a CSRF token.
     pages.py    the HTML pages and their forms
     api.py      /api/v1/staff/...: bearer staff tokens
     charts.py   SVG charts drawn on the server
+    figures.py  the fleet-wide figures: a worker process, a cache served stale while renewed
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ from flask_wtf.csrf import CSRFProtect
 from provision.keys import Keyring
 from provision.registry import Registry
 from provision.web.common import Services, WebSettings, make_app
-from provision.web.console import api, auth, pages
+from provision.web.console import api, auth, figures, pages
 
 IDLE_TIMEOUT = timedelta(minutes=30)
 _SECRET_DOMAIN = b"provision/console-session/v1\x00"
 
-__all__ = ["IDLE_TIMEOUT", "create_console_app", "warm"]
-
-warm = pages.warm
+__all__ = ["IDLE_TIMEOUT", "create_console_app"]
 
 
 def create_console_app(
@@ -41,9 +40,14 @@ def create_console_app(
     registry: Registry | None = None,
     keyring: Keyring | None = None,
     idle_timeout: timedelta = IDLE_TIMEOUT,
-    figures_ttl: float = pages.FIGURES_TTL,
+    figures_ttl: float = figures.FIGURES_TTL,
+    stats_ttl: float = figures.STATS_TTL,
+    figures_process: bool = False,
 ) -> Flask:
-    """The console's Flask app; `provision console` runs it under waitress."""
+    """The console's Flask app; `provision console` runs it under waitress.
+
+    FIGURES_PROCESS computes the fleet-wide figures in a worker process of their own (what
+    `provision console` does); without it they are computed in the answering thread."""
     svc = Services.open(settings, registry, keyring)
     app = make_app(svc)
     app.config.update(
@@ -56,9 +60,13 @@ def create_console_app(
         REMEMBER_COOKIE_DURATION=timedelta(0),
         PROVISION_OUTPUT=str(Path(output_dir).resolve()),
         PROVISION_FIGURES_TTL=figures_ttl,
+        PROVISION_STATS_TTL=stats_ttl,
         PROVISION_ERROR_TEMPLATE="console/error.html",
     )
-    pages.install_figures(app, figures_ttl)
+    worker = figures.Worker(svc.registry.url) if figures_process else None
+    app.extensions["provision.figures"] = figures.Figures(
+        svc.registry, worker, figures_ttl, stats_ttl
+    )
     app.jinja_env.filters["datetime"] = _timestamp
     app.jinja_env.filters["stamp"] = _stamp
     csrf = CSRFProtect(app)

@@ -10,14 +10,10 @@ for an overview. Everything about one device, trace, recall or alert is read liv
 
 from __future__ import annotations
 
-import functools
 import io
 import logging
-import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from flask import (
     Blueprint,
@@ -37,88 +33,17 @@ from provision import audit as audit_lib
 from provision import outputs, queries, recalls
 from provision import staff as staff_lib
 from provision.errors import ProvisionError
-from provision.registry import DeviceFilter, DeviceRecord, Registry
-from provision.registry import stats as registry_stats
+from provision.registry import DeviceFilter, DeviceRecord
 from provision.states import AlertStatus, DeviceStatus, StaffRole
 from provision.trace import TraceQuery, trace_components
 from provision.web.common import bounded_int, page_error, services
 from provision.web.console.auth import audit, me, needs
 from provision.web.console.charts import Series, bar_chart
+from provision.web.console.figures import DAYS_CHARTED, STATS_GROUPINGS, Figures, first_day
 
-FIGURES_TTL = 30.0
-DAYS_CHARTED = 90
 PAGE_SIZE = 50
 TRACE_ROWS_SHOWN = 200
-STATS_GROUPINGS = ("batch", "model", "line", "week")
-T = TypeVar("T")
 log = logging.getLogger("provision.web.console")
-
-
-class Figures:
-    """Fleet-wide aggregates, cached per process: stale-while-revalidate. A value older than
-    its TTL is still served while one background thread computes the new one, so only the very
-    first request after a start waits for it (`warm` computes them all at start)."""
-
-    def __init__(self, ttl: float) -> None:
-        self.ttl = ttl
-        self._values: dict[str, tuple[float, datetime, Any]] = {}
-        self._busy: set[str] = set()
-        self._lock = threading.Lock()
-
-    def get(self, key: str, fn: Callable[[], T]) -> tuple[T, datetime]:
-        """FN's value for KEY and when it was computed."""
-        with self._lock:
-            hit = self._values.get(key)
-            stale = hit is None or time.monotonic() - hit[0] >= self.ttl
-            refresh = hit is not None and stale and key not in self._busy
-            if refresh:
-                self._busy.add(key)
-        if hit is None:
-            return self._compute(key, fn)
-        if refresh:
-            threading.Thread(target=self._refresh, args=(key, fn), daemon=True).start()
-        return hit[2], hit[1]
-
-    def _compute(self, key: str, fn: Callable[[], T]) -> tuple[T, datetime]:
-        started = time.monotonic()
-        value, at = fn(), datetime.now(UTC)
-        with self._lock:
-            self._values[key] = (started, at, value)
-        return value, at
-
-    def _refresh(self, key: str, fn: Callable[[], Any]) -> None:
-        try:
-            self._compute(key, fn)
-        except Exception:
-            log.exception("console figures %s: refresh failed; the old value stays", key)
-        finally:
-            with self._lock:
-                self._busy.discard(key)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._values.clear()
-
-
-def _first_day() -> date:
-    return datetime.now(UTC).date() - timedelta(days=DAYS_CHARTED - 1)
-
-
-def _figure_makers(registry: Registry) -> dict[str, Callable[[], Any]]:
-    """Every cached figure: its key and how it is computed."""
-    from provision.stats import fleet_stats
-
-    store = registry.store
-    first = _first_day()
-    since = datetime(first.year, first.month, first.day, tzinfo=UTC)
-    makers: dict[str, Callable[[], Any]] = {
-        "status": lambda: registry_stats.status_counts(store),
-        f"days:{first}": lambda: registry_stats.activations_per_day(store, since),
-        "batches": lambda: queries.batches_overview(registry),
-    }
-    for by in STATS_GROUPINGS:
-        makers[f"stats:{by}"] = functools.partial(fleet_stats, registry, by)
-    return makers
 
 
 def figures() -> Figures:
@@ -127,32 +52,8 @@ def figures() -> Figures:
 
 
 def figure(key: str) -> tuple[Any, datetime]:
-    """The cached figure KEY (a key of _figure_makers; `days` is today's 90 days)."""
-    makers = _figure_makers(services().registry)
-    if key == "days":
-        key = f"days:{_first_day()}"
-    return figures().get(key, makers[key])
-
-
-def install_figures(app: Any, ttl: float) -> None:
-    app.extensions["provision.figures"] = Figures(ttl)
-
-
-def warm(app: Any) -> threading.Thread:
-    """Compute every figure in a background thread (`provision console` calls it at start)."""
-
-    def run() -> None:
-        with app.app_context():
-            registry, cache = services().registry, figures()
-            for key, fn in _figure_makers(registry).items():
-                try:
-                    cache.get(key, fn)
-                except Exception:
-                    log.exception("console figures %s: warm-up failed", key)
-
-    thread = threading.Thread(target=run, name="console-figures", daemon=True)
-    thread.start()
-    return thread
+    """The cached figure KEY (see provision.web.console.figures; `days` is today's)."""
+    return figures().get(f"days:{first_day()}" if key == "days" else key)
 
 
 def _actor() -> str:
@@ -195,7 +96,7 @@ def blueprint() -> Blueprint:
     @needs(StaffRole.VIEWER)
     def overview() -> Any:
         registry = services().registry
-        first = _first_day()
+        first = first_day()
         counts, at = figure("status")
         per_day, _ = figure("days")
         batches, _ = figure("batches")
@@ -235,10 +136,16 @@ def blueprint() -> Blueprint:
         registry = services().registry
         if registry.batches.id_of(name) is None:
             abort(404)
-        record = queries.batch_overview(registry, name)
+        # The counts from the cached batch figures (a GROUP BY over the batch's devices costs
+        # more than a page may take); a batch newer than them is counted now.
+        cached, at = figure("batches")
+        record = next((b for b in cached if b.name == name), None)
+        if record is None:
+            record, at = queries.batch_overview(registry, name), datetime.now(UTC)
         out = current_app.config["PROVISION_OUTPUT"]
         return render_template(
             "console/batch.html",
+            as_of=at,
             batch=record,
             files=outputs.label_files(out, name),
             summary=outputs.batch_summary(out, name),
