@@ -383,14 +383,14 @@ def blueprint() -> Blueprint:
         if by not in STATS_GROUPINGS:
             return _bad(f"by: one of {', '.join(STATS_GROUPINGS)}, not {by!r}")
         result, at = figure(f"stats:{by}")
-        groups = result.groups[-60:] if by == "week" else result.groups[:60]
+        groups = result["groups"][-60:] if by == "week" else result["groups"][:60]
         chart = bar_chart(
             f"Registered and activated devices by {by}",
-            [g.group for g in groups],
+            [g["group"] for g in groups],
             [
-                Series("registered", "s-registered", [g.registered for g in groups]),
-                Series(DeviceStatus.ACTIVATED, "s-activated", [g.activated for g in groups]),
-                Series(DeviceStatus.REVOKED, "s-revoked", [g.revoked for g in groups]),
+                Series("registered", "s-registered", [g["registered"] for g in groups]),
+                Series(DeviceStatus.ACTIVATED, "s-activated", [g["activated"] for g in groups]),
+                Series(DeviceStatus.REVOKED, "s-revoked", [g["revoked"] for g in groups]),
             ],
             label_every=max(1, len(groups) // 12),
         )
@@ -398,8 +398,9 @@ def blueprint() -> Blueprint:
             "console/stats.html",
             by=by,
             groupings=STATS_GROUPINGS,
-            groups=result.groups,
-            totals=result.totals,
+            groups=result["groups"],
+            totals=result["totals"],
+            unattached=result["unattached_scans"],
             chart=chart,
             as_of=at,
         )
