@@ -74,9 +74,10 @@ class BenchRegistry:
 
 @contextlib.contextmanager
 def bench_registry(postgres: bool, keep: Path | None, name: str) -> Iterator[BenchRegistry]:
-    """A registry to build or reuse: SQLite in KEEP (or a temporary folder), or a throwaway
-    PostgreSQL server (tests.pgcluster), stopped at the end. A fresh registry gets a new
-    keyring; a reused one, the keyring kept beside it."""
+    """A registry to build or reuse: SQLite in KEEP (or a temporary folder), or a PostgreSQL
+    server (tests.pgcluster): throwaway, or with KEEP one kept in KEEP/pg and started again
+    next time; stopped at the end. A fresh registry gets a new keyring; a reused one, the
+    keyring kept beside it."""
     work = keep or Path(tempfile.mkdtemp(prefix=f"provision-{name}-"))
     work.mkdir(parents=True, exist_ok=True)
     keyring_path = work / "keyring.json"
@@ -84,9 +85,10 @@ def bench_registry(postgres: bool, keep: Path | None, name: str) -> Iterator[Ben
     if postgres:
         from tests.pgcluster import PostgresCluster
 
-        cluster = PostgresCluster()
+        cluster = PostgresCluster(keep_at=keep / "pg" if keep else None)
         cluster.start()
-        url, fresh = cluster.create_database(name), True
+        fresh = not cluster.has_database(name)
+        url = cluster.create_database(name) if fresh else cluster.url_for(name)
     else:
         db = work / "registry.db"
         url, fresh = f"sqlite:///{db}", not db.exists()

@@ -17,6 +17,7 @@ from typing import Any
 from provision.errors import DeviceError, UsageError
 from provision.keys import Keyring
 from provision.payload import extract_token, token_header, verify_payload
+from provision.periods import moment
 from provision.registry import BatchRecord, DeviceFilter, DeviceRecord, Registry
 from provision.serials import (
     component_serial_hash,
@@ -89,6 +90,29 @@ def list_devices(
     rows = rows[:limit]
     cursor = make_cursor(rows[-1].id) if more and rows else None
     return DevicePage(rows, cursor, _batch_names(registry))
+
+
+def matches(device: DeviceRecord, flt: DeviceFilter, batch_names: dict[int, str]) -> bool:
+    """Whether DEVICE is one FLT selects (as `registry.devices.page` would): the `devices`
+    filters applied to devices found another way (`find`'s hits)."""
+    if flt.batch is not None and batch_names.get(device.batch_id) != flt.batch:
+        return False
+    checks = (
+        (flt.status, device.status),
+        (flt.device_type, device.device_type),
+        (flt.model, device.model),
+        (flt.line, device.production_line),
+    )
+    if any(want is not None and have != want for want, have in checks):
+        return False
+    if flt.user is not None and (device.user_id or "").lower() != flt.user.lower():
+        return False
+    start, end = moment(flt.activated_since), moment(flt.activated_until, end=True)
+    if start is not None or end is not None:
+        at = device.activated_at
+        if at is None or (start is not None and at < start) or (end is not None and at >= end):
+            return False
+    return True
 
 
 def iter_devices(

@@ -160,8 +160,11 @@ class PostgresCluster:
     ``None`` means the system temp dir.
     """
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    def __init__(self, base_dir: Path | None = None, *, keep_at: Path | None = None) -> None:
         self.base_dir = Path(base_dir) if base_dir is not None else None
+        # KEEP_AT: a cluster that outlives this process (benchmarks reuse a built registry):
+        # made there once, started again later, stopped cleanly and never deleted.
+        self.keep_at = Path(keep_at).resolve() if keep_at is not None else None
         self.root: Path | None = None
         self.data_dir: Path | None = None
         self.socket_dir: Path | None = None
@@ -214,7 +217,11 @@ class PostgresCluster:
         return parent
 
     def _make_dirs(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="provision-pg-", dir=self._pick_parent()))
+        if self.keep_at is not None:
+            self.root = self.keep_at
+            self.root.mkdir(parents=True, exist_ok=True)
+        else:
+            self.root = Path(tempfile.mkdtemp(prefix="provision-pg-", dir=self._pick_parent()))
         self.root.chmod(0o755)
         self.data_dir = self.root / "data"
         self.socket_dir = self.root
@@ -279,6 +286,9 @@ class PostgresCluster:
             self._atexit_registered = True
 
         try:
+            if self.keep_at is not None and (self.data_dir / "PG_VERSION").exists():
+                self._start(pg_ctl)
+                return
             result = self._run(
                 [
                     initdb,
@@ -299,42 +309,45 @@ class PostgresCluster:
                     f"initdb failed (exit {result.returncode}):\n{result.stdout}\n{result.stderr}"
                 )
             self._write_config()
-
-            last_error = ""
-            for _attempt in range(_START_ATTEMPTS):
-                self.port = _free_port()
-                result = self._run(
-                    [
-                        pg_ctl,
-                        "-D",
-                        str(self.data_dir),
-                        "-l",
-                        str(self.log_file),
-                        "-o",
-                        f"-p {self.port}",
-                        "-w",
-                        "-t",
-                        str(_START_TIMEOUT_S),
-                        "start",
-                    ],
-                    timeout=_START_TIMEOUT_S + 30,
-                )
-                if result.returncode == 0:
-                    self._running = True
-                    return
-                last_error = (
-                    f"pg_ctl start failed (exit {result.returncode}) on port {self.port}:\n"
-                    f"{result.stdout}{result.stderr}\n"
-                    f"--- server log tail ({self.log_file}) ---\n{self._log_tail()}"
-                )
-                # Only a lost race for the port is worth retrying.
-                if "could not bind" not in self._log_tail() and "in use" not in last_error:
-                    break
-                self._kill_leftover()
-            raise RuntimeError(last_error)
+            self._start(pg_ctl)
         except BaseException:
             self.stop()
             raise
+
+    def _start(self, pg_ctl: str) -> None:
+        assert self.data_dir is not None and self.log_file is not None
+        last_error = ""
+        for _attempt in range(_START_ATTEMPTS):
+            self.port = _free_port()
+            result = self._run(
+                [
+                    pg_ctl,
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(self.log_file),
+                    "-o",
+                    f"-p {self.port}",
+                    "-w",
+                    "-t",
+                    str(_START_TIMEOUT_S),
+                    "start",
+                ],
+                timeout=_START_TIMEOUT_S + 30,
+            )
+            if result.returncode == 0:
+                self._running = True
+                return
+            last_error = (
+                f"pg_ctl start failed (exit {result.returncode}) on port {self.port}:\n"
+                f"{result.stdout}{result.stderr}\n"
+                f"--- server log tail ({self.log_file}) ---\n{self._log_tail()}"
+            )
+            # Only a lost race for the port is worth retrying.
+            if "could not bind" not in self._log_tail() and "in use" not in last_error:
+                break
+            self._kill_leftover()
+        raise RuntimeError(last_error)
 
     def _kill_leftover(self) -> None:
         """Last resort: SIGQUIT the postmaster named in postmaster.pid, if any."""
@@ -364,7 +377,8 @@ class PostgresCluster:
                         "-D",
                         str(self.data_dir),
                         "-m",
-                        "immediate",
+                        # A kept cluster (fsync off) must reach its disk before it stops.
+                        "fast" if self.keep_at is not None else "immediate",
                         "-w",
                         "-t",
                         "30",
@@ -378,7 +392,7 @@ class PostgresCluster:
                 self._kill_leftover()
         elif self.data_dir is not None and (self.data_dir / "postmaster.pid").exists():
             self._kill_leftover()
-        if self.root is not None:
+        if self.root is not None and self.keep_at is None:
             shutil.rmtree(self.root, ignore_errors=True)
         self.root = self.data_dir = self.socket_dir = self.log_file = None
         self.port = None
@@ -404,6 +418,11 @@ class PostgresCluster:
         with self._connect() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
+
+    def has_database(self, name: str) -> bool:
+        with self._connect() as conn:
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        return found is not None
 
     def drop_database(self, name: str) -> None:
         """DROP DATABASE ``name`` WITH (FORCE), terminating any open connections."""

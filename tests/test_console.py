@@ -222,6 +222,28 @@ def test_staff_token_is_shown_once_and_stored_as_its_hash(run_cli: Any, db_url: 
         registry.close()
 
 
+def test_staff_passwd_reads_the_new_password_and_ends_the_old_one(
+    run_cli: Any, db_url: str
+) -> None:
+    Registry(db_url).close()
+    assert run_cli("staff", "add", "carl", "--role", "viewer", input=PASSWORD + "\n").exit_code == 0
+    changed = run_cli("staff", "passwd", "carl", "--json", input="a new long password\n")
+    assert changed.exit_code == 0, changed.stderr
+    assert json.loads(changed.stdout)["name"] == "carl"
+    registry = Registry(db_url)
+    try:
+        assert staff_lib.login(registry, "carl", PASSWORD, "10.0.0.1").result == "bad_credentials"
+        assert staff_lib.login(registry, "carl", "a new long password", "10.0.0.1").result == "ok"
+        actions = [e.action for e in registry.staff.events(subject="carl")]
+        assert "staff.passwd" in actions
+    finally:
+        registry.close()
+    missing = run_cli("staff", "passwd", "nobody", input="a new long password\n")
+    assert missing.exit_code == 1 and "no staff account named 'nobody'" in missing.stderr
+    empty = run_cli("staff", "passwd", "carl", input="")
+    assert empty.exit_code == 2 and "no password on stdin" in empty.stderr
+
+
 def test_login_locks_the_account_and_the_address_after_5_failures(console: Console) -> None:
     registry = console.registry
     now = datetime.now(UTC)
@@ -290,7 +312,14 @@ def test_login_page_good_wrong_and_locked(console: Console) -> None:
     assert good.status_code == 302 and good.headers["Location"] == "/"
     cookie = good.headers["Set-Cookie"]
     assert "provision_console=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert "Secure" not in cookie  # plain http here; behind a TLS proxy, secure_cookie
     assert client.get("/", environ_base={"REMOTE_ADDR": "10.9.9.9"}).status_code == 200
+
+
+def test_the_session_cookie_is_secure_when_staff_come_over_https(console: Console) -> None:
+    client = console.app(secure_cookie=True).test_client()
+    resp = login(client, "vera", PASSWORD)
+    assert resp.status_code == 302 and "; Secure" in resp.headers["Set-Cookie"]
 
 
 def test_login_never_redirects_to_another_site(console: Console) -> None:
@@ -398,6 +427,16 @@ def test_search_by_serial_by_user_and_by_id_prefix(console: Console) -> None:
     by_prefix = client.get(f"/devices?q={dev['device_id'][:8]}").get_data(as_text=True)
     assert dev["device_id"] in by_prefix
     assert "0 found" in client.get("/devices?q=nothing-like-it").get_data(as_text=True)
+    # The devices filters narrow what find found.
+    narrowed = client.get("/devices?q=bob@example.com&status=pending").get_data(as_text=True)
+    assert "0 found" in narrowed and "with the filters" in narrowed
+    kept = client.get("/devices?q=bob@example.com&status=activated&model=M-1")
+    assert dev["device_id"] in kept.get_data(as_text=True)
+    today = datetime.now(UTC).date()
+    later = client.get(f"/devices?q=CON-2&activated_since={today + timedelta(days=1)}")
+    assert "0 found" in later.get_data(as_text=True)
+    same_day = client.get(f"/devices?q=CON-2&activated_until={today}")
+    assert dev["device_id"] in same_day.get_data(as_text=True)
 
 
 def test_device_list_filters_and_keyset_pages(console: Console) -> None:

@@ -174,10 +174,22 @@ def serve(
     show_envvar=True,
     help="Reverse proxies in front of us; only then is X-Forwarded-For believed.",
 )
+@click.option(
+    "--secure-cookie/--no-secure-cookie",
+    default=None,
+    help="Mark the session cookie Secure (staff reach the console over https). "
+    "Default: on with --trusted-proxies (a TLS proxy in front), off without.",
+)
 @json_option
 @pass_settings
 def console(
-    settings: Settings, host: str, port: int, workers: int, trusted_proxies: int, as_json: bool
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    trusted_proxies: int,
+    secure_cookie: bool | None,
+    as_json: bool,
 ) -> None:
     """Run the staff console (STAFF ONLY: login, pages, staff API) under waitress.
 
@@ -198,7 +210,12 @@ def console(
     web = WebSettings(settings.db, settings.keyring_path, settings.base_url, trusted_proxies)
     keyring, registry = settings.keyring(), settings.registry()
     app = create_console_app(
-        web, settings.output, keyring=keyring, registry=registry, figures_process=True
+        web,
+        settings.output,
+        keyring=keyring,
+        registry=registry,
+        figures_process=True,
+        secure_cookie=trusted_proxies > 0 if secure_cookie is None else secure_cookie,
     )
     app.extensions["provision.figures"].warm()  # so that no page waits for them
 

@@ -43,11 +43,13 @@ def create_console_app(
     figures_ttl: float = figures.FIGURES_TTL,
     stats_ttl: float = figures.STATS_TTL,
     figures_process: bool = False,
+    secure_cookie: bool = False,
 ) -> Flask:
     """The console's Flask app; `provision console` runs it under waitress.
 
     FIGURES_PROCESS computes the fleet-wide figures in a worker process of their own (what
-    `provision console` does); without it they are computed in the answering thread."""
+    `provision console` does); without it they are computed in the answering thread.
+    SECURE_COOKIE marks the session cookie Secure: staff reach the console over https."""
     svc = Services.open(settings, registry, keyring)
     app = make_app(svc)
     app.config.update(
@@ -55,6 +57,8 @@ def create_console_app(
         SECRET_KEY=hmac.new(svc.keyring().pepper, _SECRET_DOMAIN, hashlib.sha256).digest(),
         SESSION_COOKIE_NAME="provision_console",
         SESSION_COOKIE_SAMESITE="Strict",
+        # The console's own scheme decides, not the activation service's base URL.
+        SESSION_COOKIE_SECURE=secure_cookie,
         PERMANENT_SESSION_LIFETIME=idle_timeout,
         SESSION_REFRESH_EACH_REQUEST=True,
         REMEMBER_COOKIE_DURATION=timedelta(0),

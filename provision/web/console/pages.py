@@ -168,15 +168,6 @@ def blueprint() -> Blueprint:
         svc = services()
         registry = svc.registry
         q = request.args.get("q", "").strip()
-        names = registry.batches.names_by_id()
-        if q:
-            if len(q) > 512:
-                return _bad("q: at most 512 characters")
-            found = queries.find(registry, svc.keyring(), q)
-            audit("device.search", None, {"hits": len(found.hits)})
-            return render_template(
-                "console/devices.html", q=q, found=found, names=names, filters={}, page=None
-            )
         status_text = request.args.get("status", "").strip()
         if status_text and status_text not in {s.value for s in DeviceStatus}:
             return _bad(f"status: one of {', '.join(DeviceStatus)}, not {status_text!r}")
@@ -201,17 +192,27 @@ def blueprint() -> Blueprint:
             activated_since=_day("activated_since"),
             activated_until=_day("activated_until"),
         )
-        after = request.args.get("after") or None
-        page = queries.list_devices(registry, flt, after=after, limit=PAGE_SIZE)
-        if flt.user:
-            audit("device.search", None, {"user_filter": True, "devices": len(page.devices)})
+        filters_set = {k: v for k, v in filters.items() if v}
+        names = registry.batches.names_by_id()
+        found, page = None, None
+        if q:
+            if len(q) > 512:
+                return _bad("q: at most 512 characters")
+            found = queries.find(registry, svc.keyring(), q)
+            found.hits = [h for h in found.hits if queries.matches(h.device, flt, names)]
+            audit("device.search", None, {"hits": len(found.hits)})
+        else:
+            after = request.args.get("after") or None
+            page = queries.list_devices(registry, flt, after=after, limit=PAGE_SIZE)
+            if flt.user:
+                audit("device.search", None, {"user_filter": True, "devices": len(page.devices)})
         return render_template(
             "console/devices.html",
-            q="",
-            found=None,
+            q=q,
+            found=found,
             names=names,
             filters=filters,
-            filters_set={k: v for k, v in filters.items() if v},
+            filters_set=filters_set,
             page=page,
         )
 
