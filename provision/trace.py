@@ -119,8 +119,9 @@ class TraceResult:
     def query(self) -> dict[str, str]:
         return self.filter.to_json()
 
-    def devices(self) -> Iterator[TraceRow]:
-        return self.registry.recalls.trace(self.filter)
+    def devices(self, limit: int | None = None) -> Iterator[TraceRow]:
+        """The devices (the first LIMIT of them, with LIMIT)."""
+        return self.registry.recalls.trace(self.filter, limit)
 
     def summary(self) -> TraceSummary:
         by_status, by_batch = self.registry.recalls.trace_summary(self.filter)

@@ -588,6 +588,20 @@ def test_trace_recall_and_owners_csv(console: Console) -> None:
     assert "recall.create" in log and "recall.export_owners" in log and "trace" in log
 
 
+def test_trace_page_shows_the_first_devices_and_counts_them_all(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provision.web.console import pages
+
+    monkeypatch.setattr(pages, "TRACE_ROWS_SHOWN", 1)
+    html = console.login("vera").get("/trace?lot=LOT-A").get_data(as_text=True)
+    assert 'id="trace-count">2 devices' in html and "The first 1 shown" in html
+    first = min(console.device(s)["id"] for s in ("CON-1", "CON-2"))
+    shown = [d for d in console.devices.values() if d["device_id"] in html.split("trace-rows")[1]]
+    assert [d["id"] for d in shown] == [first]
+    assert "activated 2" in html and "console 2" in html
+
+
 def test_acknowledge_an_alert_with_a_note(console: Console) -> None:
     client = console.login("sam")
     resp = post_form(client, "/alerts", "/alerts/" + "a" * 32 + "/ack", note="customer resold it")

@@ -70,9 +70,13 @@ class ComponentFilter:
             raise RecallError("give at least one component filter")
         return and_(*conds)
 
-    def _devices(self) -> Any:
-        """The device pks that carry a matching component (a subquery)."""
-        return select(components.c.device_pk).where(self._matches())
+    def _devices(self, limit: int | None = None) -> Any:
+        """The device pks that carry a matching component (a subquery); with LIMIT, the
+        lowest LIMIT of them."""
+        q = select(components.c.device_pk).where(self._matches())
+        if limit is not None:
+            q = q.distinct().order_by(components.c.device_pk).limit(limit)
+        return q
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,11 @@ class Recalls:
 
     # -- trace -------------------------------------------------------------------------------
 
-    def trace(self, wanted: ComponentFilter) -> Iterator[TraceRow]:
+    def trace(self, wanted: ComponentFilter, limit: int | None = None) -> Iterator[TraceRow]:
         """The devices that carry a matching component, in registration order, streamed (a
-        server-side cursor on PostgreSQL): memory stays flat however many there are."""
+        server-side cursor on PostgreSQL): memory stays flat however many there are. With
+        LIMIT, only the first LIMIT of them (the console's page), found from the components'
+        index first rather than by walking the devices in order."""
         newest = and_(
             # The device's newest action: the unique index (device_pk, seq) finds it.
             action_log.c.device_pk == devices.c.id,
@@ -169,11 +175,11 @@ class Recalls:
                     action_log, newest
                 )
             )
-            .where(devices.c.id.in_(wanted._devices()))
+            .where(devices.c.id.in_(wanted._devices(limit)))
             .order_by(devices.c.id)
         )
         with self._store.connect() as conn:
-            if self._store.is_postgresql:
+            if self._store.is_postgresql and limit is None:
                 # A server-side cursor is planned for its first rows (cursor_tuple_fraction
                 # 0.1): walking every device in id order and probing its components. A trace
                 # reads every row, so plan for all of them: the lot's components first.
@@ -193,20 +199,25 @@ class Recalls:
 
     def trace_summary(self, wanted: ComponentFilter) -> tuple[dict[str, int], dict[str, int]]:
         """The matching devices counted by status and by batch name."""
-        matching = devices.c.id.in_(wanted._devices())
-        by_status = (
-            select(devices.c.status, func.count()).where(matching).group_by(devices.c.status)
+        # One pass over the matching devices, counted by batch and status together.
+        q = (
+            select(devices.c.batch_id, devices.c.status, func.count())
+            .where(devices.c.id.in_(wanted._devices()))
+            .group_by(devices.c.batch_id, devices.c.status)
         )
-        by_batch = (
-            select(batches.c.name, func.count())
-            .select_from(devices.join(batches, batches.c.id == devices.c.batch_id))
-            .where(matching)
-            .group_by(batches.c.name)
-        )
+        statuses: dict[str, int] = {}
+        by_batch: dict[int, int] = {}
         with self._store.connect() as conn:
-            statuses = {str(s): int(n) for s, n in conn.execute(by_status)}
-            names = {str(b): int(n) for b, n in conn.execute(by_batch)}
-        return dict(sorted(statuses.items())), dict(sorted(names.items()))
+            for batch_id, status, n in conn.execute(q):
+                statuses[str(status)] = statuses.get(str(status), 0) + int(n)
+                by_batch[batch_id] = by_batch.get(batch_id, 0) + int(n)
+            names = dict(
+                conn.execute(
+                    select(batches.c.id, batches.c.name).where(batches.c.id.in_(list(by_batch)))
+                ).all()
+            )
+        counted = {str(names[b]): n for b, n in by_batch.items()}
+        return dict(sorted(statuses.items())), dict(sorted(counted.items()))
 
     # -- recalls: reads ----------------------------------------------------------------------
 

@@ -290,10 +290,7 @@ def blueprint() -> Blueprint:
         if query is not None:
             result = trace_components(svc.registry, svc.keyring(), query)
             summary = result.summary()
-            for row in result.devices():
-                rows.append(row)
-                if len(rows) >= TRACE_ROWS_SHOWN:
-                    break
+            rows = list(result.devices(TRACE_ROWS_SHOWN))
             audit("trace", None, {"query": result.query, "devices": summary.devices})
         return render_template(
             "console/trace.html",
