@@ -128,9 +128,10 @@ def activate(
         device = registry.devices.get(check.device_id) if check.device_id else None
         raise reject(check.reason, device)
     assert check.device_id is not None and check.expires_at is not None
-    device = registry.devices.get(check.device_id)
-    if device is None:
+    found = registry.events.device_for_activation(check.device_id)  # and its hold, in one read
+    if found is None:
         raise reject(Reason.UNKNOWN_DEVICE)
+    device, held = found
     # The label must carry the payload we issued: a valid signature over a superseded payload
     # (say, signed again after a rotation) is not the device's current label. The payload is
     # not stored; its key id and expiry are, and with a valid tag they fix every byte of it.
@@ -141,14 +142,12 @@ def activate(
         raise reject(Reason.FORGED, device)  # signed for another GTIN: not this device's label
     if device.status == DeviceStatus.REVOKED:
         raise reject(Reason.REVOKED_DEVICE, device)
-    if device.status == DeviceStatus.PENDING and recalled(registry, device):
+    if device.status == DeviceStatus.PENDING and held:
         raise reject(Reason.RECALLED, device)
     token = secrets.token_urlsafe(TOKEN_BYTES)
     # The UPDATE checks status and hold again: a scan racing another scan, a revocation or a
     # new recall loses here (and its pairing event says why) however the check above went.
-    lost = registry.events.try_activate(
-        device.id, device.device_id, user, token_hash(token), attempt, sealer
-    )
+    lost = registry.events.try_activate(device, user, token_hash(token), attempt, sealer)
     if lost is not None:
         raise ActivationRejected(lost)
     return Activation(device.device_id, device.device_type, device.model, token, now)

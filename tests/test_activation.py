@@ -180,6 +180,42 @@ def test_activation_moves_the_device_to_activated_and_links_the_user(factory: Fa
     )
 
 
+def test_activation_read_before_a_refused_attempt_still_wins_once_and_chains_hold(
+    factory: Factory,
+) -> None:
+    """The winning UPDATE is conditional on the chains being where they were when the device
+    was read: a refused attempt recorded in between makes it read again and try again."""
+    from provision.audit import make_sealer
+    from provision.registry import Attempt
+    from provision.states import Reason
+
+    dev = factory.one()
+    registry, keyring = factory.registry, factory.keyring
+    sealer = make_sealer(keyring)
+    found = registry.events.device_for_activation(dev["device_id"])
+    assert found is not None
+    stale, held = found
+    assert not held and stale.pairing_count == 0
+    refused = Attempt(utcnow(), dev["device_id"], "203.0.113.5", None, None, "eve")
+    registry.events.record_rejected(stale.id, refused, Reason.FORGED, sealer)
+    attempt = Attempt(utcnow(), dev["device_id"], "198.51.100.1", None, None, "alice")
+    assert registry.events.try_activate(stale, "alice", "ab" * 32, attempt, sealer) is None
+    after = registry.devices.get(dev["device_id"])
+    assert after is not None and after.status == "activated" and after.pairing_count == 2
+    assert after.action_count == 1 and after.user_id == "alice"
+    # The same stale read again: now it loses, and says why.
+    late = Attempt(utcnow(), dev["device_id"], "198.51.100.2", None, None, "bob")
+    assert registry.events.try_activate(stale, "bob", "cd" * 32, late, sealer) == (
+        Reason.ALREADY_ACTIVATED
+    )
+    assert [e.result for e in registry.events.pairing_events_of(after.id)] == [
+        "rejected",
+        "accepted",
+        "rejected",
+    ]
+    assert verify_chains(registry, keyring).ok
+
+
 def test_bare_token_and_lower_case_url_activate_like_the_scanned_url(factory: Factory) -> None:
     a, b = factory.register("SN000001", "SN000002")
     assert factory.activate(a["payload"]).device_id == a["device_id"]

@@ -596,7 +596,8 @@ def test_unexpected_error_is_logged_without_the_token_in_the_path(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(site.registry.devices, "get", broken)
+    monkeypatch.setattr(site.registry.devices, "get", broken)  # the scan page's read
+    monkeypatch.setattr(site.registry.events, "device_for_activation", broken)  # activation's
     caplog.set_level(logging.DEBUG)
     client = app.test_client()
     resp = client.get(path(device))

@@ -20,7 +20,7 @@ from provision.chain import (
     pairing_genesis,
 )
 from provision.errors import DeviceError
-from provision.registry.records import ActionEntry, Attempt, NewAction, PairingEvent
+from provision.registry.records import ActionEntry, Attempt, DeviceRecord, NewAction, PairingEvent
 from provision.registry.schema import (
     action_log,
     audit_chains,
@@ -38,6 +38,7 @@ _PG_CHUNK = 5000
 
 # Why an activation that lost the conditional UPDATE lost, by the status that beat it; a
 # device still pending lost to a recall's hold.
+_ACTIVATE_TRIES = 5
 _LOST_REASON = {
     DeviceStatus.ACTIVATED: Reason.ALREADY_ACTIVATED,
     DeviceStatus.REVOKED: Reason.REVOKED_DEVICE,
@@ -71,76 +72,75 @@ class Events:
             if device_pk is not None:
                 _reseal(conn, device_pk, sealer)
 
+    def device_for_activation(self, device_id: str) -> tuple[DeviceRecord, bool] | None:
+        """The device with this id and whether a recall's hold stops its activation, in one
+        read; None if there is no such device."""
+        q = select(devices, held(devices.c.id).exists().label("held")).where(
+            devices.c.device_id == device_id
+        )
+        with self._store.connect() as conn:
+            row = conn.execute(q).first()
+        return (DeviceRecord.from_row(row), bool(row.held)) if row is not None else None
+
     def try_activate(
         self,
-        device_pk: int,
-        device_id: str,
+        device: DeviceRecord,
         user: str | None,
         token_hash: str,
         attempt: Attempt,
         sealer: Sealer,
     ) -> Reason | None:
         """Pending -> activated with one conditional UPDATE; None if this call won, else the
-        reason it lost (activated or revoked meanwhile, or held by a recall). The pairing
-        event, the `activated` action and the device's new seal are written in the same
-        transaction."""
-        now = attempt.occurred_at
-        with self._store.begin() as conn:
-            # One statement decides the race, bumps both chains' counters and hands back what
-            # the new seal covers (the chains' new heads are filled in below).
-            row = conn.execute(
-                update(devices)
-                .where(
-                    devices.c.id == device_pk,
-                    devices.c.status == DeviceStatus.PENDING,
-                    # In the UPDATE itself, not only checked before: a hold committed
-                    # between the check and this statement still stops the activation.
-                    ~held(device_pk).exists(),
+        reason it lost (activated or revoked meanwhile, or held by a recall).
+
+        DEVICE is the row as read before: the pairing event, the `activated` action, both
+        chains' new heads and the new seal are computed from it, and one UPDATE writes them
+        all, on condition that the device is still pending, unheld, and its chains where they
+        were when read; then the two entries are inserted, in the same transaction. Three
+        statements (two more when a chain had entries: the previous entry hashes). If only
+        the chains moved (a refused attempt was recorded meanwhile), it reads the row again
+        and tries again.
+        """
+        for _ in range(_ACTIVATE_TRIES):
+            with self._store.begin() as conn:
+                won = _activate_row(conn, device, user, token_hash, attempt, sealer)
+                if won:
+                    return None
+                now = conn.execute(
+                    select(
+                        devices.c.status,
+                        devices.c.pairing_count,
+                        devices.c.action_count,
+                        held(device.id).exists().label("held"),
+                    ).where(devices.c.id == device.id)
+                ).one()
+                status = DeviceStatus(now.status)
+                moved = (now.pairing_count, now.action_count) != (
+                    device.pairing_count,
+                    device.action_count,
                 )
-                .values(
-                    status=DeviceStatus.ACTIVATED,
-                    activated_at=now,
-                    user_id=user,
-                    activation_token_hash=token_hash,
-                    pairing_count=devices.c.pairing_count + 1,
-                    action_count=devices.c.action_count + 1,
-                )
-                .returning(*(devices.c[c] for c in SEALED_COLUMNS))
-            ).one_or_none()
-            if row is None:
-                status = DeviceStatus(
-                    conn.execute(
-                        select(devices.c.status).where(devices.c.id == device_pk)
-                    ).scalar_one()
-                )
-                reason = _LOST_REASON.get(status, Reason.ALREADY_ACTIVATED)
-                _append_pairing(
-                    conn, device_pk, device_id, attempt, PairingResult.REJECTED, reason, sealer
-                )
-                _reseal(conn, device_pk, sealer)
-                return reason
-            state = dict(zip(SEALED_COLUMNS, row, strict=True))
-            state["pairing_head"] = _insert_pairing(
-                conn, device_pk, device_id, state["pairing_count"], attempt,
-                PairingResult.ACCEPTED, None, sealer,
-            )  # fmt: skip
-            action = NewAction(
-                SystemAction.ACTIVATED, canonical_json({"user": user}), attempt.ip, user, now
-            )
-            _, state["action_head"] = _insert_action(
-                conn, device_pk, device_id, state["action_count"], action, sealer
-            )
-            # The heads and the seal in one write: the seal covers the row as it now stands.
-            conn.execute(
-                update(devices)
-                .where(devices.c.id == device_pk)
-                .values(
-                    pairing_head=state["pairing_head"],
-                    action_head=state["action_head"],
-                    seal=sealer.device_values(*(state[c] for c in SEALED_COLUMNS)),
-                )
-            )
-        return None
+                if status != DeviceStatus.PENDING or now.held or not moved:
+                    reason = _LOST_REASON.get(status, Reason.ALREADY_ACTIVATED)
+                    _append_pairing(
+                        conn,
+                        device.id,
+                        device.device_id,
+                        attempt,
+                        PairingResult.REJECTED,
+                        reason,
+                        sealer,
+                    )
+                    _reseal(conn, device.id, sealer)
+                    return reason
+            fresh = self._device(device.id)
+            assert fresh is not None
+            device = fresh
+        raise DeviceError(f"device {device.device_id} kept changing; try the activation again")
+
+    def _device(self, device_pk: int) -> DeviceRecord | None:
+        with self._store.connect() as conn:
+            row = conn.execute(select(devices).where(devices.c.id == device_pk)).first()
+        return DeviceRecord.from_row(row) if row is not None else None
 
     def revoke(
         self,
@@ -511,39 +511,15 @@ def _insert_action(
 ) -> tuple[ActionEntry, str]:
     """Entry SEQ of the device's action chain (its counter bumped already), and the chain's
     new head, for the caller to store."""
-    prev: str | None = genesis_hash(device_id)
-    if seq > 1:
-        prev = conn.execute(
-            select(action_log.c.entry_hash).where(
-                action_log.c.device_pk == device_pk, action_log.c.seq == seq - 1
-            )
-        ).scalar()
-        if prev is None:
-            raise DeviceError(
-                f"the action log of device {device_id} is broken at entry #{seq - 1}; "
-                "nothing appended (run `provision audit verify`)"
-            )
-    assert prev is not None
-    now = action.occurred_at.astimezone(UTC)
-    entry_hash = sealer.action(
-        device_id, seq, now, action.action_type, action.metadata_json, action.ip, action.actor, prev
-    )
-    row: dict[str, Any] = {
-        "device_pk": device_pk,
-        "seq": seq,
-        "occurred_at": now,
-        "action_type": action.action_type,
-        "metadata_json": action.metadata_json,
-        "ip": action.ip,
-        "actor": action.actor,
-        "prev_hash": prev,
-        "entry_hash": entry_hash,
-    }
+    what = f"action log of device {device_id}"
+    prev = _previous(conn, action_log, device_pk, seq, genesis_hash(device_id), what)
+    row = _action_row(device_pk, device_id, seq, prev, action, sealer)
     pk = conn.execute(insert(action_log).values(**row)).inserted_primary_key
     assert pk is not None
     # The head is keyed too: deleting the newest entries and rewinding the head by hand needs
     # the keyring, not just database access.
-    return ActionEntry(id=int(pk[0]), **row), sealer.action_head(device_id, seq, now, entry_hash)
+    head = sealer.action_head(device_id, seq, row["occurred_at"], row["entry_hash"])
+    return ActionEntry(id=int(pk[0]), **row), head
 
 
 def _append_pairing(
@@ -583,25 +559,107 @@ def _insert_pairing(
     sealer: Sealer,
 ) -> str:
     """Event SEQ of the pairing chain (its counter bumped already); returns the new head."""
-    if device_pk is not None:
-        assert device_id is not None
-        chain = device_id
-        same_chain = pairing_events.c.device_pk == device_pk
-    else:
-        chain = UNATTACHED
-        same_chain = pairing_events.c.device_pk.is_(None)
-    prev: str | None = pairing_genesis(chain)
-    if seq > 1:
-        prev = conn.execute(
-            select(pairing_events.c.entry_hash).where(same_chain, pairing_events.c.seq == seq - 1)
-        ).scalar()
-        if prev is None:
-            raise DeviceError(
-                f"the pairing log of {'device ' + chain if device_pk else 'unknown devices'} "
-                f"is broken at event #{seq - 1}; nothing recorded "
-                "(run `provision audit verify`)"
-            )
-    assert prev is not None
+    chain = device_id if device_pk is not None else UNATTACHED
+    assert chain is not None
+    what = f"pairing log of {'device ' + chain if device_pk is not None else 'unknown devices'}"
+    prev = _previous(conn, pairing_events, device_pk, seq, pairing_genesis(chain), what)
+    row = _pairing_row(device_pk, chain, seq, prev, attempt, result, reason, sealer)
+    conn.execute(insert(pairing_events).values(**row))
+    return sealer.pairing_head(chain, seq, row["entry_hash"])
+
+
+def _activate_row(
+    conn: Connection,
+    device: DeviceRecord,
+    user: str | None,
+    token_hash: str,
+    attempt: Attempt,
+    sealer: Sealer,
+) -> bool:
+    """The winning path of try_activate: True if this UPDATE activated DEVICE (see there)."""
+    did, pk, now = device.device_id, device.id, attempt.occurred_at.astimezone(UTC)
+    pseq, aseq = device.pairing_count + 1, device.action_count + 1
+    pprev = _previous(
+        conn, pairing_events, pk, pseq, pairing_genesis(did), f"pairing log of device {did}"
+    )
+    aprev = _previous(conn, action_log, pk, aseq, genesis_hash(did), f"action log of device {did}")
+    pairing = _pairing_row(pk, did, pseq, pprev, attempt, PairingResult.ACCEPTED, None, sealer)
+    action = NewAction(
+        SystemAction.ACTIVATED, canonical_json({"user": user}), attempt.ip, user, now
+    )
+    entry = _action_row(pk, did, aseq, aprev, action, sealer)
+    state = {c: getattr(device, c) for c in SEALED_COLUMNS} | {
+        "status": DeviceStatus.ACTIVATED,
+        "activated_at": now,
+        "user_id": user,
+        "activation_token_hash": token_hash,
+        "pairing_count": pseq,
+        "pairing_head": sealer.pairing_head(did, pseq, pairing["entry_hash"]),
+        "action_count": aseq,
+        "action_head": sealer.action_head(did, aseq, now, entry["entry_hash"]),
+    }
+    won = conn.execute(
+        update(devices)
+        .where(
+            devices.c.id == pk,
+            devices.c.status == DeviceStatus.PENDING,
+            devices.c.pairing_count == device.pairing_count,
+            devices.c.action_count == device.action_count,
+            # In the UPDATE itself, not only checked before: a hold committed between the
+            # read and this statement still stops the activation.
+            ~held(pk).exists(),
+        )
+        .values(
+            status=DeviceStatus.ACTIVATED,
+            activated_at=now,
+            user_id=user,
+            activation_token_hash=token_hash,
+            pairing_count=pseq,
+            pairing_head=state["pairing_head"],
+            action_count=aseq,
+            action_head=state["action_head"],
+            seal=sealer.device_values(*(state[c] for c in SEALED_COLUMNS)),
+        )
+    ).rowcount
+    if not won:
+        return False
+    conn.execute(insert(pairing_events).values(**pairing))
+    conn.execute(insert(action_log).values(**entry))
+    return True
+
+
+def _previous(
+    conn: Connection, table: Any, device_pk: int | None, seq: int, genesis: str, what: str
+) -> str:
+    """The hash an entry SEQ of a device's chain links to: genesis for the first, else the
+    entry before it (a missing one is a broken chain: nothing is written)."""
+    if seq == 1:
+        return genesis
+    same_chain = (
+        table.c.device_pk.is_(None) if device_pk is None else table.c.device_pk == device_pk
+    )
+    prev = conn.execute(
+        select(table.c.entry_hash).where(same_chain, table.c.seq == seq - 1)
+    ).scalar()
+    if prev is None:
+        actions = table is action_log
+        raise DeviceError(
+            f"the {what} is broken at {'entry' if actions else 'event'} #{seq - 1}; "
+            f"nothing {'appended' if actions else 'recorded'} (run `provision audit verify`)"
+        )
+    return str(prev)
+
+
+def _pairing_row(
+    device_pk: int | None,
+    chain: str,
+    seq: int,
+    prev: str,
+    attempt: Attempt,
+    result: PairingResult,
+    reason: Reason | None,
+    sealer: Sealer,
+) -> dict[str, Any]:
     occurred = attempt.occurred_at.astimezone(UTC)
     entry = sealer.pairing(
         chain,
@@ -616,23 +674,40 @@ def _insert_pairing(
         reason,
         prev,
     )
-    conn.execute(
-        insert(pairing_events).values(
-            device_pk=device_pk,
-            seq=seq,
-            occurred_at=occurred,
-            claimed_device_id=attempt.claimed_device_id,
-            ip=attempt.ip,
-            user_agent=attempt.user_agent,
-            fingerprint=attempt.fingerprint,
-            user_id=attempt.user_id,
-            result=result,
-            reason=reason,
-            prev_hash=prev,
-            entry_hash=entry,
-        )
+    return {
+        "device_pk": device_pk,
+        "seq": seq,
+        "occurred_at": occurred,
+        "claimed_device_id": attempt.claimed_device_id,
+        "ip": attempt.ip,
+        "user_agent": attempt.user_agent,
+        "fingerprint": attempt.fingerprint,
+        "user_id": attempt.user_id,
+        "result": result,
+        "reason": reason,
+        "prev_hash": prev,
+        "entry_hash": entry,
+    }
+
+
+def _action_row(
+    device_pk: int, device_id: str, seq: int, prev: str, action: NewAction, sealer: Sealer
+) -> dict[str, Any]:
+    now = action.occurred_at.astimezone(UTC)
+    entry_hash = sealer.action(
+        device_id, seq, now, action.action_type, action.metadata_json, action.ip, action.actor, prev
     )
-    return sealer.pairing_head(chain, seq, entry)
+    return {
+        "device_pk": device_pk,
+        "seq": seq,
+        "occurred_at": now,
+        "action_type": action.action_type,
+        "metadata_json": action.metadata_json,
+        "ip": action.ip,
+        "actor": action.actor,
+        "prev_hash": prev,
+        "entry_hash": entry_hash,
+    }
 
 
 def _reseal(conn: Connection, device_pk: int, sealer: Sealer) -> None:
