@@ -75,7 +75,11 @@ class ComponentFilter:
         lowest LIMIT of them."""
         q = select(components.c.device_pk).where(self._matches())
         if limit is not None:
-            q = q.distinct().order_by(components.c.device_pk).limit(limit)
+            # Ordered by `device_pk + 0`, not the column: ordered by the column, PostgreSQL
+            # walks the device_pk index and filters every component (230 ms at 1M devices);
+            # so it takes the lot's (or supplier's) index and sorts its few rows (7 ms).
+            q = q.group_by(components.c.device_pk)
+            q = q.order_by(components.c.device_pk + 0).limit(limit)
         return q
 
 
@@ -423,6 +427,11 @@ def _tallies(conn: Any, recall_id: int | None) -> _Tallies:
     )
     if recall_id is not None:
         q = q.where(recall_devices.c.recall_id == recall_id)
+    if conn.dialect.name == "postgresql":
+        # PostgreSQL merges with the whole devices index (157 ms for a recall of 10,000 at
+        # 1M devices); a look-up per member is what a recall's size calls for (17 ms).
+        conn.exec_driver_sql("SET LOCAL enable_mergejoin = off")
+        conn.exec_driver_sql("SET LOCAL enable_hashjoin = off")
     out: _Tallies = {}
     for rid, status, n, released in conn.execute(q):
         out.setdefault(int(rid), {})[str(status)] = (int(n), int(released))
