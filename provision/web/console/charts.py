@@ -10,7 +10,7 @@ from html import escape
 from markupsafe import Markup
 
 WIDTH, HEIGHT = 720, 220
-LEFT, RIGHT, TOP, BOTTOM = 48, 12, 12, 40
+LEFT, RIGHT, TOP, BOTTOM = 64, 12, 12, 40
 
 
 @dataclass(frozen=True)
