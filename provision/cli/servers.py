@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -14,26 +16,47 @@ from provision.cli.common import (
 )
 from provision.errors import UsageError
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def listen_options(port: int) -> Callable[[F], F]:
+    """--host, --port (default PORT), --workers and --trusted-proxies: what both servers take."""
+
+    def add(f: F) -> F:
+        for option in reversed(
+            (
+                click.option(
+                    "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+                ),
+                click.option(
+                    "--port", type=click.IntRange(1, 65535), default=port, show_default=True
+                ),
+                click.option(
+                    "--workers",
+                    type=click.IntRange(min=1),
+                    default=8,
+                    show_default=True,
+                    help="Worker threads of the WSGI server (waitress).",
+                ),
+                click.option(
+                    "--trusted-proxies",
+                    type=click.IntRange(min=0),
+                    default=0,
+                    show_default=True,
+                    envvar="PROVISION_TRUSTED_PROXIES",
+                    show_envvar=True,
+                    help="Reverse proxies in front of us; only then is X-Forwarded-For believed.",
+                ),
+            )
+        ):
+            f = option(f)
+        return f
+
+    return add
+
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5001, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Worker threads of the WSGI server (waitress).",
-)
-@click.option(
-    "--trusted-proxies",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    envvar="PROVISION_TRUSTED_PROXIES",
-    show_envvar=True,
-    help="Reverse proxies in front of us; only then is X-Forwarded-For believed.",
-)
+@listen_options(5001)
 @click.option(
     "--rate-limit",
     default="10 per minute",
@@ -156,24 +179,7 @@ def serve(
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(1, 65535), default=5002, show_default=True)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Worker threads of the WSGI server (waitress).",
-)
-@click.option(
-    "--trusted-proxies",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    envvar="PROVISION_TRUSTED_PROXIES",
-    show_envvar=True,
-    help="Reverse proxies in front of us; only then is X-Forwarded-For believed.",
-)
+@listen_options(5002)
 @click.option(
     "--secure-cookie/--no-secure-cookie",
     default=None,
