@@ -527,6 +527,8 @@ def test_fourth_activation_attempt_from_one_address_is_429(site: Site) -> None:
     assert api_activate(client, url(device)).status_code == 409
     resp = api_activate(client, url(device))
     assert_error(resp, "rate_limited", 429)
+    assert resp.headers["Retry-After"] == "60"  # the window: the provision client waits it
+    assert not any(name.startswith("X-RateLimit") for name, _ in resp.headers)
     assert len(site.events(device)) == 3  # the refused attempt never reached the registry
     # Another address still gets through.
     other = api_activate(client, url(device), environ_base={"REMOTE_ADDR": "198.51.100.7"})

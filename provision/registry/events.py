@@ -75,11 +75,8 @@ class Events:
     def device_for_activation(self, device_id: str) -> tuple[DeviceRecord, bool] | None:
         """The device with this id and whether a recall's hold stops its activation, in one
         read; None if there is no such device."""
-        q = select(devices, held(devices.c.id).exists().label("held")).where(
-            devices.c.device_id == device_id
-        )
-        with self._store.connect() as conn:
-            row = conn.execute(q).first()
+        with self._store.read_once() as conn:
+            row = conn.execute(_ACTIVATION_READ, {"device_id": device_id}).first()
         return (DeviceRecord.from_row(row), bool(row.held)) if row is not None else None
 
     def try_activate(
@@ -598,34 +595,56 @@ def _activate_row(
         "action_count": aseq,
         "action_head": sealer.action_head(did, aseq, now, entry["entry_hash"]),
     }
-    won = conn.execute(
-        update(devices)
-        .where(
-            devices.c.id == pk,
-            devices.c.status == DeviceStatus.PENDING,
-            devices.c.pairing_count == device.pairing_count,
-            devices.c.action_count == device.action_count,
-            # In the UPDATE itself, not only checked before: a hold committed between the
-            # read and this statement still stops the activation.
-            ~held(pk).exists(),
-        )
-        .values(
-            status=DeviceStatus.ACTIVATED,
-            activated_at=now,
-            user_id=user,
-            activation_token_hash=token_hash,
-            pairing_count=pseq,
-            pairing_head=state["pairing_head"],
-            action_count=aseq,
-            action_head=state["action_head"],
-            seal=sealer.device_values(*(state[c] for c in SEALED_COLUMNS)),
-        )
-    ).rowcount
-    if not won:
+    params = {
+        "pk": pk,
+        "old_pairing_count": device.pairing_count,
+        "old_action_count": device.action_count,
+        "new_activated_at": now,
+        "new_user_id": user,
+        "new_token_hash": token_hash,
+        "new_pairing_count": pseq,
+        "new_pairing_head": state["pairing_head"],
+        "new_action_count": aseq,
+        "new_action_head": state["action_head"],
+        "new_seal": sealer.device_values(*(state[c] for c in SEALED_COLUMNS)),
+    }
+    if not conn.execute(_ACTIVATE, params).rowcount:
         return False
-    conn.execute(insert(pairing_events).values(**pairing))
-    conn.execute(insert(action_log).values(**entry))
+    conn.execute(_INSERT_PAIRING, pairing)
+    conn.execute(_INSERT_ACTION, entry)
     return True
+
+
+# The activation path's statements, built once: a request binds its values and runs them, and
+# spends nothing on building a statement or its cache key (a third of its time before).
+_ACTIVATION_READ = select(devices, held(devices.c.id).exists().label("held")).where(
+    devices.c.device_id == bindparam("device_id")
+)
+_ACTIVATE = (
+    update(devices)
+    .where(
+        devices.c.id == bindparam("pk"),
+        devices.c.status == DeviceStatus.PENDING,
+        devices.c.pairing_count == bindparam("old_pairing_count"),
+        devices.c.action_count == bindparam("old_action_count"),
+        # In the UPDATE itself, not only checked before: a hold committed between the read
+        # and this statement still stops the activation.
+        ~held(bindparam("pk")).exists(),
+    )
+    .values(
+        status=DeviceStatus.ACTIVATED,
+        activated_at=bindparam("new_activated_at"),
+        user_id=bindparam("new_user_id"),
+        activation_token_hash=bindparam("new_token_hash"),
+        pairing_count=bindparam("new_pairing_count"),
+        pairing_head=bindparam("new_pairing_head"),
+        action_count=bindparam("new_action_count"),
+        action_head=bindparam("new_action_head"),
+        seal=bindparam("new_seal"),
+    )
+)
+_INSERT_PAIRING = insert(pairing_events)
+_INSERT_ACTION = insert(action_log)
 
 
 def _previous(

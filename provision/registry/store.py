@@ -116,6 +116,13 @@ class Store:
             yield conn
 
     @contextlib.contextmanager
+    def read_once(self) -> Iterator[Connection]:
+        """A connection for one read outside a transaction (autocommit): on PostgreSQL one
+        round trip for the statement, where a transaction adds a BEGIN and a ROLLBACK."""
+        with self._errors(), self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """SQLAlchemy's exceptions never leave the registry: a clash of unique keys is a
         ConflictError (another process stored the row meanwhile), anything else the database
