@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,9 @@ from provision.errors import ConfigError
 
 log = logging.getLogger("provision.web")
 GRACE_SECONDS = 30.0  # the longest a stopping worker waits for requests in flight
+# A request waits on the database and Redis several times; each time its answer is in, its
+# thread waits for the interpreter lock, by default up to 5 ms while another thread computes.
+SWITCH_INTERVAL = 0.001
 _TICK = 0.2  # seconds between two looks at the connections of a stopping worker
 _CRASH_WINDOW = 5.0  # a worker that dies this soon after starting counts as a crash loop
 _MAX_QUICK_DEATHS = 5
@@ -65,6 +69,8 @@ def run_worker(app: Any, sock: socket.socket, threads: int, proxy_headers: bool 
     which believes only as many of their entries as --trusted-proxies says (ProxyFix)."""
     from waitress import wasyncore
     from waitress.server import create_server
+
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     server: Any = create_server(
         app,
