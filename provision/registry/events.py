@@ -99,6 +99,12 @@ class Events:
         and tries again.
         """
         for _ in range(_ACTIVATE_TRIES):
+            if self._store.is_postgresql and device.pairing_count == 0 == device.action_count:
+                # A device never scanned (launch day): the UPDATE and both inserts are one
+                # statement, its own transaction, one round trip.
+                with self._store.read_once() as conn:
+                    if _activate_row(conn, device, user, token_hash, attempt, sealer, one=True):
+                        return None
             with self._store.begin() as conn:
                 won = _activate_row(conn, device, user, token_hash, attempt, sealer)
                 if won:
@@ -572,8 +578,10 @@ def _activate_row(
     token_hash: str,
     attempt: Attempt,
     sealer: Sealer,
+    one: bool = False,
 ) -> bool:
-    """The winning path of try_activate: True if this UPDATE activated DEVICE (see there)."""
+    """The winning path of try_activate: True if this UPDATE activated DEVICE (see there).
+    ONE (PostgreSQL, both chains empty): the UPDATE and the two inserts as one statement."""
     did, pk, now = device.device_id, device.id, attempt.occurred_at.astimezone(UTC)
     pseq, aseq = device.pairing_count + 1, device.action_count + 1
     pprev = _previous(
@@ -608,6 +616,11 @@ def _activate_row(
         "new_action_head": state["action_head"],
         "new_seal": sealer.device_values(*(state[c] for c in SEALED_COLUMNS)),
     }
+    if one:
+        params |= {f"p_{k}": v for k, v in pairing.items()} | {
+            f"a_{k}": v for k, v in entry.items()
+        }
+        return bool(conn.execute(_ACTIVATE_ONE, params).scalar_one())
     if not conn.execute(_ACTIVATE, params).rowcount:
         return False
     conn.execute(_INSERT_PAIRING, pairing)
@@ -645,6 +658,24 @@ _ACTIVATE = (
 )
 _INSERT_PAIRING = insert(pairing_events)
 _INSERT_ACTION = insert(action_log)
+
+
+def _one_statement() -> Any:
+    """_ACTIVATE with both inserts as data-modifying CTEs (PostgreSQL): they insert only if
+    the UPDATE won, and the statement counts its winners (0 or 1)."""
+    won = _ACTIVATE.returning(devices.c.id).cte("won")
+
+    def entries(table: Any, prefix: str) -> Any:
+        names = [c.name for c in table.c if c.name not in ("id", "device_pk")]
+        values = [bindparam(f"{prefix}{n}", type_=table.c[n].type) for n in names]
+        return insert(table).from_select(["device_pk", *names], select(won.c.id, *values))
+
+    pairing = entries(pairing_events, "p_").cte("pairing")
+    action = entries(action_log, "a_").cte("action")
+    return select(func.count()).select_from(won).add_cte(pairing, action)
+
+
+_ACTIVATE_ONE = _one_statement()
 
 
 def _previous(
