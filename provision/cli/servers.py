@@ -34,9 +34,11 @@ def listen_options(port: int) -> Callable[[F], F]:
                 click.option(
                     "--workers",
                     type=click.IntRange(min=1),
-                    default=8,
+                    default=4,
                     show_default=True,
-                    help="Worker threads of the WSGI server (waitress).",
+                    help="Worker threads of the WSGI server (waitress), each process. More "
+                    "threads in one process wait for its interpreter lock: for more load, "
+                    "add --processes.",
                 ),
                 click.option(
                     "--trusted-proxies",
