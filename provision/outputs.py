@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,10 @@ class ReportFolder:
     modified: float
 
 
-def label_files(output_dir: str | Path, batch: str) -> list[LabelFile]:
-    """The batch's print files, newest revision first."""
+def label_files(output_dir: str | Path, batch: str, others: Iterable[str] = ()) -> list[LabelFile]:
+    """The batch's print files, newest revision first. OTHERS: the other batches' names, whose
+    files are not this one's (batch `line1.r2`'s `line1.r2.pdf` is not `line1`'s revision 2)."""
+    foreign = {f"{o}.{ext}" for o in others if o != batch for ext in ("pdf", "zpl")}
     out = Path(output_dir)
     pattern = re.compile(re.escape(batch) + r"(?:\.r(\d+))?\.(pdf|zpl)")
     found = []
@@ -46,7 +49,7 @@ def label_files(output_dir: str | Path, batch: str) -> list[LabelFile]:
         return []
     for entry in entries:
         m = pattern.fullmatch(entry.name)
-        if m and entry.is_file(follow_symlinks=False):
+        if m and entry.name not in foreign and entry.is_file(follow_symlinks=False):
             st = entry.stat(follow_symlinks=False)
             rev = int(m.group(1) or 1)
             found.append(LabelFile(entry.name, rev, m.group(2), st.st_size, st.st_mtime))
@@ -84,7 +87,16 @@ def report_folders(output_dir: str | Path) -> list[ReportFolder]:
         if not isinstance(summary, dict) or not {"as_of", "counts", "severity"} <= summary.keys():
             continue
         mtime = (Path(dirpath) / "summary.json").stat().st_mtime
-        files = tuple(sorted(f for f in filenames if not f.startswith(".")))
+        # Files only, never a link: a link could point anywhere outside the output folder.
+        files = tuple(
+            sorted(
+                f
+                for f in filenames
+                if not f.startswith(".")
+                and (Path(dirpath) / f).is_file()
+                and not (Path(dirpath) / f).is_symlink()
+            )
+        )
         found.append(ReportFolder(rel.as_posix(), summary, files, mtime))
         if len(found) >= MAX_REPORTS:
             break

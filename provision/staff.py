@@ -112,15 +112,29 @@ def session_id(account: StaffRecord) -> str:
     return f"{account.id}.{mark}"
 
 
-def account_of_session(registry: Registry, sid: str) -> StaffRecord | None:
-    """The active account a session id names, or None (disabled, new password, unknown)."""
+def account_of_session(
+    registry: Registry, sid: str, logged_in_at: datetime | None = None
+) -> StaffRecord | None:
+    """The active account a session id names, or None (disabled, new password, unknown, or a
+    session made before the account's last logout)."""
     pk, _, _mark = sid.partition(".")
     if not pk.isdigit() or len(pk) > 12:
         return None
     account = registry.staff.by_id(int(pk))
     if account is None or not account.active:
         return None
-    return account if hmac.compare_digest(session_id(account), sid) else None
+    if not hmac.compare_digest(session_id(account), sid):
+        return None
+    ended = account.sessions_ended_at
+    if ended is not None and (logged_in_at is None or logged_in_at <= ended):
+        return None
+    return account
+
+
+def end_sessions(registry: Registry, name: str, ip: str | None = None) -> None:
+    """Log NAME out everywhere: every session made so far ends at its next request."""
+    now = utcnow()
+    registry.staff.change(name, now, _event(name, "logout", None, ip, None), sessions_ended_at=now)
 
 
 def record(
@@ -139,7 +153,14 @@ def record(
 def _event(
     who: str, action: str, subject: str | None, ip: str | None, detail: dict[str, Any] | None
 ) -> dict[str, Any]:
-    return {"staff": who, "action": action, "subject": subject, "ip": ip, "detail": detail}
+    """A line of the audit log, each value cut to its column (a request path can be long)."""
+    return {
+        "staff": who[:64],
+        "action": action[:64],
+        "subject": subject[:256] if subject is not None else None,
+        "ip": ip[:64] if ip is not None else None,
+        "detail": detail,
+    }
 
 
 def add_staff(
@@ -179,7 +200,8 @@ def disable_staff(registry: Registry, name: str, by: str, ip: str | None = None)
 def set_password(
     registry: Registry, name: str, password: str, by: str, ip: str | None = None
 ) -> StaffRecord:
-    """A new password; every session made with the old one ends."""
+    """A new password; every session made with the old one ends, and the API token too (a new
+    password is what follows a compromise: `staff token` issues a new one)."""
     get_staff(registry, name)
     hashed = hash_password(check_password(password))
     now = utcnow()
@@ -189,6 +211,8 @@ def set_password(
         _event(by, "staff.passwd", name, ip, None),
         password_hash=hashed,
         password_changed_at=now,
+        token_hash=None,
+        token_created_at=None,
     )
     return get_staff(registry, name)
 
@@ -223,25 +247,38 @@ def login(
 ) -> Login:
     """Check a console login; every outcome is recorded in the staff audit log."""
     now = now or utcnow()
-    username = username.strip()[:64]
+    username = username.strip()
+    # A name no account can have is counted (and recorded) as "-": it never reaches a query
+    # as typed (a NUL byte would be a driver error, a long one overflow the column).
+    if not _NAME.fullmatch(username):
+        username = "-"
+    ip = ip[:64]
     since = now - LOCK_WINDOW
+    locked = Login(LoginResult.LOCKED, locked_until=now + LOCK_WINDOW)
     by_name, by_ip = registry.staff.failures_since(username, ip, since)
     if by_name >= LOCK_FAILURES or by_ip >= LOCK_FAILURES:
-        record(registry, username or "-", "login.locked", username, ip, None, now)
-        return Login(LoginResult.LOCKED, locked_until=now + LOCK_WINDOW)
-    account = registry.staff.get(username) if _NAME.fullmatch(username) else None
+        record(registry, username, "login.locked", username, ip, None, now)
+        return locked
+    # Counted as a failure before the password is checked, then forgotten if it was right:
+    # logins in flight at once each see the others, so no more than LOCK_FAILURES guesses
+    # get through however many are sent together.
+    attempt = registry.staff.login_attempt(username, ip, now, since)
+    by_name, by_ip = registry.staff.failures_since(username, ip, since)
+    if by_name > LOCK_FAILURES or by_ip > LOCK_FAILURES:
+        registry.staff.forget_attempt(attempt)
+        record(registry, username, "login.locked", username, ip, None, now)
+        return locked
+    account = registry.staff.get(username) if username != "-" else None
     if account is None or not account.active:
         _waste_time(password)
         ok = False
     else:
         ok = _verify(account.password_hash, password)
     if not ok:
-        event = _event(username or "-", "login.failed", username, ip, None)
-        registry.staff.login_failed(username, ip, now, since, event)
-        if max(by_name, by_ip) + 1 >= LOCK_FAILURES:
-            return Login(LoginResult.LOCKED, locked_until=now + LOCK_WINDOW)
-        return Login(LoginResult.BAD)
+        record(registry, username, "login.failed", username, ip, None, now)
+        return locked if max(by_name, by_ip) >= LOCK_FAILURES else Login(LoginResult.BAD)
     assert account is not None
+    registry.staff.forget_attempt(attempt)
     if _hasher.check_needs_rehash(account.password_hash):
         registry.staff.change(
             account.name,

@@ -78,7 +78,9 @@ class Console:
         return self.devices[serial]
 
 
-def login(client: FlaskClient, name: str, password: str, ip: str = "10.0.0.1") -> Any:
+def login(client: FlaskClient, name: str, password: str, ip: str = "127.0.0.1") -> Any:
+    """Log in from IP (the test client's own address by default: a session is bound to the
+    address and browser it logged in from)."""
     page = client.get("/login", environ_base={"REMOTE_ADDR": ip})
     token = csrf(page.get_data(as_text=True))
     return client.post(
@@ -325,7 +327,13 @@ def test_the_session_cookie_is_secure_when_staff_come_over_https(console: Consol
 def test_login_never_redirects_to_another_site(console: Console) -> None:
     client = console.app().test_client()
     token = csrf(client.get("/login").get_data(as_text=True))
-    for target in ("https://evil.example/", "//evil.example/", "javascript:alert(1)"):
+    for target in (
+        "https://evil.example/",
+        "//evil.example/",
+        "/\\evil.example/",
+        "/\tevil",
+        "javascript:alert(1)",
+    ):
         resp = client.post(
             "/login",
             data={"username": "vera", "password": PASSWORD, "csrf_token": token, "next": target},
@@ -358,11 +366,42 @@ def test_a_new_password_or_a_disabled_account_ends_the_session(console: Console)
     assert login(console.app().test_client(), "sam", PASSWORD).status_code == 401
 
 
-def test_logout_ends_the_session(console: Console) -> None:
+def test_logout_ends_every_session_of_the_account(console: Console) -> None:
     client = console.login("vera")
+    copy = console.app().test_client()
+    cookie = client.get_cookie("provision_console")
+    assert cookie is not None
+    copy.set_cookie("provision_console", cookie.value)  # the same session, stolen before
+    assert copy.get("/").status_code == 200
     html = client.get("/").get_data(as_text=True)
     assert client.post("/logout", data={"csrf_token": csrf(html)}).status_code == 302
     assert client.get("/").status_code == 302
+    assert copy.get("/").status_code == 302  # ended too
+    assert console.login("vera").get("/").status_code == 200  # a new login works
+
+
+def test_a_session_used_from_another_address_or_browser_ends(console: Console) -> None:
+    client = console.login("vera")
+    assert client.get("/").status_code == 200
+    assert client.get("/", environ_base={"REMOTE_ADDR": "203.0.113.66"}).status_code == 302
+    assert client.get("/").status_code == 302  # and stays ended
+    other = console.login("vera")
+    assert other.get("/", headers={"User-Agent": "curl/8"}).status_code == 302
+
+
+def test_a_new_password_cancels_the_api_token(console: Console) -> None:
+    token = staff_lib.issue_token(console.registry, "sam", "test")
+    assert staff_lib.account_of_token(console.registry, token) is not None
+    staff_lib.set_password(console.registry, "sam", "another long password", "test")
+    assert staff_lib.account_of_token(console.registry, token) is None
+
+
+def test_odd_login_names_and_long_paths_are_refused_not_errors(console: Console) -> None:
+    for name, status in (("a\x00b", 401), ("x" * 5000, 401), ("ünïcode", 401), (" sam ", 302)):
+        assert login(console.app().test_client(), name, PASSWORD).status_code == status, name
+    vera = console.login("vera")
+    long = "/devices/" + "a" * 400 + "/revoke"
+    assert post_form(vera, "/", long, reason="x").status_code == 403
 
 
 # -- the pages -------------------------------------------------------------------------------------
@@ -405,9 +444,12 @@ def test_batch_page_lists_each_label_revision_and_downloads_it(console: Console)
     assert client.get("/batches/console/files/console.json").status_code == 404
     assert client.get("/batches/console/files/..%2Fsecret.txt").status_code == 404
     assert client.get("/batches/nope").status_code == 404
+    assert client.get("/batches/nope/files/console.pdf").status_code == 404
+    assert got.headers["Cache-Control"] == "no-store"  # a label file holds payloads
 
 
 def test_reports_page_lists_reports_and_serves_only_their_files(console: Console) -> None:
+    (console.output / "reports" / "2026-11" / "passwd").symlink_to("/etc/passwd")
     client = console.login("vera")
     html = client.get("/reports").get_data(as_text=True)
     assert "reports/2026-11" in html and "matched" in html
@@ -415,6 +457,7 @@ def test_reports_page_lists_reports_and_serves_only_their_files(console: Console
     assert got.status_code == 200 and got.data == b"%PDF-1.7 report\n"
     assert client.get("/reports/reports/2026-11/../../secret.txt").status_code == 404
     assert client.get("/reports/reports/secret.txt").status_code == 404
+    assert client.get("/reports/reports/2026-11/passwd").status_code == 404  # a link: never
 
 
 def test_search_by_serial_by_user_and_by_id_prefix(console: Console) -> None:

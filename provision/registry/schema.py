@@ -328,6 +328,8 @@ staff = Table(
     Column("token_created_at", DateTime(timezone=True)),
     Column("disabled_at", DateTime(timezone=True)),
     Column("last_login_at", DateTime(timezone=True)),
+    # A logout ends every session of the account made before it.
+    Column("sessions_ended_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(256), nullable=False),
     Index("ux_staff_token_hash", "token_hash", unique=True),

@@ -28,6 +28,7 @@ class StaffRecord(_Record):
     token_created_at: datetime | None
     disabled_at: datetime | None
     last_login_at: datetime | None
+    sessions_ended_at: datetime | None
     created_at: datetime
     created_by: str
 
@@ -36,6 +37,7 @@ class StaffRecord(_Record):
         "token_created_at",
         "disabled_at",
         "last_login_at",
+        "sessions_ended_at",
         "created_at",
     )
 
@@ -135,21 +137,22 @@ class Staff:
 
     # -- failed logins ---------------------------------------------------------------------------
 
-    def login_failed(
-        self,
-        username: str,
-        ip: str,
-        now: datetime,
-        forget_before: datetime,
-        event: Mapping[str, Any],
-    ) -> None:
-        """Count a failed login; those before FORGET_BEFORE, which lock nothing any more, are
-        dropped (the audit log keeps every one)."""
+    def login_attempt(self, username: str, ip: str, now: datetime, forget_before: datetime) -> int:
+        """Count a login as failed until it is known to be right (forget_attempt); those
+        before FORGET_BEFORE, which lock nothing any more, are dropped (the audit log keeps
+        every failure). Returns the attempt's id."""
         f = staff_login_failures
         with self._store.begin() as conn:
             conn.execute(delete(f).where(f.c.occurred_at < forget_before))
-            conn.execute(insert(f).values(occurred_at=now, username=username, ip=ip))
-            _record(conn, now, event)
+            pk = conn.execute(
+                insert(f).values(occurred_at=now, username=username, ip=ip)
+            ).inserted_primary_key
+        assert pk is not None
+        return int(pk[0])
+
+    def forget_attempt(self, attempt: int) -> None:
+        with self._store.begin() as conn:
+            conn.execute(delete(staff_login_failures).where(staff_login_failures.c.id == attempt))
 
     def failures_since(self, username: str, ip: str, since: datetime) -> tuple[int, int]:
         """Failed logins since SINCE: of the account name (only those after its last good

@@ -71,7 +71,9 @@ class Store:
                 # wrong folder, would find an empty new registry and say "no such device".
                 raise ConfigError(f"no registry at {path} (set PROVISION_DB_URL or --db)")
             _create_private(path)
-        kwargs: dict[str, Any] = {}
+        # A failed statement's values never reach an exception's text (a log line): they may be
+        # a password's or a token's hash, a user's address.
+        kwargs: dict[str, Any] = {"hide_parameters": True}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 60}
         self.engine: Engine = create_engine(url, **kwargs)

@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("token_created_at", TS),
         sa.Column("disabled_at", TS),
         sa.Column("last_login_at", TS),
+        sa.Column("sessions_ended_at", TS),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("created_by", sa.String(256), nullable=False),
     )

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
@@ -59,8 +60,7 @@ def create_console_app(
         SESSION_COOKIE_SAMESITE="Strict",
         # The console's own scheme decides, not the activation service's base URL.
         SESSION_COOKIE_SECURE=secure_cookie,
-        PERMANENT_SESSION_LIFETIME=idle_timeout,
-        SESSION_REFRESH_EACH_REQUEST=True,
+        PROVISION_IDLE_TIMEOUT=idle_timeout,
         REMEMBER_COOKIE_DURATION=timedelta(0),
         PROVISION_OUTPUT=str(Path(output_dir).resolve()),
         PROVISION_FIGURES_TTL=figures_ttl,
@@ -80,7 +80,15 @@ def create_console_app(
     staff_api = api.blueprint()
     csrf.exempt(staff_api)  # bearer tokens, not cookies: no cross-site form can use them
     app.register_blueprint(staff_api)
+    app.after_request(_no_store)
     return app
+
+
+def _no_store(resp: Any) -> Any:
+    """Nothing of the console in a browser's cache: label files hold activation payloads,
+    pages and reports hold customers' data (send_file's own no-cache would allow it)."""
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def _stamp(iso: str | None) -> str:

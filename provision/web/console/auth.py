@@ -1,20 +1,34 @@
 """Console logins: Flask-Login sessions over provision.staff, the roles, the staff audit log.
 
-A session is a signed cookie (HttpOnly, SameSite=Strict, Secure over https) that remembers the
-account id and a fingerprint of its password hash; it expires after the idle timeout (Flask
-checks the signature's age on every request, and each request renews it). A new password or
-a disabled account ends the session at its next request. There is no "remember me".
+A session is a signed cookie (HttpOnly, SameSite=Strict, Secure over https, gone when the
+browser closes) that remembers the account id, a fingerprint of its password hash, when it
+logged in and when it was last used. The server ends it after the idle timeout, after
+MAX_SESSION in any case, when it comes from another address or browser than the one that
+logged in (Flask-Login's strong protection), and when the account gets a new password, is
+disabled or logs out (a logout ends all of the account's sessions). There is no
+"remember me".
 """
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
 
 from provision import staff as staff_lib
@@ -23,6 +37,10 @@ from provision.states import StaffRole
 from provision.web.common import services
 
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_SESSION = timedelta(hours=12)  # however busy: a new login each working day
+# A path on this console: a slash, then no backslash, no control character, no second slash
+# first (browsers read `/\\host` and `//host` as another site).
+_LOCAL_PATH = re.compile(r"/(?![/\\])[^\\\x00-\x20\x7f]*")
 
 
 class StaffUser:
@@ -52,8 +70,21 @@ def install(app: Any) -> LoginManager:
 
     @manager.user_loader
     def load(sid: str) -> StaffUser | None:
-        account = staff_lib.account_of_session(services().registry, sid)
-        return StaffUser(account) if account else None
+        now = time.time()
+        idle = current_app.config["PROVISION_IDLE_TIMEOUT"].total_seconds()
+        logged_in, seen = session.get("login_at"), session.get("seen")
+        if not isinstance(logged_in, float) or not isinstance(seen, float):
+            return None
+        if now - seen > idle or now - logged_in > MAX_SESSION.total_seconds():
+            session.clear()
+            return None
+        at = datetime.fromtimestamp(logged_in, UTC)
+        account = staff_lib.account_of_session(services().registry, sid, at)
+        if account is None:
+            session.clear()
+            return None
+        session["seen"] = now
+        return StaffUser(account)
 
     return manager
 
@@ -86,10 +117,10 @@ def audit(action: str, subject: str | None = None, detail: dict[str, Any] | None
 
 def _safe_next(target: str | None) -> str:
     """Where to go after the login: a path on this console, never another site."""
-    if not target:
+    if not target or not _LOCAL_PATH.fullmatch(target):
         return url_for("pages.overview")
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    if parts.scheme or parts.netloc or target.startswith("//"):
         return url_for("pages.overview")
     return target
 
@@ -112,7 +143,8 @@ def blueprint() -> Blueprint:
             assert outcome.account is not None
             session.clear()
             login_user(StaffUser(outcome.account))
-            session.permanent = True  # the idle timeout: PERMANENT_SESSION_LIFETIME
+            # Not a permanent session: Flask-Login's strong protection holds only for these.
+            session["login_at"] = session["seen"] = time.time()
             return redirect(_safe_next(request.form.get("next")))
         if outcome.result is staff_lib.LoginResult.LOCKED:
             until = outcome.locked_until.astimezone(UTC) if outcome.locked_until else None
@@ -136,7 +168,7 @@ def blueprint() -> Blueprint:
     @bp.route("/logout", methods=["POST"])
     @login_required
     def logout() -> Any:
-        audit("logout")
+        staff_lib.end_sessions(services().registry, me().name, request.remote_addr)
         logout_user()
         session.clear()
         return redirect(url_for("auth.login"))

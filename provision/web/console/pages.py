@@ -147,7 +147,7 @@ def blueprint() -> Blueprint:
             "console/batch.html",
             as_of=at,
             batch=record,
-            files=outputs.label_files(out, name),
+            files=outputs.label_files(out, name, registry.batches.names()),
             summary=outputs.batch_summary(out, name),
         )
 
@@ -155,7 +155,12 @@ def blueprint() -> Blueprint:
     @needs(StaffRole.VIEWER)
     def batch_file(name: str, filename: str) -> Any:
         out = current_app.config["PROVISION_OUTPUT"]
-        if filename not in {f.name for f in outputs.label_files(out, name)}:
+        registry = services().registry
+        if registry.batches.id_of(name) is None:
+            abort(404)
+        if filename not in {
+            f.name for f in outputs.label_files(out, name, registry.batches.names())
+        }:
             abort(404)
         audit("batch.download", name, {"file": filename})
         return send_from_directory(out, filename, as_attachment=True)
