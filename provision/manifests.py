@@ -319,6 +319,7 @@ def read_manifest(
     delimiter: str = ",",
     column_map: dict[str, str] | None = None,
     on_block: BlockSink | None = None,
+    feed_after_error: bool = True,
 ) -> Manifest:
     """Validate one manifest in a single streaming pass; problems are collected in `errors`.
 
@@ -330,6 +331,8 @@ def read_manifest(
     rows, normalised, as soon as the block is checked, so a caller stores them in the same
     pass instead of reading the file again with chunks(). It is given None when what it was
     given so far must be forgotten: the file needs the slower reader, which starts again.
+    Without FEED_AFTER_ERROR it is given nothing more once a row is bad (a caller that stores
+    nothing of a bad file stops storing; the rest of the file is still checked).
     """
     if on_block is not None and spec.unique_serial:
         raise ValueError(f"{spec.kind}: rows are checked across the file; use chunks()")
@@ -363,12 +366,18 @@ def read_manifest(
         raise BatchError(f"{name}: cannot read file: {exc.strerror}") from None
     with fh:
         try:
-            m = _validate(p, spec, fh, True, device_type_default, delimiter, mapping, on_block)
+            m = _validate(
+                p, spec, fh, True, device_type_default, delimiter, mapping, on_block,
+                feed_after_error,
+            )  # fmt: skip
         except _Irregular:
             fh.seek(0)
             if on_block is not None:
                 on_block(None)
-            m = _validate(p, spec, fh, False, device_type_default, delimiter, mapping, on_block)
+            m = _validate(
+                p, spec, fh, False, device_type_default, delimiter, mapping, on_block,
+                feed_after_error,
+            )  # fmt: skip
     if spool is not None:
         m._source = spool
         weakref.finalize(m, spool.unlink, missing_ok=True)
@@ -401,6 +410,7 @@ def _validate(
     delimiter: str = ",",
     column_map: dict[str, str] | None = None,
     on_block: BlockSink | None = None,
+    feed_after_error: bool = True,
 ) -> Manifest:
     sha = hashlib.sha256()
     if not fast:
@@ -413,7 +423,7 @@ def _validate(
     blocks = _fast_blocks(fh, sha, delimiter) if fast else _csv_blocks(fh, m.name, delimiter)
     try:
         with contextlib.closing(blocks):  # a fatal header leaves it unfinished
-            _check_blocks(m, blocks, on_block)
+            _check_blocks(m, blocks, on_block, feed_after_error)
     except _Fatal as exc:
         m.errors, m.fatal = [exc.error], True
     if fast:  # the fast reader hashes as it reads; a fatal header stops it early
@@ -427,6 +437,7 @@ def _check_blocks(
     m: Manifest,
     blocks: Iterator[tuple[_Block, list[str] | None, int]],
     on_block: BlockSink | None = None,
+    feed_after_error: bool = True,
 ) -> None:
     """The first pass: header checks, row checks per block, then the checks across rows."""
     name, spec = m.name, m.spec
@@ -446,7 +457,7 @@ def _check_blocks(
         frame, checked, errors = _normalise(block, m.header, spec, m.device_type_default, name)
         found = [*block.errors, *errors, *_row_problems(frame, checked, spec, name)]
         m.errors.extend(found)
-        if on_block is not None:
+        if on_block is not None and (feed_after_error or not m.errors):
             bad = {e.line for e in found}
             on_block(frame[~frame[LINE].isin(bad)] if bad else frame)
         k = _fingerprints(frame["serial"])

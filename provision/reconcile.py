@@ -6,14 +6,19 @@ plaintext serial appears in the report only where the shipments file supplied it
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import gc
 import json
+import multiprocessing
 import os
 import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -96,7 +101,7 @@ def reconcile_shipments(
         dev = dev[dev["batch"] == batch].reset_index(drop=True)
         ship = ship[ship["serial_hash"].isin(dev["serial_hash"])].reset_index(drop=True)
     frames = _categorise_period(ship, dev, as_of, start, end)
-    _add_follow_up(registry, keyring, frames)
+    _add_follow_up(registry, keyring.data_key, frames)
     totals = _Totals()
     totals.add(frames, keep_all=True)
     result = totals.result(as_of, str(shipments_path), since, until, batch, report_dir)
@@ -134,29 +139,45 @@ def _reconcile_stored(
         if batch_id is None:
             raise ProvisionError(f"--batch {batch!r}: no such batch")
     parts = max(1, -(-max(registry.sizes()) // PART_ROWS))
+    job = _PartJob(as_of, start, end, batch_id)
+    until_dt = end.to_pydatetime() if end is not None else None
     report = _Report(Path(report_dir), formats) if report_dir is not None else None
     totals = _Totals()
     try:
-        with _Spill(parts) as spill:
+        with _paused_gc(), _Spill(parts) as spill:
             on_progress("load", 0, 2)
-            spill.deal("devices", registry.reconcile_chunks(batch_id=batch_id))
-            on_progress("load", 1, 2)
-            spill.deal("shipments", registry.shipments_chunks(end.to_pydatetime() if end else None))
-            on_progress("load", 2, 2)
-            on_progress("reconcile", 0, parts)
-            for k in range(parts):
-                dev = spill.take("devices", k)
-                ship = _decrypted(keyring, spill.take("shipments", k))
-                if batch_id is not None:
-                    keep = ship["serial_hash"].isin(dev["serial_hash"])
-                    ship = ship[keep].reset_index(drop=True)
-                frames = _categorise_period(ship, dev, as_of, start, end)
-                del dev, ship
-                _add_follow_up(registry, keyring, frames)
-                totals.add(frames)
-                if report is not None:
-                    report.append(frames)
-                on_progress("reconcile", k + 1, parts)
+            if parts == 1 or registry.store.in_memory:
+                spill.deal("devices", registry.reconcile_chunks(batch_id=batch_id))
+                on_progress("load", 1, 2)
+                spill.deal("shipments", registry.shipments_chunks(until_dt))
+                on_progress("load", 2, 2)
+                on_progress("reconcile", 0, parts)
+                for k in range(parts):
+                    frames = job.frames(registry, keyring.data_key, spill, k)
+                    totals.add(frames)
+                    if report is not None:
+                        report.append(frames)
+                    on_progress("reconcile", k + 1, parts)
+            else:
+                with _workers(registry, keyring) as pool:
+                    # A worker deals out the shipments while this process deals out the devices.
+                    shipments = pool.submit(_deal_shipments, spill, until_dt)
+                    spill.deal("devices", registry.reconcile_chunks(batch_id=batch_id))
+                    on_progress("load", 1, 2)
+                    spill.adopt(shipments.result(), "shipments")
+                    on_progress("load", 2, 2)
+                    # The partitions reconciled by the workers, each into CSV files of its own,
+                    # appended to the report's in partition order.
+                    on_progress("reconcile", 0, parts)
+                    folder = str(report.tmp) if report is not None and report.csv else None
+                    done = [
+                        pool.submit(_part_in_worker, job, spill, k, folder) for k in range(parts)
+                    ]
+                    for k, future in enumerate(done):
+                        totals.merge(future.result())
+                        if report is not None:
+                            report.append_part(k)
+                        on_progress("reconcile", k + 1, parts)
         result = totals.result(as_of, "stored shipments", since, until, batch, report_dir)
         if report is not None:
             report.finish(result)
@@ -167,44 +188,154 @@ def _reconcile_stored(
     return result
 
 
+@dataclass(frozen=True)
+class _PartJob:
+    """What reconciling one partition of the stored feed takes, besides the partition."""
+
+    as_of: date
+    start: Any
+    end: Any
+    batch_id: int | None
+
+    def frames(
+        self, registry: Registry, data_key: bytes, spill: _Spill, k: int
+    ) -> dict[str, pd.DataFrame]:
+        dev = spill.take("devices", k)
+        ship = _decrypted(data_key, spill.take("shipments", k))
+        if self.batch_id is not None:
+            keep = ship["serial_hash"].isin(dev["serial_hash"])
+            ship = ship[keep].reset_index(drop=True)
+        frames = _categorise_period(ship, dev, self.as_of, self.start, self.end)
+        del dev, ship
+        _add_follow_up(registry, data_key, frames)
+        return frames
+
+
+_worker: tuple[Registry, bytes] | None = None
+
+
+def _init_worker(url: str, data_key: bytes) -> None:
+    """A reconcile worker: its own registry connection; the data key (sent once, through the
+    pool's pipe, never logged) to decrypt serials."""
+    global _worker
+    gc.disable()  # as _paused_gc
+    _worker = (Registry(url, migrate=False, create=False), data_key)
+
+
+@contextlib.contextmanager
+def _workers(registry: Registry, keyring: Keyring) -> Iterator[ProcessPoolExecutor]:
+    """One reconcile worker a core (two at least: one deals out the shipments while this
+    process deals out the devices), started by a fork server (no state of this process)."""
+    ctx = multiprocessing.get_context("forkserver")
+    pool = ProcessPoolExecutor(
+        max(2, min(4, os.cpu_count() or 1)),
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(registry.url, keyring.data_key),
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _deal_shipments(spill: _Spill, until: datetime | None) -> _Spill:
+    assert _worker is not None
+    spill.deal("shipments", _worker[0].shipments_chunks(until))
+    return spill
+
+
+def _part_in_worker(job: _PartJob, spill: _Spill, k: int, folder: str | None) -> _Totals:
+    """Partition K reconciled: its totals, and (FOLDER) its rows as CSV files of their own."""
+    assert _worker is not None
+    frames = job.frames(_worker[0], _worker[1], spill, k)
+    totals = _Totals()
+    totals.add(frames)
+    if folder is not None:
+        _Report.write_part(Path(folder), k, frames)
+    return totals
+
+
+@contextlib.contextmanager
+def _paused_gc() -> Iterator[None]:
+    """The cyclic garbage collector paused while a stored reconcile runs (reference counting
+    still frees everything it drops). The reconcile makes millions of short-lived rows and
+    no reference cycles; the collector's passes over them cost it a tenth of its time."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class _Spill:
     """Frames dealt out by serial hash into PARTS partitions (partition k: the hashes whose
     first 32 bits times PARTS, over 2**32, round down to k): kept in memory when PARTS is 1,
     else appended as pickles to one file a partition, in a temporary folder only this user
-    may read (serial hashes and user ids; never a plaintext serial), removed at the end."""
+    may read (serial hashes and user ids; never a plaintext serial), removed at the end.
+
+    A text column with few distinct values (type, model, batch, status, carrier, ...) is
+    spilled as integer codes into one dictionary per column, not as a string a row: a pickled
+    string costs more to write and to read back than anything else the reconcile does to it.
+    """
+
+    CODED_SHARE = 0.01  # a column is coded when its first frame has at most 1% distinct values
 
     def __init__(self, parts: int) -> None:
         self.parts = parts
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.coded_share = self.CODED_SHARE
+        self._owner: tempfile.TemporaryDirectory[str] | None = None
+        self._folder: Path | None = None
         self._memory: dict[str, list[pd.DataFrame]] = {}
         self._empty: dict[str, pd.DataFrame] = {}
+        # (frames' name, column) -> its values by code, and the code of each value
+        self._values: dict[tuple[str, str], list[Any]] = {}
+        self._codes: dict[tuple[str, str], dict[Any, int]] = {}
+        self._dtypes: dict[tuple[str, str], Any] = {}
 
     def __enter__(self) -> _Spill:
         if self.parts > 1:
-            self._dir = tempfile.TemporaryDirectory(prefix="provision-reconcile-")
+            self._owner = tempfile.TemporaryDirectory(prefix="provision-reconcile-")
+            self._folder = Path(self._owner.name)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._dir is not None:
-            self._dir.cleanup()
+        if self._owner is not None:
+            self._owner.cleanup()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker gets the folder's path and the dictionaries; the folder stays this
+        # process's to remove.
+        return {**self.__dict__, "_owner": None, "_codes": {}}
+
+    def adopt(self, other: _Spill, name: str) -> None:
+        """What a worker's deal(NAME) added: the frames' empty shape and dictionaries."""
+        self._empty[name] = other._empty[name]
+        for key in [key for key in other._values if key[0] == name]:
+            self._values[key], self._dtypes[key] = other._values[key], other._dtypes[key]
 
     def _path(self, name: str, k: int) -> Path:
-        assert self._dir is not None
-        return Path(self._dir.name) / f"{name}-{k}.pickle"
+        assert self._folder is not None
+        return self._folder / f"{name}-{k}.pickle"
 
     def deal(self, name: str, frames: Iterator[pd.DataFrame]) -> None:
-        if self._dir is None:
+        if self._folder is None:
             self._memory[name] = list(frames)
             return
         files = [self._path(name, k).open("wb") for k in range(self.parts)]
         try:
             for frame in frames:
-                self._empty.setdefault(name, frame.iloc[:0])
+                if name not in self._empty:
+                    self._empty[name] = frame.iloc[:0]
+                    self._choose(name, frame)
                 hashes = frame["serial_hash"].to_numpy(dtype=object)
                 prefix = np.fromiter((int(h[:8], 16) for h in hashes), np.uint64, len(frame))
                 part = (prefix * np.uint64(self.parts)) >> np.uint64(32)
                 order = np.argsort(part, kind="stable")
                 bounds = np.searchsorted(part[order], np.arange(self.parts + 1))
+                frame = self._encode(name, frame)
                 for k in np.flatnonzero(np.diff(bounds)):
                     rows = order[bounds[k] : bounds[k + 1]]
                     pickle.dump(frame.iloc[rows], files[k], protocol=pickle.HIGHEST_PROTOCOL)
@@ -212,22 +343,65 @@ class _Spill:
             for fh in files:
                 fh.close()
 
+    def _choose(self, name: str, frame: pd.DataFrame) -> None:
+        """The text columns of NAME to code: those with few distinct values in FRAME."""
+        if len(frame) < 1 / self.coded_share:
+            return  # too few rows to tell
+        for col in frame.columns:
+            dtype = frame[col].dtype
+            text = isinstance(dtype, pd.StringDtype) or dtype == np.dtype(object)
+            few = text and frame[col].nunique(dropna=False) <= len(frame) * self.coded_share
+            if col != "serial_hash" and few:
+                self._values[name, col], self._codes[name, col] = [], {}
+                self._dtypes[name, col] = dtype
+
+    def _encode(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+        coded = {}
+        for (frames, col), values in self._values.items():
+            if frames != name:
+                continue
+            codes, uniques = pd.factorize(frame[col].to_numpy(dtype=object), use_na_sentinel=False)
+            known = self._codes[name, col]
+            index = np.empty(len(uniques), dtype=np.int64)
+            for i, value in enumerate(uniques):
+                if value is None or value != value:  # None or NaN: one code for missing
+                    value = None
+                code = known.get(value)
+                if code is None:
+                    code = known[value] = len(values)
+                    values.append(value)
+                index[i] = code
+            coded[col] = index[codes]
+        return frame.assign(**coded) if coded else frame
+
+    def _decode(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+        decoded = {}
+        for (frames, col), values in self._values.items():
+            if frames == name:
+                lookup = np.empty(len(values), dtype=object)
+                lookup[:] = values
+                values = lookup[frame[col].to_numpy(dtype=np.int64)]
+                decoded[col] = pd.array(values, dtype=self._dtypes[name, col])
+        return frame.assign(**decoded) if decoded else frame
+
     def take(self, name: str, k: int) -> pd.DataFrame:
         """Partition K of NAME (its file removed once read)."""
-        if self._dir is None:
+        if self._folder is None:
             parts = self._memory.pop(name)
-        else:
-            parts = []
-            path = self._path(name, k)
-            with path.open("rb") as fh:
-                while True:
-                    try:
-                        parts.append(pickle.load(fh))  # our own file, written above
-                    except EOFError:
-                        break
-            path.unlink()
-            parts = parts or [self._empty[name]]
-        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+            return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        parts = []
+        path = self._path(name, k)
+        with path.open("rb") as fh:
+            while True:
+                try:
+                    parts.append(pickle.load(fh))  # our own file, written above
+                except EOFError:
+                    break
+        path.unlink()
+        if not parts:
+            return self._empty[name]
+        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        return self._decode(name, frame)
 
 
 def _categorise_period(
@@ -272,6 +446,19 @@ class _Totals:
             self.aging[b] += int((buckets == b).sum())
         self.days.append(frames["matched"]["days_to_activation"].to_numpy(dtype=float))
 
+    def merge(self, other: _Totals) -> None:
+        """Add what OTHER (the next partition's totals) counted and kept."""
+        for name in CATEGORY_NAMES:
+            self.counts[name] += other.counts[name]
+            frame = pd.concat(other.samples[name]) if other.samples[name] else None
+            room = SAMPLE_ROWS - self.kept[name]
+            if frame is not None and (not self.samples[name] or (room > 0 and len(frame))):
+                self.samples[name].append(frame.iloc[: max(room, 0)])
+                self.kept[name] += min(max(room, 0), len(frame))
+        for b in AGING_BUCKETS:
+            self.aging[b] += other.aging[b]
+        self.days.extend(other.days)
+
     def result(
         self,
         as_of: date,
@@ -305,12 +492,12 @@ class _Totals:
         )
 
 
-def _decrypted(keyring: Keyring, frame: pd.DataFrame) -> pd.DataFrame:
+def _decrypted(data_key: bytes, frame: pd.DataFrame) -> pd.DataFrame:
     """Stored shipments (shipments_chunks) as a shipments frame in the order they shipped,
     serials decrypted."""
     frame = frame.sort_values(["shipped_at", "id"], kind="stable", ignore_index=True)
     aads = ["shipment:" + rh for rh in frame["row_hash"]]
-    frame["serial"] = decrypt_serials(keyring.data_key, aads, frame["serial_ct"].tolist())
+    frame["serial"] = decrypt_serials(data_key, aads, frame["serial_ct"].tolist())
     frame[LINE] = frame.pop("line")
     return frame.drop(columns=["serial_ct", "row_hash", "id"])
 
@@ -318,13 +505,13 @@ def _decrypted(keyring: Keyring, frame: pd.DataFrame) -> pd.DataFrame:
 FOLLOW_UP = ("activated_not_shipped", "shipped_revoked")
 
 
-def _add_follow_up(registry: Registry, keyring: Keyring, frames: dict[str, pd.DataFrame]) -> None:
+def _add_follow_up(registry: Registry, data_key: bytes, frames: dict[str, pd.DataFrame]) -> None:
     """What an analyst needs to follow up a critical row: the activating user and address,
     activated_at, batch, line and model (already there), and the serial: the shipment's where
     one gives it, else the device's own, decrypted with the keyring."""
     wanted = sorted({d for name in FOLLOW_UP for d in frames[name]["device_id"]})
     found = registry.follow_up(wanted) if wanted else {}
-    key = keyring.data_key
+    key = data_key
     for name in FOLLOW_UP:
         frame = frames[name]
         ips, serials = [], []
@@ -522,8 +709,34 @@ class _Report:
         self.tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
         self._started: set[str] = set()
 
+    @property
+    def csv(self) -> bool:
+        return "csv" in self.formats
+
+    @staticmethod
+    def write_part(folder: Path, k: int, frames: dict[str, pd.DataFrame]) -> None:
+        """Partition K's rows of each category as a CSV file of its own (header included) in
+        FOLDER, for append_part."""
+        for name in CATEGORY_NAMES:
+            neutralise(_iso_utc(frames[name])).to_csv(folder / f".{name}.{k}.csv", index=False)
+
+    def append_part(self, k: int) -> None:
+        """Partition K's files (write_part) appended to the report's CSVs, the header once."""
+        if not self.csv:
+            return
+        for name in CATEGORY_NAMES:
+            part, whole = self.tmp / f".{name}.{k}.csv", self.tmp / f"{name}.csv"
+            if name not in self._started:
+                part.rename(whole)
+                self._started.add(name)
+                continue
+            with part.open("rb") as src, whole.open("ab") as dst:
+                src.readline()  # the header, written once already
+                shutil.copyfileobj(src, dst, 1 << 20)
+            part.unlink()
+
     def append(self, frames: dict[str, pd.DataFrame], on_progress: Progress = _no_progress) -> None:
-        if "csv" not in self.formats:
+        if not self.csv:
             return
         total, done = sum(len(frames[n]) for n in CATEGORY_NAMES), 0
         on_progress("write", 0, total)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import re
+import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,14 +122,8 @@ def import_shipments(
             f"--source {source!r}: use 1-64 letters, digits, '_', '.', ':' or '-', "
             "starting with a letter or digit"
         )
-    manifest = read_manifest(
-        path, SHIPMENTS, delimiter=delimiter, column_map=dict(column_map or {})
-    )
-    rejected = len(manifest.bad_lines())
-    if manifest.fatal or (rejected and reject_file is None):
-        manifest.raise_if_bad()
-    if rejected and reject_file is not None:
-        write_rejects(reject_file, [manifest])
+    # One pass over the file: each checked block is stored as it is read, in the import's
+    # transaction; a bad row found later leaves that transaction, and nothing is stored.
     p = Path(path)
     with registry.shipments.importing(source, str(path), by, now or utcnow(), _expected(p)) as imp:
         with _Sealer(keyring, imp) as sealer:
@@ -137,6 +133,7 @@ def import_shipments(
                 delimiter=delimiter,
                 column_map=dict(column_map or {}),
                 on_block=sealer.feed,
+                feed_after_error=reject_file is not None,
             )
         rejected = len(manifest.bad_lines())
         if manifest.fatal or (rejected and reject_file is None):
@@ -172,7 +169,8 @@ class _Sealer:
     """Each checked block of the file, hashed and encrypted, into the import.
 
     A big file's blocks are sealed by worker processes (one per core), a few blocks ahead,
-    while this process reads, checks and stores; blocks are stored in file order.
+    while this process reads and checks the file; a thread of its own stores them, in file
+    order, while the next blocks are read (the database works without the interpreter lock).
     """
 
     def __init__(self, keyring: Keyring, imp: ShipmentImport) -> None:
@@ -181,12 +179,14 @@ class _Sealer:
         self._pool: Any = None
         self._pending: deque[tuple[_Rows, Any]] = deque()
         self._workers = max(1, min(4, os.cpu_count() or 1))
+        self._writer: _Writer | None = None
 
     def __enter__(self) -> _Sealer:
         if self._imp.bulk or self._imp.expected >= POOL_MIN_ROWS:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["provision.serials"])
             self._pool = ctx.Pool(self._workers, initializer=init_seal_worker, initargs=self._keys)
+            self._writer = _Writer(self._imp)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,13 +194,19 @@ class _Sealer:
             if exc[0] is None:
                 self._drain(0)
         finally:
-            if self._pool is not None:
-                self._pool.terminate()
-                self._pool.join()
+            try:
+                if self._writer is not None:
+                    self._writer.close(raise_error=exc[0] is None)
+            finally:
+                if self._pool is not None:
+                    self._pool.terminate()
+                    self._pool.join()
 
     def feed(self, frame: pd.DataFrame | None) -> None:
         if frame is None:  # the file is read again from its start
             self._pending.clear()
+            if self._writer is not None:
+                self._writer.flush()
             self._imp.restart()
             return
         if not len(frame):
@@ -220,7 +226,55 @@ class _Sealer:
 
     def _store(self, rows: _Rows, sealed: tuple[list[str], list[str], list[bytes], bytes]) -> None:
         hashes, row_hashes, cts, prefixes = sealed
-        self._imp.add(hashes, cts, rows.stamps, rows.fields, row_hashes, rows.lines, prefixes)
+        add = (hashes, cts, rows.stamps, rows.fields, row_hashes, rows.lines, prefixes)
+        if self._writer is not None:
+            self._writer.put(add)
+        else:
+            self._imp.add(*add)
+
+
+class _Writer:
+    """A thread that stores blocks into the import, in the order they are put; the first
+    error it meets is raised in the putting thread (at the next put, flush or close)."""
+
+    def __init__(self, imp: ShipmentImport) -> None:
+        self._imp = imp
+        self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shipments-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                if self._error is None:
+                    self._imp.add(*item)
+            except BaseException as exc:
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        self._raise()
+        self._queue.put(item)
+
+    def flush(self) -> None:
+        """Wait until every block put is stored."""
+        self._queue.join()
+        self._raise()
+
+    def close(self, raise_error: bool = True) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if raise_error:
+            self._raise()
 
 
 class _Rows:

@@ -106,7 +106,11 @@ def test_delimiters_and_column_maps(run_cli: Any, tmp_path: Path) -> None:
         assert bad.exit_code == 2 and message in bad.stderr, bad.stderr
 
 
-@pytest.mark.parametrize("part_rows", [250_000, 2], ids=["whole", "partitioned"])
+@pytest.mark.parametrize(
+    ("part_rows", "coded"),
+    [(250_000, None), (2, None), (2, 1.0)],
+    ids=["whole", "partitioned", "partitioned-coded"],
+)
 def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
     run_cli: Any,
     registry: Registry,
@@ -114,16 +118,20 @@ def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     part_rows: int,
+    coded: float | None,
 ) -> None:
     """The README's monthly case: devices shipped in August and activated in September-
     November are not activated_not_shipped in the September-November report. The same
     report whether the registry is reconciled whole or dealt out into partitions (2 rows
-    each: 5 of them, spilled to files)."""
+    each: 5 of them, spilled to files), and when every text column is spilled as codes
+    (missing values included)."""
     from datetime import UTC, datetime
 
     import provision.reconcile
 
     monkeypatch.setattr(provision.reconcile, "PART_ROWS", part_rows)
+    if coded is not None:
+        monkeypatch.setattr(provision.reconcile._Spill, "CODED_SHARE", coded)
     from provision.activation import activate
     from provision.audit import revoke
     from provision.keys import load_keyring
@@ -281,20 +289,26 @@ def test_a_bulk_load_stores_each_row_once_and_builds_the_indexes_again(
     assert len(ids) == 5 and ids[-1] > ids[-2]
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["in-process", "workers"])
 def test_a_file_read_again_by_the_slower_reader_is_stored_once(
     run_cli: Any,
     registry: Registry,
     keyring_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    pooled: bool,
 ) -> None:
     """The fast reader hands each block to the import as it goes; a quoted line break in a
     later block sends the whole file to the csv reader, from its start: what the import had
-    stored from the first blocks is forgotten, and every row is stored exactly once."""
+    stored from the first blocks is forgotten, and every row is stored exactly once (also
+    when worker processes seal the blocks and a thread stores them)."""
     import provision.manifests
+    import provision.shipments
     from provision.registry.shipments import ShipmentImport
 
     monkeypatch.setattr(provision.manifests, "BLOCK_BYTES", 200)
+    if pooled:
+        monkeypatch.setattr(provision.shipments, "POOL_MIN_ROWS", 0)
     restarts: list[int] = []
     restart = ShipmentImport.restart
 
@@ -303,13 +317,74 @@ def test_a_file_read_again_by_the_slower_reader_is_stored_once(
         restart(self)
 
     monkeypatch.setattr(ShipmentImport, "restart", counted)
-    many = rows(*[f"AGAIN{i}" for i in range(20)])
-    many[15][3] = "Acme\nRetail"  # a quoted line break (and a control character: rejected)
+    many = rows(*[f"AGAIN{i}" for i in range(60)])
+    many[50][3] = "Acme\nRetail"  # a quoted line break (and a control character: rejected)
     f = write_csv(tmp_path / "again.csv", HEADER, many)
     out = run_cli("shipments", "import", str(f), "--reject-file", str(tmp_path / "r.csv"), "--json")
     assert out.exit_code == 4, out.output
     data = json.loads(out.stdout)
-    assert (data["rows"], data["stored"], data["rejected"]) == (19, 19, 1)
+    assert (data["rows"], data["stored"], data["rejected"]) == (59, 59, 1)
     assert len(restarts) == 1 and restarts[0] > 0
     serials = [r[0] for r in stored_rows(registry, keyring_path)]
-    assert sorted(serials) == sorted(f"AGAIN{i}" for i in range(20) if i != 15)
+    assert sorted(serials) == sorted(f"AGAIN{i}" for i in range(60) if i != 50)
+
+
+def test_a_bad_file_stops_being_stored_at_its_first_bad_row(
+    run_cli: Any, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import reads the file once, storing each block as it is checked; without a reject
+    file, once a row is bad nothing more is sealed or stored (the transaction is left anyway),
+    while the rest of the file is still checked and its errors reported."""
+    import provision.manifests
+    from provision.registry.shipments import ShipmentImport
+
+    monkeypatch.setattr(provision.manifests, "BLOCK_BYTES", 200)
+    added: list[int] = []
+    add = ShipmentImport.add
+
+    def counted(self: ShipmentImport, serial_hash: Any, *args: Any) -> None:
+        added.append(len(serial_hash))
+        add(self, serial_hash, *args)
+
+    monkeypatch.setattr(ShipmentImport, "add", counted)
+    many = rows(*[f"STOP{i:02d}" for i in range(40)])
+    many[20][1] = "soon"  # line 22, in a block after the first ones
+    many[35][1] = "later"  # line 37: still checked
+    f = write_csv(tmp_path / "stop.csv", HEADER, many)
+    out = run_cli("shipments", "import", str(f))
+    assert out.exit_code == 1
+    assert f"{f}:22: shipped_at:" in out.stderr and f"{f}:37: shipped_at:" in out.stderr
+    assert 0 < sum(added) < 20  # the blocks before the bad row, none after
+    assert json.loads(run_cli("shipments", "list", "--json").stdout)["count"] == 0
+    rejects = tmp_path / "r.csv"
+    out = run_cli("shipments", "import", str(f), "--reject-file", str(rejects), "--json")
+    assert out.exit_code == 4 and json.loads(out.stdout)["stored"] == 38
+
+
+def test_a_block_the_database_refuses_stops_the_import_and_stores_nothing(
+    run_cli: Any, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With worker processes sealing and a thread storing, a block the database refuses
+    ends the import with that error (not a hang, not a partial import)."""
+    import provision.manifests
+    import provision.shipments
+    from provision.errors import RegistryError
+    from provision.registry.shipments import ShipmentImport
+
+    monkeypatch.setattr(provision.manifests, "BLOCK_BYTES", 200)
+    monkeypatch.setattr(provision.shipments, "POOL_MIN_ROWS", 0)
+    calls: list[int] = []
+    add = ShipmentImport.add
+
+    def refused(self: ShipmentImport, *args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RegistryError("registry test.db: database or disk is full")
+        add(self, *args)
+
+    monkeypatch.setattr(ShipmentImport, "add", refused)
+    f = write_csv(tmp_path / "full.csv", HEADER, rows(*[f"FULL{i:02d}" for i in range(40)]))
+    out = run_cli("shipments", "import", str(f))
+    assert out.exit_code != 0 and "database or disk is full" in out.stderr
+    assert len(calls) == 3  # nothing stored after the refused block
+    assert json.loads(run_cli("shipments", "list", "--json").stdout)["count"] == 0

@@ -58,6 +58,8 @@ class Store:
         self.url = url
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.is_postgresql = parsed.get_backend_name() == "postgresql"
+        # An in-memory SQLite registry is this process's alone: no worker process can open it.
+        self.in_memory = self.is_sqlite and parsed.database in (None, "", ":memory:")
         # PostgreSQL takes a whole chunk of keys as one array parameter; SQLite binds each one
         # (at most 32,766 variables a statement, 999 before SQLite 3.32).
         self.lookup_chunk = 50_000 if self.is_postgresql else 900
