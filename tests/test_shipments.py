@@ -254,8 +254,7 @@ def test_a_bulk_load_stores_each_row_once_and_builds_the_indexes_again(
 
     monkeypatch.setattr(provision.registry.shipments, "BULK_MIN_ROWS", 1)
     monkeypatch.setattr(provision.shipments, "POOL_MIN_ROWS", 0)
-    indexes = {"ux_shipments_row_hash", "ix_shipments_serial_hash", "ix_shipments_shipped_at",
-               "ix_shipments_import_id"}  # fmt: skip
+    indexes = {"ux_shipments_row_hash", "ix_shipments_serial_hash", "ix_shipments_shipped_at"}
 
     def present() -> set[str]:
         return {i["name"] for i in inspect(registry.engine).get_indexes("shipments")}

@@ -311,7 +311,6 @@ shipments = Table(
     Index("ux_shipments_row_hash", "row_hash", unique=True),
     Index("ix_shipments_serial_hash", "serial_hash", "shipped_at"),
     Index("ix_shipments_shipped_at", "shipped_at"),
-    Index("ix_shipments_import_id", "import_id"),
 )
 
 # A staff account of the console (`provision staff`). The password only as its argon2id hash,

@@ -9,11 +9,14 @@ stores nothing. A small import goes through ON CONFLICT DO NOTHING; a big one is
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -222,29 +225,36 @@ class ShipmentImport:
         stamps = _stamp_texts(shipped_at, self._pg)
         source, import_id = [self._source] * n, [self.import_id] * n
         columns = [serial_hash, serial_ct, stamps, *fields, source, row_hash, import_id, line]
-        names = list(_COLUMNS)
+        names: tuple[str, ...] = _COLUMNS
         if self.bulk:
             first = self._base + self._added
             columns.insert(0, range(first, first + n))
-            names.insert(0, "id")
+            names = ("id", *_COLUMNS)
             self._prefixes.append(prefixes)
-        rows = list(zip(*columns, strict=True))
         cursor = self._conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             if self._pg:
                 table = "shipments" if self.bulk else "shipments_in"
                 with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
-                    for r in rows:
+                    for r in zip(*columns, strict=True):
                         copy.write_row(r)
             else:
-                marks = ", ".join("?" * len(names))
-                statement = f"INSERT INTO shipments ({', '.join(names)}) VALUES ({marks})"
-                if not self.bulk:
-                    statement += " ON CONFLICT (row_hash) DO NOTHING"
-                cursor.executemany(statement, rows)
+                # Many rows a statement: the sqlite3 module lets go of the interpreter lock
+                # once a statement instead of once a row (this runs beside the file's reader),
+                # and SQLite runs one statement instead of hundreds.
+                per = max(1, min(_SQLITE_ROWS, _SQLITE_VARIABLES // len(names)))
+                for lo in range(0, n, per):
+                    part = [c[lo : lo + per] for c in columns]
+                    statement = _sqlite_insert(names, len(part[0]), not self.bulk)
+                    cursor.execute(statement, list(chain.from_iterable(zip(*part, strict=True))))
         finally:
             cursor.close()
         self._added += n
+
+    def _own_rows(self) -> tuple[Any, ...]:
+        """This import's rows: above the highest id stored before it (the primary key's
+        range: imports take turns, see Shipments.importing), and of this import."""
+        return (shipments.c.id >= self._base, shipments.c.import_id == self.import_id)
 
     def restart(self) -> None:
         """Forget every row added so far (the file is read again from its start)."""
@@ -253,7 +263,7 @@ class ShipmentImport:
         elif self._pg:
             self._conn.exec_driver_sql("TRUNCATE shipments_in")
         else:
-            self._conn.execute(delete(shipments).where(shipments.c.import_id == self.import_id))
+            self._conn.execute(delete(shipments).where(*self._own_rows()))
         self._added, self._prefixes = 0, []
 
     def finish(self, rows: int, file_sha256: str) -> ImportRecord:
@@ -298,7 +308,7 @@ class ShipmentImport:
                     "ORDER BY line ON CONFLICT (row_hash) DO NOTHING"
                 )
             stored = conn.execute(
-                select(func.count()).where(shipments.c.import_id == self.import_id)
+                select(func.count()).select_from(shipments).where(*self._own_rows())
             ).scalar_one()
         conn.execute(
             update(shipment_imports)
@@ -334,6 +344,20 @@ class ShipmentImport:
         k = keys[order]
         again = np.flatnonzero((k[1:, 0] == k[:-1, 0]) & (k[1:, 1] == k[:-1, 1])) + 1
         return sorted(int(i) for i in ids[order][again])
+
+
+_SQLITE_ROWS = 500
+# SQLite binds at most 32,766 variables a statement (999 before 3.32, 2020).
+_SQLITE_VARIABLES = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_insert(names: Sequence[str], rows: int, skip_stored: bool) -> str:
+    """INSERT INTO shipments (NAMES) VALUES (?, ...), ... for ROWS rows; SKIP_STORED: each
+    row unless one with its row hash is stored."""
+    one = "(" + ", ".join("?" * len(names)) + ")"
+    statement = f"INSERT INTO shipments ({', '.join(names)}) VALUES " + ", ".join([one] * rows)
+    return statement + (" ON CONFLICT (row_hash) DO NOTHING" if skip_stored else "")
 
 
 def _stamp_texts(stamps: pd.Series, postgres: bool) -> list[str]:
