@@ -106,11 +106,7 @@ class Shipments:
                 conn.exec_driver_sql("LOCK TABLE shipments IN SHARE ROW EXCLUSIVE MODE")
             top = conn.execute(select(func.max(shipments.c.id))).scalar() or 0
             bulk = expected >= BULK_MIN_ROWS and expected * 2 >= top
-            try:
-                yield ShipmentImport(self._store, conn, import_id, source, top + 1, bulk, expected)
-            finally:
-                if bulk and self._store.is_sqlite:
-                    conn.exec_driver_sql("PRAGMA cache_size=-2000")  # SQLite's default again
+            yield ShipmentImport(self._store, conn, import_id, source, top + 1, bulk, expected)
 
     def imports(self, source: str | None = None) -> list[ImportRecord]:
         q = select(shipment_imports).order_by(shipment_imports.c.id)
@@ -168,7 +164,6 @@ class Shipments:
 
 
 BULK_MIN_ROWS = 100_000
-BULK_CACHE_KIB = 256 * 1024  # SQLite's page cache for a bulk load (the connection's, then reset)
 _COLUMNS = (
     "serial_hash", "serial_ct", "shipped_at", "order_id", "customer", "destination", "carrier",
     "source", "row_hash", "import_id", "line",
@@ -194,10 +189,6 @@ class ShipmentImport:
         self._prefixes: list[bytes] = []
         self._pg = store.is_postgresql
         if bulk:
-            if store.is_sqlite:
-                # The rows of a bulk load stay in the page cache until the commit, and each index
-                # build sorts in it; with the default 2 MiB both spill to disk over and over.
-                conn.exec_driver_sql(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
             for index in shipments.indexes:
                 conn.execute(DropIndex(index))
         elif self._pg:
