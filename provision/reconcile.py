@@ -16,6 +16,7 @@ import os
 import pickle
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -146,7 +147,7 @@ def _reconcile_stored(
     try:
         with _paused_gc(), _Spill(parts) as spill:
             on_progress("load", 0, 2)
-            if parts == 1 or registry.store.in_memory:
+            if _in_process(registry, parts):
                 spill.deal("devices", registry.reconcile_chunks(batch_id=batch_id))
                 on_progress("load", 1, 2)
                 spill.deal("shipments", registry.shipments_chunks(until_dt))
@@ -161,7 +162,7 @@ def _reconcile_stored(
             else:
                 with _workers(registry, keyring) as pool:
                     # A worker deals out the shipments while this process deals out the devices.
-                    shipments = pool.submit(_deal_shipments, spill, until_dt)
+                    shipments = pool.submit(_deal_shipments, spill.blank(), until_dt)
                     spill.deal("devices", registry.reconcile_chunks(batch_id=batch_id))
                     on_progress("load", 1, 2)
                     spill.adopt(shipments.result(), "shipments")
@@ -170,11 +171,11 @@ def _reconcile_stored(
                     # appended to the report's in partition order.
                     on_progress("reconcile", 0, parts)
                     folder = str(report.tmp) if report is not None and report.csv else None
-                    done = [
+                    done = deque(
                         pool.submit(_part_in_worker, job, spill, k, folder) for k in range(parts)
-                    ]
-                    for k, future in enumerate(done):
-                        totals.merge(future.result())
+                    )
+                    for k in range(parts):
+                        totals.merge(done.popleft().result())  # then dropped: memory stays flat
                         if report is not None:
                             report.append_part(k)
                         on_progress("reconcile", k + 1, parts)
@@ -186,6 +187,11 @@ def _reconcile_stored(
             report.abandon()
         raise
     return result
+
+
+def _in_process(registry: Registry, parts: int) -> bool:
+    """Reconcile in this process: one partition, or a registry no worker can open."""
+    return parts == 1 or registry.store.in_memory
 
 
 @dataclass(frozen=True)
@@ -224,8 +230,9 @@ def _init_worker(url: str, data_key: bytes) -> None:
 
 @contextlib.contextmanager
 def _workers(registry: Registry, keyring: Keyring) -> Iterator[ProcessPoolExecutor]:
-    """One reconcile worker a core (two at least: one deals out the shipments while this
-    process deals out the devices), started by a fork server (no state of this process)."""
+    """One reconcile worker a core, two to four (two at least: one deals out the shipments
+    while this process deals out the devices), started by a fork server (no state of this
+    process)."""
     ctx = multiprocessing.get_context("forkserver")
     pool = ProcessPoolExecutor(
         max(2, min(4, os.cpu_count() or 1)),
@@ -279,9 +286,12 @@ class _Spill:
     A text column with few distinct values (type, model, batch, status, carrier, ...) is
     spilled as integer codes into one dictionary per column, not as a string a row: a pickled
     string costs more to write and to read back than anything else the reconcile does to it.
+    A column whose dictionary would grow past CODED_MAX values is spilled as text from then on
+    (each pickle says which of its columns are codes).
     """
 
     CODED_SHARE = 0.01  # a column is coded when its first frame has at most 1% distinct values
+    CODED_MAX = 4096  # values a column's dictionary holds at most (the workers get each copy)
 
     def __init__(self, parts: int) -> None:
         self.parts = parts
@@ -294,6 +304,14 @@ class _Spill:
         self._values: dict[tuple[str, str], list[Any]] = {}
         self._codes: dict[tuple[str, str], dict[Any, int]] = {}
         self._dtypes: dict[tuple[str, str], Any] = {}
+        self._stopped: set[tuple[str, str]] = set()
+
+    def blank(self) -> _Spill:
+        """A copy of this spill with nothing dealt yet (for a worker to deal into while this
+        process deals into this one)."""
+        other = _Spill(self.parts)
+        other.coded_share, other._folder = self.coded_share, self._folder
+        return other
 
     def __enter__(self) -> _Spill:
         if self.parts > 1:
@@ -335,10 +353,11 @@ class _Spill:
                 part = (prefix * np.uint64(self.parts)) >> np.uint64(32)
                 order = np.argsort(part, kind="stable")
                 bounds = np.searchsorted(part[order], np.arange(self.parts + 1))
-                frame = self._encode(name, frame)
+                coded, frame = self._encode(name, frame)
                 for k in np.flatnonzero(np.diff(bounds)):
                     rows = order[bounds[k] : bounds[k + 1]]
-                    pickle.dump(frame.iloc[rows], files[k], protocol=pickle.HIGHEST_PROTOCOL)
+                    piece = (coded, frame.iloc[rows])
+                    pickle.dump(piece, files[k], protocol=pickle.HIGHEST_PROTOCOL)
         finally:
             for fh in files:
                 fh.close()
@@ -355,13 +374,19 @@ class _Spill:
                 self._values[name, col], self._codes[name, col] = [], {}
                 self._dtypes[name, col] = dtype
 
-    def _encode(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    def _encode(self, name: str, frame: pd.DataFrame) -> tuple[tuple[str, ...], pd.DataFrame]:
+        """FRAME with its coded columns as codes, and the names of those columns."""
         coded = {}
         for (frames, col), values in self._values.items():
-            if frames != name:
+            if frames != name or (name, col) in self._stopped:
                 continue
             codes, uniques = pd.factorize(frame[col].to_numpy(dtype=object), use_na_sentinel=False)
             known = self._codes[name, col]
+            if len(values) + len(uniques) > self.CODED_MAX and any(
+                (None if u is None or u != u else u) not in known for u in uniques
+            ):
+                self._stopped.add((name, col))  # too many values: text from now on
+                continue
             index = np.empty(len(uniques), dtype=np.int64)
             for i, value in enumerate(uniques):
                 if value is None or value != value:  # None or NaN: one code for missing
@@ -372,16 +397,16 @@ class _Spill:
                     values.append(value)
                 index[i] = code
             coded[col] = index[codes]
-        return frame.assign(**coded) if coded else frame
+        return tuple(coded), (frame.assign(**coded) if coded else frame)
 
-    def _decode(self, name: str, frame: pd.DataFrame) -> pd.DataFrame:
+    def _decode(self, name: str, coded: tuple[str, ...], frame: pd.DataFrame) -> pd.DataFrame:
         decoded = {}
-        for (frames, col), values in self._values.items():
-            if frames == name:
-                lookup = np.empty(len(values), dtype=object)
-                lookup[:] = values
-                values = lookup[frame[col].to_numpy(dtype=np.int64)]
-                decoded[col] = pd.array(values, dtype=self._dtypes[name, col])
+        for col in coded:
+            values = self._values[name, col]
+            lookup = np.empty(len(values), dtype=object)
+            lookup[:] = values
+            found = lookup[frame[col].to_numpy(dtype=np.int64)]
+            decoded[col] = pd.array(found, dtype=self._dtypes[name, col])
         return frame.assign(**decoded) if decoded else frame
 
     def take(self, name: str, k: int) -> pd.DataFrame:
@@ -394,14 +419,14 @@ class _Spill:
         with path.open("rb") as fh:
             while True:
                 try:
-                    parts.append(pickle.load(fh))  # our own file, written above
+                    coded, piece = pickle.load(fh)  # our own file, written above
                 except EOFError:
                     break
+                parts.append(self._decode(name, coded, piece))
         path.unlink()
         if not parts:
             return self._empty[name]
-        frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-        return self._decode(name, frame)
+        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
 def _categorise_period(

@@ -1,9 +1,10 @@
 """Shipments as a stored feed: `shipments import` (idempotent, all or nothing) and `list`.
 
-The ERP sends shipments every day or month. Each file is validated whole first (the
-manifest reader: `FILE:LINE: column: reason`); then every good row is stored in one
-transaction, with its serial as the keyed hash (to match devices) and AES-GCM ciphertext (for
-the analyst's follow-up), never as plaintext. A row's keyed row hash covers the serial and every
+The ERP sends shipments every day or month. Each file is read once, in one transaction:
+each block of rows is validated (the manifest reader: `FILE:LINE: column: reason`) and its good
+rows stored, with the serial as the keyed hash (to match devices) and AES-GCM ciphertext (for
+the analyst's follow-up), never as plaintext; a bad row leaves the transaction at the end of
+the file, so nothing of a bad file is stored. A row's keyed row hash covers the serial and every
 other field, so a row sent twice, in one file or in two, is stored once, and importing the same
 file again stores nothing (and its summary says so).
 """
@@ -114,8 +115,9 @@ def import_shipments(
 ) -> ImportSummary:
     """Validate a shipments file and store its rows (see the module docstring).
 
-    Without REJECT_FILE any bad row stops the import before anything is stored; with it, the
-    bad rows go there and the good ones are stored.
+    Without REJECT_FILE any bad row means nothing is stored (the file is still checked to its
+    end, and every error reported); with it, the bad rows go there and the good ones are
+    stored.
     """
     if not SOURCE_RE.fullmatch(source):
         raise UsageError(
@@ -186,17 +188,23 @@ class _Sealer:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["provision.serials"])
             self._pool = ctx.Pool(self._workers, initializer=init_seal_worker, initargs=self._keys)
-            self._writer = _Writer(self._imp)
+            if not self._imp.in_memory:  # an in-memory SQLite connection is its thread's
+                self._writer = _Writer(self._imp)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        failed = exc[0] is not None
         try:
-            if exc[0] is None:
+            if not failed:
+                failed = True  # until the last blocks are handed over
                 self._drain(0)
+                failed = False
         finally:
             try:
                 if self._writer is not None:
-                    self._writer.close(raise_error=exc[0] is None)
+                    # After a failure: what is queued is dropped, and the failure raised stays
+                    # the one raised (not a storing error it caused).
+                    self._writer.close(raise_error=not failed)
             finally:
                 if self._pool is not None:
                     self._pool.terminate()
@@ -241,6 +249,7 @@ class _Writer:
         self._imp = imp
         self._queue: queue.Queue[tuple[Any, ...] | None] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
+        self._stop = False
         self._thread = threading.Thread(target=self._run, name="shipments-writer", daemon=True)
         self._thread.start()
 
@@ -250,7 +259,7 @@ class _Writer:
             try:
                 if item is None:
                     return
-                if self._error is None:
+                if self._error is None and not self._stop:
                     self._imp.add(*item)
             except BaseException as exc:
                 self._error = exc
@@ -271,6 +280,9 @@ class _Writer:
         self._raise()
 
     def close(self, raise_error: bool = True) -> None:
+        """Store what is queued and end the thread; without RAISE_ERROR (the import failed
+        already), drop what is queued instead."""
+        self._stop = not raise_error
         self._queue.put(None)
         self._thread.join()
         if raise_error:

@@ -107,9 +107,15 @@ def test_delimiters_and_column_maps(run_cli: Any, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("part_rows", "coded"),
-    [(250_000, None), (2, None), (2, 1.0)],
-    ids=["whole", "partitioned", "partitioned-coded"],
+    ("part_rows", "coded", "how"),
+    [
+        (250_000, None, "workers"),
+        (2, None, "workers"),
+        (2, None, "in-process"),
+        (2, 1.0, "workers"),
+        (2, 1.0, "capped"),
+    ],
+    ids=["whole", "partitioned", "partitioned-in-process", "partitioned-coded", "coded-capped"],
 )
 def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
     run_cli: Any,
@@ -119,12 +125,14 @@ def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
     monkeypatch: pytest.MonkeyPatch,
     part_rows: int,
     coded: float | None,
+    how: str,
 ) -> None:
     """The README's monthly case: devices shipped in August and activated in September-
     November are not activated_not_shipped in the September-November report. The same
     report whether the registry is reconciled whole or dealt out into partitions (2 rows
-    each: 5 of them, spilled to files), and when every text column is spilled as codes
-    (missing values included)."""
+    each: 5 of them, spilled to files, reconciled by worker processes or in this one), and
+    when every text column is spilled as codes (missing values included), or as codes until
+    its dictionary is full."""
     from datetime import UTC, datetime
 
     import provision.reconcile
@@ -132,6 +140,10 @@ def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
     monkeypatch.setattr(provision.reconcile, "PART_ROWS", part_rows)
     if coded is not None:
         monkeypatch.setattr(provision.reconcile._Spill, "CODED_SHARE", coded)
+    if how == "capped":
+        monkeypatch.setattr(provision.reconcile._Spill, "CODED_MAX", 2)
+    if how == "in-process":
+        monkeypatch.setattr(provision.reconcile, "_in_process", lambda registry, parts: True)
     from provision.activation import activate
     from provision.audit import revoke
     from provision.keys import load_keyring
@@ -167,7 +179,10 @@ def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
         tmp_path / "aug.csv", HEADER, rows("MON0", "MON1", "MON2", "MON3", day="2026-08-10")
     )
     # MON4, MON5 shipped in October; MON6 never shipped; MON7 shipped in November, revoked.
-    octo = write_csv(tmp_path / "oct.csv", HEADER, rows("MON4", "MON5", "OTH1", day="2026-10-05"))
+    octo = write_csv(
+        tmp_path / "oct.csv", HEADER,
+        [*rows("MON4", "MON5", day="2026-10-05"), ["OTH1", "2026-10-05", "", "", "", ""]],
+    )  # fmt: skip
     nov = write_csv(tmp_path / "nov.csv", HEADER, rows("MON7", day="2026-11-03"))
     for f in (aug, octo, nov):
         assert run_cli("shipments", "import", str(f)).exit_code == 0
@@ -203,6 +218,18 @@ def test_the_monthly_report_from_the_stored_feed_has_no_false_critical(
     assert (revoked["serial"], revoked["user"], revoked["activated_ip"], revoked["line"]) == (
         "MON7", "mon7@example.com", "198.51.100.4", "line2",
     )  # fmt: skip
+    # Every CSV holds the rows the registry reconciled whole gives (in partition order).
+    monkeypatch.setattr(provision.reconcile, "PART_ROWS", 250_000)
+    whole = run_cli(
+        "reconcile", "--since", "2026-09-01", "--until", "2026-11-30",
+        "--report-dir", str(tmp_path / "q3-whole"),
+    )  # fmt: skip
+    assert whole.exit_code == 0, whole.output
+    for f in sorted((tmp_path / "q3-whole").glob("*.csv")):
+        mine = (tmp_path / "q3" / f.name).read_text().splitlines()
+        theirs = f.read_text().splitlines()
+        assert mine[0] == theirs[0] and sorted(mine[1:]) == sorted(theirs[1:]), f.name
+    monkeypatch.setattr(provision.reconcile, "PART_ROWS", part_rows)
 
     # The same period from a one-off Sep-Nov file (today's way): the August shipments are
     # unknown to it, so MON0, MON1 and MON2 look activated_not_shipped.

@@ -188,6 +188,7 @@ class ShipmentImport:
         self._added = 0
         self._prefixes: list[bytes] = []
         self._pg = store.is_postgresql
+        self.in_memory = store.in_memory
         if bulk:
             for index in shipments.indexes:
                 conn.execute(DropIndex(index))
@@ -233,7 +234,8 @@ class ShipmentImport:
                 # Many rows a statement: the sqlite3 module lets go of the interpreter lock
                 # once a statement instead of once a row (this runs beside the file's reader),
                 # and SQLite runs one statement instead of hundreds.
-                per = max(1, min(_SQLITE_ROWS, _SQLITE_VARIABLES // len(names)))
+                limit = cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+                per = max(1, min(_SQLITE_ROWS, limit // len(names)))
                 for lo in range(0, n, per):
                     part = [c[lo : lo + per] for c in columns]
                     statement = _sqlite_insert(names, len(part[0]), not self.bulk)
@@ -337,9 +339,7 @@ class ShipmentImport:
         return sorted(int(i) for i in ids[order][again])
 
 
-_SQLITE_ROWS = 500
-# SQLite binds at most 32,766 variables a statement (999 before 3.32, 2020).
-_SQLITE_VARIABLES = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+_SQLITE_ROWS = 500  # rows a statement, within the build's limit of variables a statement
 
 
 @functools.lru_cache(maxsize=8)

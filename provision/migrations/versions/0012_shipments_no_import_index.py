@@ -1,6 +1,7 @@
 """Shipments: no index on import_id. Nothing looks shipments up by their import alone (an
 import counts and forgets its own rows by id range, the primary key), and a bulk import of
-10,000,000 rows spent 4 s building it.
+10,000,000 rows spent 4 s building it. Imports are never deleted; deleting one would now scan
+the shipments for its rows (the foreign key has no index behind it).
 
 Revision ID: 0012
 Revises: 0011
