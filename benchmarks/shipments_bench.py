@@ -142,6 +142,7 @@ def run(env: dict[str, str], *args: str) -> tuple[float, float, str]:
     """Seconds and peak MB of one `provision ...` process: the largest sum of its own and its
     worker processes' resident memory, sampled every 0.1 s (and never below its own
     ru_maxrss)."""
+    os.sync()  # what an earlier step (or the set-up) wrote is on disk: not measured here
     t = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, *args], env=env, stdout=subprocess.PIPE,

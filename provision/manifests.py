@@ -460,9 +460,10 @@ def _check_blocks(
         if on_block is not None and (feed_after_error or not m.errors):
             bad = {e.line for e in found}
             on_block(frame[~frame[LINE].isin(bad)] if bad else frame)
-        k = _fingerprints(frame["serial"])
-        m._rowkeys.append(k, frame[LINE].to_numpy())
-        excluded.append(np.flatnonzero(~checked | (frame["serial"] == "").to_numpy()) + m.rows)
+        if spec.unique_serial:  # what the duplicate check and owner_lines look rows up by
+            k = _fingerprints(frame["serial"])
+            m._rowkeys.append(k, frame[LINE].to_numpy())
+            excluded.append(np.flatnonzero(~checked | (frame["serial"] == "").to_numpy()) + m.rows)
         m._digests.append(block.digest)
         m.rows += len(frame)
     if not m.header:  # no bytes, only blank lines, only a BOM or only separators

@@ -414,7 +414,7 @@ class _Spill:
         if self._folder is None:
             parts = self._memory.pop(name)
             return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-        parts = []
+        runs: list[tuple[tuple[str, ...], list[pd.DataFrame]]] = []  # pieces coded alike
         path = self._path(name, k)
         with path.open("rb") as fh:
             while True:
@@ -422,11 +422,19 @@ class _Spill:
                     coded, piece = pickle.load(fh)  # our own file, written above
                 except EOFError:
                     break
-                parts.append(self._decode(name, coded, piece))
+                if runs and runs[-1][0] == coded:
+                    runs[-1][1].append(piece)
+                else:
+                    runs.append((coded, [piece]))
         path.unlink()
-        if not parts:
+        if not runs:
             return self._empty[name]
-        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        parts = [self._decode(name, coded, _concat(pieces)) for coded, pieces in runs]
+        return _concat(parts)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def _categorise_period(
