@@ -380,17 +380,15 @@ class _Spill:
         for (frames, col), values in self._values.items():
             if frames != name or (name, col) in self._stopped:
                 continue
-            codes, uniques = pd.factorize(frame[col].to_numpy(dtype=object), use_na_sentinel=False)
+            codes, found = pd.factorize(frame[col].to_numpy(dtype=object), use_na_sentinel=False)
+            # None or NaN: one code for missing
+            uniques = [None if u is None or u != u else u for u in found]
             known = self._codes[name, col]
-            if len(values) + len(uniques) > self.CODED_MAX and any(
-                (None if u is None or u != u else u) not in known for u in uniques
-            ):
+            if len(values) + len(uniques) > self.CODED_MAX and any(u not in known for u in uniques):
                 self._stopped.add((name, col))  # too many values: text from now on
                 continue
             index = np.empty(len(uniques), dtype=np.int64)
             for i, value in enumerate(uniques):
-                if value is None or value != value:  # None or NaN: one code for missing
-                    value = None
                 code = known.get(value)
                 if code is None:
                     code = known[value] = len(values)
@@ -412,8 +410,7 @@ class _Spill:
     def take(self, name: str, k: int) -> pd.DataFrame:
         """Partition K of NAME (its file removed once read)."""
         if self._folder is None:
-            parts = self._memory.pop(name)
-            return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+            return _concat(self._memory.pop(name))
         runs: list[tuple[tuple[str, ...], list[pd.DataFrame]]] = []  # pieces coded alike
         path = self._path(name, k)
         with path.open("rb") as fh:
@@ -470,24 +467,24 @@ class _Totals:
         for name in CATEGORY_NAMES:
             frame = frames[name]
             self.counts[name] += len(frame)
-            room = len(frame) if keep_all else SAMPLE_ROWS - self.kept[name]
-            if not self.samples[name] or (room > 0 and len(frame)):
-                self.samples[name].append(frame.iloc[:room])
-                self.kept[name] += min(room, len(frame))
+            self._keep(name, frame, len(frame) if keep_all else SAMPLE_ROWS - self.kept[name])
         buckets = frames["shipped_not_activated"]["aging_bucket"]
         for b in AGING_BUCKETS:
             self.aging[b] += int((buckets == b).sum())
         self.days.append(frames["matched"]["days_to_activation"].to_numpy(dtype=float))
 
+    def _keep(self, name: str, frame: pd.DataFrame, room: int) -> None:
+        """The first ROOM rows of FRAME among NAME's samples (its first frame always: the
+        category's columns)."""
+        if not self.samples[name] or (room > 0 and len(frame)):
+            self.samples[name].append(frame.iloc[:room])
+            self.kept[name] += min(room, len(frame))
+
     def merge(self, other: _Totals) -> None:
         """Add what OTHER (the next partition's totals) counted and kept."""
         for name in CATEGORY_NAMES:
             self.counts[name] += other.counts[name]
-            frame = pd.concat(other.samples[name]) if other.samples[name] else None
-            room = SAMPLE_ROWS - self.kept[name]
-            if frame is not None and (not self.samples[name] or (room > 0 and len(frame))):
-                self.samples[name].append(frame.iloc[: max(room, 0)])
-                self.kept[name] += min(max(room, 0), len(frame))
+            self._keep(name, _concat(other.samples[name]), SAMPLE_ROWS - self.kept[name])
         for b in AGING_BUCKETS:
             self.aging[b] += other.aging[b]
         self.days.extend(other.days)
@@ -728,6 +725,14 @@ def _iso_utc(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _to_csv(frame: pd.DataFrame, path: Path, append: bool = False) -> None:
+    """FRAME's rows as a report CSV holds them (UTC text stamps, no formula cells): a new file
+    with a header, or (APPEND) more rows at the end of one."""
+    neutralise(_iso_utc(frame)).to_csv(
+        path, index=False, mode="a" if append else "w", header=not append
+    )
+
+
 class _Report:
     """A report folder being built: in a hidden sibling folder, the CSVs appended a part at a
     time, then the PDF and summary.json; then renamed into place (never half a report)."""
@@ -751,7 +756,7 @@ class _Report:
         """Partition K's rows of each category as a CSV file of its own (header included) in
         FOLDER, for append_part."""
         for name in CATEGORY_NAMES:
-            neutralise(_iso_utc(frames[name])).to_csv(folder / f".{name}.{k}.csv", index=False)
+            _to_csv(frames[name], folder / f".{name}.{k}.csv")
 
     def append_part(self, k: int) -> None:
         """Partition K's files (write_part) appended to the report's CSVs, the header once."""
@@ -775,9 +780,7 @@ class _Report:
         on_progress("write", 0, total)
         for name in CATEGORY_NAMES:
             first = name not in self._started
-            neutralise(_iso_utc(frames[name])).to_csv(
-                self.tmp / f"{name}.csv", index=False, mode="w" if first else "a", header=first
-            )
+            _to_csv(frames[name], self.tmp / f"{name}.csv", append=not first)
             self._started.add(name)
             done += len(frames[name])
             on_progress("write", done, total)
