@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,11 +91,7 @@ def report_folders(output_dir: str | Path) -> list[ReportFolder]:
         # Files only, never a link: a link could point anywhere outside the output folder.
         files = tuple(
             sorted(
-                f
-                for f in filenames
-                if not f.startswith(".")
-                and (Path(dirpath) / f).is_file()
-                and not (Path(dirpath) / f).is_symlink()
+                f for f in filenames if not f.startswith(".") and _regular_file(Path(dirpath) / f)
             )
         )
         found.append(ReportFolder(rel.as_posix(), summary, files, mtime))
@@ -106,3 +103,11 @@ def report_folders(output_dir: str | Path) -> list[ReportFolder]:
 def report_folder(output_dir: str | Path, path: str) -> ReportFolder | None:
     """The report at PATH (as report_folders names it), or None; never a folder outside."""
     return next((r for r in report_folders(output_dir) if r.path == path), None)
+
+
+def _regular_file(path: Path) -> bool:
+    """PATH is a file, not a link (and still there)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
