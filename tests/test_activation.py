@@ -216,6 +216,67 @@ def test_activation_read_before_a_refused_attempt_still_wins_once_and_chains_hol
     assert verify_chains(registry, keyring).ok
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_postgresql_activates_on_the_driver_and_hands_its_connection_back_as_lent(
+    factory: Factory,
+) -> None:
+    """On PostgreSQL the read and the one-statement activation run on psycopg itself,
+    prepared; the pool's connection goes back out of autocommit."""
+    dev = factory.one()
+    registry = factory.registry
+    registry.engine.dispose()  # from here on, the pool holds one connection
+    factory.activate(url(dev), "alice@example.com")
+    with registry.store.driver_once() as conn:  # that connection, lent again
+        prepared = [p for (p,) in conn.execute("SELECT statement FROM pg_prepared_statements")]
+        assert conn.autocommit
+    assert any("FROM devices" in p for p in prepared)  # the read
+    assert any("WITH won AS" in p for p in prepared)  # the UPDATE and both inserts
+    after = registry.devices.get(dev["device_id"])
+    assert (
+        after is not None and after.status == "activated" and after.user_id == "alice@example.com"
+    )
+    assert (after.pairing_count, after.action_count) == (1, 1)
+    assert verify_chains(registry, factory.keyring).ok
+    raw = registry.engine.raw_connection()
+    try:
+        assert raw.driver_connection.autocommit is False
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_driver_errors_are_registry_errors_and_a_dropped_connection_is_not_reused(
+    factory: Factory,
+) -> None:
+    import psycopg
+
+    from provision.errors import ConflictError, RegistryError
+
+    first, second = factory.register("SN000001", "SN000002")
+    store = factory.registry.store
+    with pytest.raises(RegistryError, match="division by zero"), store.driver_once() as conn:
+        conn.execute("SELECT 1 / 0")
+    with pytest.raises(ConflictError), store.driver_once() as conn:
+        conn.execute("CREATE TEMP TABLE once (x integer PRIMARY KEY)")
+        conn.execute("INSERT INTO once VALUES (1), (1)")
+    factory.activate(url(first))  # the same connection, still good
+    # The server drops every connection of the registry's: the next activation fails with a
+    # RegistryError (nothing recorded, nothing activated) and its connection is thrown away.
+    with psycopg.connect(store.engine.url.render_as_string(hide_password=False).replace(
+        "postgresql+psycopg", "postgresql"), autocommit=True) as admin:  # fmt: skip
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    with pytest.raises(RegistryError):
+        factory.activate(url(second))
+    before = factory.registry.devices.get(second["device_id"])
+    assert before is not None and before.status == "pending" and before.pairing_count == 0
+    factory.activate(url(second))  # a new connection
+    assert factory.reason(url(second)) == "already_activated"
+    assert verify_chains(factory.registry, factory.keyring).ok
+
+
 def test_bare_token_and_lower_case_url_activate_like_the_scanned_url(factory: Factory) -> None:
     a, b = factory.register("SN000001", "SN000002")
     assert factory.activate(a["payload"]).device_id == a["device_id"]

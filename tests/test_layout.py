@@ -65,7 +65,7 @@ def test_nothing_outside_cli_imports_click() -> None:
 
 
 def test_nothing_outside_web_imports_flask_or_werkzeug() -> None:
-    users = third_party_users(("flask", "werkzeug", "flask_limiter", "flask_wtf", "flask_login"))
+    users = third_party_users(("flask", "werkzeug", "limits", "flask_wtf", "flask_login"))
     assert {m for m in users if not inside(m, "provision.web")} == set()
 
 

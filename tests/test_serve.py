@@ -114,6 +114,24 @@ def test_several_processes_need_a_shared_limit_store(run_cli: Any) -> None:
     assert "--rate-limit-storage memory://" in out.stderr and "redis://" in out.stderr
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--rate-limit", "ten a minute", "--rate-limit 'ten a minute': give a rate such as"),
+        ("--rate-limit-storage", "mongo://x", "--rate-limit-storage mongo://x: unknown storage"),
+    ],
+)
+def test_a_bad_rate_limit_or_store_is_one_line_before_any_worker(
+    run_cli: Any, option: str, value: str, said: str
+) -> None:
+    out = run_cli("serve", "--processes", "2", "--rate-limit-storage", "redis://127.0.0.1:1",
+                  option, value)  # fmt: skip
+    assert out.exit_code != 0
+    assert said in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
 def test_a_limit_holds_across_three_processes(
     db_url: str, registry: Registry, keyring_path: Path, redis_url: str
 ) -> None:

@@ -116,7 +116,10 @@ def serve(
       provision serve --processes 4 --rate-limit-storage redis://127.0.0.1:6379
     """
     from provision.web import WebSettings, create_app
+    from provision.web.common import RateLimit
     from provision.web.server import serve as run_server
+
+    RateLimit(rate_limit, rate_limit_storage, "activation")  # a bad one fails here, not in a worker
 
     if processes > 1 and rate_limit_storage.startswith("memory://"):
         raise UsageError(

@@ -21,7 +21,11 @@ class _Record:
 
     @classmethod
     def from_row(cls, row: Any) -> Self:
-        m = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Any) -> Self:
+        """From column name -> value (a driver's row zipped with its column names)."""
         values = {f.name: m[f.name] for f in fields(cls)}  # type: ignore[arg-type]
         for name in cls._TIMES:
             values[name] = aware(values[name])
@@ -69,8 +73,8 @@ class DeviceRecord(_Record):
     _TIMES = ("expires_at", "created_at", "activated_at", "revoked_at")
 
     @classmethod
-    def from_row(cls, row: Any) -> Self:
-        record = super().from_row(row)
+    def from_mapping(cls, m: Any) -> Self:
+        record = super().from_mapping(m)
         object.__setattr__(record, "status", DeviceStatus(record.status))
         return record
 

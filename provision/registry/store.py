@@ -127,6 +127,37 @@ class Store:
             yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.contextmanager
+    def driver_once(self) -> Iterator[Any]:
+        """The pool's own psycopg connection, in autocommit, for statements run so often that
+        SQLAlchemy's execution around each costs more than the database does (the activation,
+        PostgreSQL only). Driver errors come out as read_once's do; a connection the server
+        dropped is thrown away, not handed to the next request."""
+        import psycopg
+
+        assert self.is_postgresql and self.engine.dialect.driver == "psycopg"
+        with self._errors():
+            raw = self.engine.raw_connection()
+        conn: Any = raw.driver_connection
+        assert conn is not None
+        try:
+            conn.autocommit = True
+            yield conn
+        except psycopg.Error as exc:
+            dropped = self.engine.dialect.is_disconnect(exc, conn, None)  # type: ignore[arg-type]
+            if conn.broken or dropped:
+                raw.invalidate(exc)
+            if isinstance(exc, psycopg.IntegrityError):
+                raise ConflictError(type(exc).__name__) from exc
+            raise RegistryError(f"registry {self.safe_url}: {exc}") from exc
+        finally:
+            if not conn.closed:
+                try:
+                    conn.autocommit = False  # as the pool hands connections out
+                except psycopg.Error as exc:
+                    raw.invalidate(exc)
+            raw.close()
+
+    @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
         """SQLAlchemy's exceptions never leave the registry: a clash of unique keys is a
         ConflictError (another process stored the row meanwhile), anything else the database

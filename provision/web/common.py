@@ -11,18 +11,21 @@ import hmac
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 from typing import Any
 
 from flask import Flask, Response, current_app, g, jsonify, render_template, request
-from flask_limiter import Limiter
-from flask_limiter.errors import RateLimitExceeded
-from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError
+from limits import RateLimitItem, parse_many
+from limits.errors import ConfigurationError
+from limits.storage import storage_from_string
+from limits.strategies import FixedWindowRateLimiter
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from provision.errors import KeyringError
+from provision.errors import ConfigError, KeyringError
 from provision.keys import Keyring, KeyringWatcher
 from provision.registry import Registry
 
@@ -69,7 +72,7 @@ class WebSettings:
     base_url: str
     trusted_proxies: int = 0
     rate_limit: str = DEFAULT_RATE_LIMIT
-    # Where Flask-Limiter keeps its counters: this process's memory, or a store every process
+    # Where the rate limit's counters are kept: this process's memory, or a store every process
     # and host shares (redis://HOST:PORT), so that a limit holds across them.
     rate_limit_storage: str = "memory://"
 
@@ -138,7 +141,7 @@ def make_app(svc: Services) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
     app.before_request(_nonce)
     app.after_request(_headers)
-    app.register_error_handler(RateLimitExceeded, _too_many)
+    app.register_error_handler(RateLimited, _too_many)
     app.register_error_handler(CSRFError, _csrf)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(500, _internal)
@@ -148,13 +151,52 @@ def make_app(svc: Services) -> Flask:
     return app
 
 
-def make_limiter(app: Flask, storage_uri: str = "memory://") -> Limiter:
-    """Flask-Limiter on APP, its counters in STORAGE_URI (memory:// or redis://...).
+class RateLimited(Exception):
+    """A request over its rate limit: answered 429 with Retry-After (see _too_many)."""
 
-    Without the X-RateLimit-* headers: each of them costs the request a second round trip
-    to a shared store (the window's reset time), a sixth of an activation's time with Redis.
-    A refused request still says when to come back (Retry-After, see _too_many)."""
-    return Limiter(get_remote_address, app=app, storage_uri=storage_uri, headers_enabled=False)
+    def __init__(self, limit: RateLimitItem) -> None:
+        super().__init__(str(limit))
+        self.limit = limit
+
+
+class RateLimit:
+    """One budget per client address, shared by every view it wraps (SPEC: "10 per minute",
+    or several separated by ";"), counted by `limits` in a fixed window in STORAGE_URI:
+    memory:// in this process, or redis://HOST:PORT, which every process and host shares.
+
+    `limits` is the library Flask-Limiter counts with, on the same storage URIs. It is called
+    directly: Flask-Limiter resolved and evaluated its limits twice for each request (in its
+    before_request and in its decorator), which cost an activation more than the Redis round
+    trip itself. One call to the storage a request; no X-RateLimit-* headers (each would cost
+    a second call, for the window's reset time); a refusal says when to come back."""
+
+    def __init__(self, spec: str, storage_uri: str, scope: str) -> None:
+        try:
+            self.limits = parse_many(spec)
+        except ValueError:
+            raise ConfigError(
+                f"--rate-limit {spec!r}: give a rate such as '10 per minute'"
+            ) from None
+        try:
+            storage = storage_from_string(storage_uri)
+        except (ConfigurationError, ValueError) as exc:
+            raise ConfigError(f"--rate-limit-storage {storage_uri}: {exc}") from None
+        self.scope = scope
+        self._window = FixedWindowRateLimiter(storage)
+
+    def hit(self, client: str) -> None:
+        """Count one request of CLIENT; RateLimited if it is over a limit."""
+        for limit in self.limits:
+            if not self._window.hit(limit, self.scope, client):
+                raise RateLimited(limit)
+
+    def __call__(self, view: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(view)
+        def limited(*args: Any, **kwargs: Any) -> Any:
+            self.hit(request.remote_addr or "")
+            return view(*args, **kwargs)
+
+        return limited
 
 
 def page_error(reason: str, status: int, message: str) -> Any:
@@ -210,7 +252,7 @@ def _headers(resp: Response) -> Response:
     return resp
 
 
-def _too_many(exc: RateLimitExceeded) -> Any:
+def _too_many(exc: RateLimited) -> Any:
     from provision.web.metrics import rate_limited
 
     rate_limited()
@@ -218,7 +260,7 @@ def _too_many(exc: RateLimitExceeded) -> Any:
     resp, status = error("rate_limited", 429, msg)
     # The window's length: when the oldest of the counted attempts is forgotten at the latest.
     resp = current_app.make_response((resp, status))
-    resp.headers["Retry-After"] = str(max(1, int(exc.limit.limit.get_expiry())))
+    resp.headers["Retry-After"] = str(max(1, int(exc.limit.get_expiry())))
     return resp
 
 

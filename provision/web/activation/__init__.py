@@ -14,7 +14,7 @@ from provision.keys import Keyring
 from provision.registry import Registry
 from provision.web.activation import api, scan
 from provision.web.activation.reasons import REASON_STATUS
-from provision.web.common import Services, WebSettings, make_app, make_limiter
+from provision.web.common import RateLimit, Services, WebSettings, make_app
 from provision.web.metrics import install as install_metrics
 
 __all__ = ["REASON_STATUS", "create_app"]
@@ -27,12 +27,9 @@ def create_app(
     app = make_app(Services.open(settings, registry, keyring))
     install_metrics(app)  # when `serve --metrics-port` turned them on
     csrf = CSRFProtect(app)
-    limiter = make_limiter(app, settings.rate_limit_storage)
     # One budget per client address for every route that activates (/A/, /a/ and the API):
     # a per-route limit would let a client triple it by switching the path's case or the route.
-    activation_limit = limiter.shared_limit(
-        settings.rate_limit, scope="activation", methods=["POST"]
-    )
+    activation_limit = RateLimit(settings.rate_limit, settings.rate_limit_storage, "activation")
     app.register_blueprint(scan.blueprint(activation_limit))
     api_bp = api.blueprint(activation_limit)
     csrf.exempt(api_bp)  # bearer tokens and JSON bodies, not cookies: no cross-site form
