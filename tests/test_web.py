@@ -344,6 +344,15 @@ def test_each_page_gets_a_fresh_csp_nonce(site: Site) -> None:
     assert len(csps) == 3
 
 
+def test_answers_without_a_script_allow_no_script_but_our_own_files(site: Site) -> None:
+    client = site.client()
+    resp = client.post("/api/v1/activations", json={"payload": "nonsense", "user": "a@b.c"})
+    assert resp.status_code == 400
+    csp = resp.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "nonce-" not in csp
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp
+
+
 def test_static_assets_are_served(site: Site) -> None:
     client = site.client()
     js = client.get("/static/fingerprint.js")

@@ -139,7 +139,7 @@ def make_app(svc: Services) -> Flask:
     if settings.trusted_proxies > 0:
         # Only behind a proxy we run does X-Forwarded-For say who the client is.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)  # type: ignore[method-assign]
-    app.before_request(_nonce)
+    app.jinja_env.globals["csp_nonce"] = csp_nonce
     app.after_request(_headers)
     app.register_error_handler(RateLimited, _too_many)
     app.register_error_handler(CSRFError, _csrf)
@@ -228,14 +228,20 @@ def redact_path(path: str) -> str:
     return _REDACT_SERIAL.sub(r"\1<serial>", _REDACT.sub(r"\1<token>", path))
 
 
-def _nonce() -> None:
-    g.csp_nonce = secrets.token_urlsafe(16)
+def csp_nonce() -> str:
+    """This answer's CSP nonce, made when a page first asks for one (a page with a script):
+    JSON answers and pages without scripts need none, and spare the random bytes."""
+    nonce: str | None = g.get("csp_nonce")
+    if nonce is None:
+        nonce = g.csp_nonce = secrets.token_urlsafe(16)
+    return nonce
 
 
 def _headers(resp: Response) -> Response:
-    nonce = getattr(g, "csp_nonce", "")
+    nonce = g.get("csp_nonce")
+    scripts = f"script-src 'self' 'nonce-{nonce}'" if nonce else "script-src 'self'"
     resp.headers["Content-Security-Policy"] = (
-        "default-src 'none'; script-src 'self' 'nonce-" + nonce + "'; style-src 'self'; "
+        f"default-src 'none'; {scripts}; style-src 'self'; "
         "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     )
     resp.headers["X-Content-Type-Options"] = "nosniff"
