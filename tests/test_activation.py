@@ -216,6 +216,38 @@ def test_activation_read_before_a_refused_attempt_still_wins_once_and_chains_hol
     assert verify_chains(registry, keyring).ok
 
 
+def _lent_back_clean(registry: Registry) -> None:
+    """Every connection in REGISTRY's pool is out of autocommit with no transaction open."""
+    import psycopg
+
+    pool = registry.engine.pool
+    lent = [registry.engine.raw_connection() for _ in range(pool.checkedin())]
+    try:
+        for raw in lent:
+            conn = raw.driver_connection
+            assert conn.autocommit is False
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    finally:
+        for raw in lent:
+            raw.close()
+
+
+def _admin(registry: Registry) -> Any:
+    """A connection of the cluster's own, outside the registry's database and pool."""
+    import psycopg
+
+    url = registry.engine.url.set(drivername="postgresql", database="postgres")
+    return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+
+
+def _drop_every_connection(registry: Registry) -> None:
+    with _admin(registry) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            [registry.engine.url.database],
+        )
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_postgresql_activates_on_the_driver_and_hands_its_connection_back_as_lent(
     factory: Factory,
@@ -226,9 +258,9 @@ def test_postgresql_activates_on_the_driver_and_hands_its_connection_back_as_len
     registry = factory.registry
     registry.engine.dispose()  # from here on, the pool holds one connection
     factory.activate(url(dev), "alice@example.com")
+    _lent_back_clean(registry)
     with registry.store.driver_once() as conn:  # that connection, lent again
         prepared = [p for (p,) in conn.execute("SELECT statement FROM pg_prepared_statements")]
-        assert conn.autocommit
     assert any("FROM devices" in p for p in prepared)  # the read
     assert any("WITH won AS" in p for p in prepared)  # the UPDATE and both inserts
     after = registry.devices.get(dev["device_id"])
@@ -237,44 +269,65 @@ def test_postgresql_activates_on_the_driver_and_hands_its_connection_back_as_len
     )
     assert (after.pairing_count, after.action_count) == (1, 1)
     assert verify_chains(registry, factory.keyring).ok
-    raw = registry.engine.raw_connection()
-    try:
-        assert raw.driver_connection.autocommit is False
-    finally:
-        raw.close()
+    _lent_back_clean(registry)
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_driver_errors_are_registry_errors_and_a_dropped_connection_is_not_reused(
+def test_driver_errors_are_registry_errors_and_the_connection_goes_back_clean(
     factory: Factory,
 ) -> None:
-    import psycopg
-
     from provision.errors import ConflictError, RegistryError
 
-    first, second = factory.register("SN000001", "SN000002")
-    store = factory.registry.store
+    first = factory.one()
+    registry = factory.registry
+    store = registry.store
     with pytest.raises(RegistryError, match="division by zero"), store.driver_once() as conn:
         conn.execute("SELECT 1 / 0")
+    _lent_back_clean(registry)
     with pytest.raises(ConflictError), store.driver_once() as conn:
         conn.execute("CREATE TEMP TABLE once (x integer PRIMARY KEY)")
         conn.execute("INSERT INTO once VALUES (1), (1)")
-    factory.activate(url(first))  # the same connection, still good
-    # The server drops every connection of the registry's: the next activation fails with a
-    # RegistryError (nothing recorded, nothing activated) and its connection is thrown away.
-    with psycopg.connect(store.engine.url.render_as_string(hide_password=False).replace(
-        "postgresql+psycopg", "postgresql"), autocommit=True) as admin:  # fmt: skip
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+    _lent_back_clean(registry)
+    with pytest.raises(KeyError), store.driver_once() as conn:  # not the driver's: as it is
+        conn.execute("BEGIN")  # and a transaction left open: that connection is thrown away
+        raise KeyError("x")
+    _lent_back_clean(registry)
+    factory.activate(url(first))
+    _lent_back_clean(registry)
+    # A registry that refuses connections: a RegistryError, not the driver's own exception.
+    with _admin(registry) as admin:
+        name = registry.engine.url.database
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        _drop_every_connection(registry)
+        registry.engine.dispose()  # the next checkout connects
+        try:
+            with pytest.raises(RegistryError, match="registry postgresql"):
+                registry.events.device_for_activation(first["device_id"])
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_after_the_server_drops_every_connection_one_activation_fails_not_one_a_connection(
+    factory: Factory,
+) -> None:
+    """As SQLAlchemy does on a disconnect: the whole pool is renewed, not one connection."""
+    from provision.errors import RegistryError
+
+    first, second = factory.register("SN000001", "SN000002")
+    registry = factory.registry
+    held = [registry.engine.raw_connection() for _ in range(3)]  # three in the pool
+    for raw in held:
+        raw.close()
+    factory.activate(url(first))
+    _drop_every_connection(registry)
     with pytest.raises(RegistryError):
         factory.activate(url(second))
-    before = factory.registry.devices.get(second["device_id"])
+    before = registry.devices.get(second["device_id"])  # nothing recorded, nothing activated
     assert before is not None and before.status == "pending" and before.pairing_count == 0
-    factory.activate(url(second))  # a new connection
+    factory.activate(url(second))  # the next one works, on a new connection
     assert factory.reason(url(second)) == "already_activated"
-    assert verify_chains(factory.registry, factory.keyring).ok
+    assert verify_chains(registry, factory.keyring).ok
 
 
 def test_bare_token_and_lower_case_url_activate_like_the_scanned_url(factory: Factory) -> None:

@@ -135,8 +135,10 @@ class Store:
         import psycopg
 
         assert self.is_postgresql and self.engine.dialect.driver == "psycopg"
-        with self._errors():
-            raw = self.engine.raw_connection()
+        try:
+            raw = self.engine.raw_connection()  # the pool's; its connect errors come out raw
+        except psycopg.Error as exc:
+            raise RegistryError(f"registry {self.safe_url}: {exc}") from exc
         conn: Any = raw.driver_connection
         assert conn is not None
         try:
@@ -145,7 +147,10 @@ class Store:
         except psycopg.Error as exc:
             dropped = self.engine.dialect.is_disconnect(exc, conn, None)  # type: ignore[arg-type]
             if conn.broken or dropped:
-                raw.invalidate(exc)
+                # As SQLAlchemy does on a disconnect: every connection the pool made before
+                # now is replaced at its next checkout (a restarted server dropped them all),
+                # not only this one.
+                self.engine.pool._invalidate(raw, exc)
             if isinstance(exc, psycopg.IntegrityError):
                 raise ConflictError(type(exc).__name__) from exc
             raise RegistryError(f"registry {self.safe_url}: {exc}") from exc

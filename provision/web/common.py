@@ -180,7 +180,12 @@ class RateLimit:
         try:
             storage = storage_from_string(storage_uri)
         except (ConfigurationError, ValueError) as exc:
-            raise ConfigError(f"--rate-limit-storage {storage_uri}: {exc}") from None
+            # Neither the URI nor the library's message (which repeats it) may show a password.
+            shown = _without_password(storage_uri)
+            why = "unknown storage scheme" if isinstance(exc, ConfigurationError) else "bad URI"
+            raise ConfigError(
+                f"--rate-limit-storage {shown}: {why} (give memory:// or redis://HOST:PORT)"
+            ) from None
         self.scope = scope
         self._window = FixedWindowRateLimiter(storage)
 
@@ -193,10 +198,18 @@ class RateLimit:
     def __call__(self, view: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(view)
         def limited(*args: Any, **kwargs: Any) -> Any:
-            self.hit(request.remote_addr or "")
+            # No address (a WSGI server that gives none): counted as Flask-Limiter did.
+            self.hit(request.remote_addr or "127.0.0.1")
             return view(*args, **kwargs)
 
         return limited
+
+
+def _without_password(uri: str) -> str:
+    """URI without its user part (which may hold a password), shown as ***."""
+    scheme, sep, rest = uri.partition("://")
+    _, at, host = rest.rpartition("@")
+    return f"{scheme}://***@{host}" if sep and at else uri
 
 
 def page_error(reason: str, status: int, message: str) -> Any:
