@@ -45,8 +45,9 @@ from tests.helpers import free_port  # noqa: E402
 CONCURRENCY = (8, 32, 64)
 # Waitress threads a process (serve --workers; BENCH_THREADS=N to try others). The threads of
 # one process wait for its interpreter lock after every round trip, and each hand-over costs
-# system calls: at c=32 on PostgreSQL, 8 threads a process gave 422 activations/s, 4 gave
-# 686/s and 1 gave 766/s (the baseline 1,858/s and 1,949/s), measured on 1 December 2026.
+# system calls: at c=32 on PostgreSQL, 4 threads a process gave 686 activations/s and 1 gave
+# 766/s (the baseline 1,858/s and 1,949/s) on 1 December 2026; 8 threads had given 422/s
+# where 4 gave 796/s, on an earlier day.
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 # wrk: each thread walks its own slice of the bodies (one payload each); counts the 201s.
