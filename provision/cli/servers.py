@@ -116,11 +116,18 @@ def serve(
       provision serve --processes 4 --rate-limit-storage redis://127.0.0.1:6379
     """
     from provision.web import WebSettings, create_app
-    from provision.web.common import RateLimit
+    from provision.web.activation import activation_limit
     from provision.web.server import serve as run_server
 
-    RateLimit(rate_limit, rate_limit_storage, "activation")  # a bad one fails here, not in a worker
-
+    web = WebSettings(
+        settings.db,
+        settings.keyring_path,
+        settings.base_url,
+        trusted_proxies,
+        rate_limit,
+        rate_limit_storage,
+    )
+    activation_limit(web)  # a bad limit or store fails here, not in a worker
     if processes > 1 and rate_limit_storage.startswith("memory://"):
         raise UsageError(
             f"--processes {processes} with --rate-limit-storage memory://: each process would "
@@ -138,14 +145,6 @@ def serve(
         import shutil
 
         atexit.register(shutil.rmtree, samples, True)
-    web = WebSettings(
-        settings.db,
-        settings.keyring_path,
-        settings.base_url,
-        trusted_proxies,
-        rate_limit,
-        rate_limit_storage,
-    )
     keyring, registry = settings.keyring(), settings.registry()  # fail here, not in a worker
     if processes == 1:
         app = create_app(web, keyring=keyring, registry=registry)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, select, text, update
@@ -53,9 +54,15 @@ class Events:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        # PostgreSQL through psycopg: the activation's two statements run on the driver itself.
-        postgresql = store.is_postgresql and store.engine.dialect.driver == "psycopg"
-        self._hot = _HotPath(store.engine.dialect) if postgresql else None
+
+    @cached_property
+    def _hot(self) -> _HotPath | None:
+        """PostgreSQL through psycopg: the activation's two statements on the driver itself,
+        compiled at the first activation (not by every command that opens the registry)."""
+        store = self._store
+        if store.is_postgresql and store.engine.dialect.driver == "psycopg":
+            return _HotPath(store.engine.dialect)
+        return None
 
     # -- writes ------------------------------------------------------------------------------
 

@@ -17,7 +17,14 @@ from provision.web.activation.reasons import REASON_STATUS
 from provision.web.common import RateLimit, Services, WebSettings, make_app
 from provision.web.metrics import install as install_metrics
 
-__all__ = ["REASON_STATUS", "create_app"]
+__all__ = ["REASON_STATUS", "activation_limit", "create_app"]
+
+
+def activation_limit(settings: WebSettings) -> RateLimit:
+    """One budget per client address for every route that activates (/A/, /a/ and the API):
+    a per-route limit would let a client triple it by switching the path's case or the route.
+    A bad --rate-limit or --rate-limit-storage is a ConfigError here."""
+    return RateLimit(settings.rate_limit, settings.rate_limit_storage, "activation")
 
 
 def create_app(
@@ -27,11 +34,9 @@ def create_app(
     app = make_app(Services.open(settings, registry, keyring))
     install_metrics(app)  # when `serve --metrics-port` turned them on
     csrf = CSRFProtect(app)
-    # One budget per client address for every route that activates (/A/, /a/ and the API):
-    # a per-route limit would let a client triple it by switching the path's case or the route.
-    activation_limit = RateLimit(settings.rate_limit, settings.rate_limit_storage, "activation")
-    app.register_blueprint(scan.blueprint(activation_limit))
-    api_bp = api.blueprint(activation_limit)
+    limit = activation_limit(settings)
+    app.register_blueprint(scan.blueprint(limit))
+    api_bp = api.blueprint(limit)
     csrf.exempt(api_bp)  # bearer tokens and JSON bodies, not cookies: no cross-site form
     app.register_blueprint(api_bp)
     return app
