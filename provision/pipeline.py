@@ -369,7 +369,7 @@ def register_manifests(
         for chunk in comps.chunks(chunk_size):
             comp_done += len(chunk)
             on_progress("components", comp_done, comp_total)
-            comp_rows = _component_rows(registry, keyring, chunk, skipped)
+            comp_rows = _component_rows(registry, keyring, chunk, skipped, now or utcnow())
             if not comp_rows:
                 continue
             target = batch_id = _insert_chunk(
@@ -451,9 +451,14 @@ def _check_component_owners(
 
 
 def _component_rows(
-    registry: Registry, keyring: Keyring, chunk: pd.DataFrame, skipped: set[str]
+    registry: Registry,
+    keyring: Keyring,
+    chunk: pd.DataFrame,
+    skipped: set[str],
+    created: datetime,
 ) -> list[dict[str, Any]]:
-    """New component rows of a chunk of good component rows (rows already stored are left out)."""
+    """New component rows of a chunk of good component rows (rows already stored are left
+    out), registered at CREATED (the batch's time, as its devices are)."""
     owners = [serial_hash(keyring.pepper, s) for s in chunk["serial"]]
     hashes = [
         component_row_hash(keyring.pepper, h, t, s, cs)
@@ -466,7 +471,6 @@ def _component_rows(
         )
     ]
     stored = registry.devices.existing_component_hashes(hashes)
-    created = utcnow()
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for rec, owner, rh in zip(chunk.itertuples(index=False), owners, hashes, strict=True):

@@ -224,7 +224,14 @@ def test_export_periods_batches_and_stdout(
     one = run_cli("export", "epcis", "--batch", "nov30", "--until", "2026-11-30")
     assert one.exit_code == 0, one.output
     made = [e["bizStep"] for e in json.loads(one.stdout)["epcisBody"]["eventList"]]
-    assert made == ["commissioning"] * 4
+    # Registered on Nov 30: the four devices, and EP-1's assembly from the same run.
+    assert made == [
+        "commissioning",
+        "assembling",
+        "commissioning",
+        "commissioning",
+        "commissioning",
+    ]
     assert run_cli("export", "epcis", "--batch", "nope").exit_code != 0
     bad = run_cli("export", "epcis", "--read-point", "urn:epc:id:sgln:12.3.0", "--output", "x")
     assert bad.exit_code != 0 and "12 digits" in bad.stderr
