@@ -154,35 +154,48 @@ def test_a_limit_holds_across_three_processes(
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_sigterm_finishes_the_request_in_flight(
+def test_sigterm_finishes_the_requests_in_flight(
     db_url: str, registry: Registry, keyring_path: Path, tmp_path: Path
 ) -> None:
-    """An activation waiting on a database lock when SIGTERM comes still gets its 201, and
-    the service then exits 0. (The lock is SQLite's BEGIN IMMEDIATE, held by the test.)"""
+    """Activations in flight when SIGTERM comes, one waiting on a database lock and two queued
+    behind it (one thread), each still get their 201; nothing fails on the way (the worker's
+    wake-up pipe stays open until the last answer is out), and the service exits 0. (The lock
+    is SQLite's BEGIN IMMEDIATE, held by the test.)"""
     from provision.keys import load_keyring
     from provision.pipeline import register_batch
     from provision.registry.records import DeviceFilter
     from tests.helpers import serials_csv
 
     keyring = load_keyring(keyring_path)
-    register_batch(registry, keyring, serials_csv(tmp_path / "s.csv", 1), batch="term")
-    [device] = registry.devices.page(DeviceFilter(), None, None, 1)
-    payload = with_payload(keyring, device)["payload"]
-    server = Server(db_url, keyring_path)
+    register_batch(registry, keyring, serials_csv(tmp_path / "s.csv", 3), batch="term")
+    devices = registry.devices.page(DeviceFilter(), None, None, 3)
+    payloads = [with_payload(keyring, d)["payload"] for d in devices]
+    server = Server(db_url, keyring_path, "--workers", "1")
     lock = sqlite3.connect(db_url.removeprefix("sqlite:///"), timeout=60)
-    lock.execute("BEGIN IMMEDIATE")  # the activation's write waits for this
+    lock.execute("BEGIN IMMEDIATE")  # the activations' writes wait for this
     result: list[int] = []
-    worker = threading.Thread(target=lambda: result.append(server.activate(payload, "ada")))
-    worker.start()
-    time.sleep(1.5)  # the request is in flight, blocked on the lock
+    workers = [
+        threading.Thread(target=lambda p=p: result.append(server.activate(p, "ada")))
+        for p in payloads
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(1.5)  # the first request is blocked on the lock, the others queued
     server.proc.send_signal(signal.SIGTERM)
     time.sleep(1.0)
     assert server.proc.poll() is None  # still finishing
     lock.rollback()
     lock.close()
-    worker.join(60)
-    assert result == [201]
+    for worker in workers:
+        worker.join(60)
+    assert result == [201, 201, 201]
     assert server.proc.wait(30) == 0
+    log = server.proc.stderr.read()  # type: ignore[union-attr]
+    assert "Traceback" not in log and "ERROR" not in log, log
+    assert log.count("POST /api/v1/activations 201") == 3
+    # Two requests queued behind the first: one line says so, not one line each.
+    assert "Task queue depth" not in log
+    assert log.count("waited for a free thread") == 1, log
 
 
 def test_metrics_sum_every_process_on_localhost_only(
@@ -241,3 +254,26 @@ def test_metrics_sum_every_process_on_localhost_only(
     assert counts == [5.0]
     with pytest.raises(OSError):  # 127.0.0.1 only
         socket.create_connection((socket.gethostbyname(socket.gethostname()), metrics_port), 1)
+
+
+def test_queue_report_says_it_once_an_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """waitress's "Task queue depth" warning, once a request: reported once an interval, with
+    the count of requests that waited and the longest queue since the last report."""
+    from provision.web.server import QueueReport
+
+    report = QueueReport(interval=3600)
+    with caplog.at_level("WARNING", logger="provision.web"):
+        for depth in (1, 4, 2):
+            report.warning("Task queue depth is %d", depth)
+        assert [r.getMessage() for r in caplog.records] == [
+            "1 request waited for a free thread since the last report (longest queue 1); "
+            "when this persists, add --processes"
+        ]
+        report._next = 0.0  # the interval is over
+        report.warning("Task queue depth is %d", 3)
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .startswith("3 requests waited for a free thread since the last report (longest queue 4)")
+    )
+    assert len(caplog.records) == 2

@@ -30,6 +30,7 @@ GRACE_SECONDS = 30.0  # the longest a stopping worker waits for requests in flig
 # thread waits for the interpreter lock, by default up to 5 ms while another thread computes.
 SWITCH_INTERVAL = 0.001
 _TICK = 0.2  # seconds between two looks at the connections of a stopping worker
+QUEUE_REPORT_SECONDS = 60.0  # the longest a worker stays silent about requests kept waiting
 _CRASH_WINDOW = 5.0  # a worker that dies this soon after starting counts as a crash loop
 _MAX_QUICK_DEATHS = 5
 
@@ -53,6 +54,36 @@ def listen(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
+class QueueReport:
+    """Stands in for waitress's queue logger, which warns "Task queue depth is N" every time a
+    request waits for a free thread: under load that is every request, thousands of lines a
+    second that bury everything else in the log (and cost each request a log line). This says
+    it at most once every INTERVAL seconds: how many requests waited since it last said so,
+    and the longest queue they met. waitress calls it under its dispatcher's lock."""
+
+    def __init__(self, interval: float = QUEUE_REPORT_SECONDS) -> None:
+        self.interval = interval
+        self._waited = 0
+        self._deepest = 0
+        self._next = 0.0
+
+    def warning(self, message: str, depth: int, *args: Any) -> None:
+        self._waited += 1
+        self._deepest = max(self._deepest, depth)
+        now = time.monotonic()
+        if now < self._next:
+            return
+        log.warning(
+            "%d %s waited for a free thread since the last report (longest queue %d); "
+            "when this persists, add --processes",
+            self._waited,
+            "request" if self._waited == 1 else "requests",
+            self._deepest,
+        )
+        self._waited = self._deepest = 0
+        self._next = now + self.interval
+
+
 def _busy(channel: Any) -> bool:
     """A connection with a request being read, run or answered."""
     return bool(
@@ -68,6 +99,7 @@ def run_worker(app: Any, sock: socket.socket, threads: int, proxy_headers: bool 
     waitress drops X-Forwarded-* headers by default; PROXY_HEADERS keeps them for the app,
     which believes only as many of their entries as --trusted-proxies says (ProxyFix)."""
     from waitress import wasyncore
+    from waitress.channel import HTTPChannel
     from waitress.server import create_server
 
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -79,6 +111,7 @@ def run_worker(app: Any, sock: socket.socket, threads: int, proxy_headers: bool 
         ident="provision",
         clear_untrusted_proxy_headers=not proxy_headers,
     )
+    server.task_dispatcher.queue_logger = QueueReport()
     stopping: list[float] = []
 
     def stop(signum: int, frame: Any) -> None:
@@ -88,12 +121,15 @@ def run_worker(app: Any, sock: socket.socket, threads: int, proxy_headers: bool 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    channels = server._map  # waitress's own: the listening socket and every connection
+    # waitress's own map: the listening socket, the wake-up pipe (its trigger, which a thread
+    # pulls when an answer is ready; closing it would lose the answers still to come) and
+    # every connection.
+    channels = server._map
     while True:
         wasyncore.loop(timeout=_TICK, use_poll=True, map=channels, count=1)
         if not stopping:
             continue
-        open_ = [c for c in list(channels.values()) if c is not server]
+        open_ = [c for c in list(channels.values()) if isinstance(c, HTTPChannel)]
         for channel in open_:
             if not _busy(channel):
                 channel.handle_close()  # an idle keep-alive connection
