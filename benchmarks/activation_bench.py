@@ -10,6 +10,11 @@ under the same waitress processes and threads (provision.web.server), on the sam
 After each run the number of devices activated must equal the number of 201 answers (the
 service's own count, from --metrics-port; wrk's misses the requests in flight at its end).
 
+With --floor, a third app beside them: the library's own activation (provision.activation
+.activate, its rate limit in the same Redis) in a bare Flask app, without the service's hooks
+(metrics, headers, access log, CSRF, session): what any web layer over the same activation
+could reach at best.
+
 Goal (issue "The activation service beyond one process"): on PostgreSQL with 2 processes on
 this 2-core machine, at least 600 activations/s at c=32, p99 at most 150 ms, zero errors, and
 at least 80% of the baseline. Exit status 0 when it is met.
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +37,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -111,22 +118,74 @@ def one_update():
 """
 
 
-def wait_ready(
-    port: int, path: str = "/healthz", proc: subprocess.Popen[str] | None = None
-) -> None:
+# The floor: the library's activation with its rate limit, and nothing of the service's web
+# layer. Built in each worker (after the fork), as the service's app is.
+FLOOR_APP = """
+import json, os
+from flask import Flask, jsonify, request
+from provision.activation import ActivationRejected, activate
+from provision.keys import load_keyring
+from provision.registry import Registry
+from provision.web.common import RateLimit
+limit = RateLimit("10000000 per minute", os.environ["BENCH_REDIS"], "activation")
+keyring = load_keyring(os.environ["PROVISION_KEYRING"])
+registry = Registry(os.environ["BENCH_DB"], keyring=keyring, create=False)
+app = Flask("floor")
+@app.post("/api/v1/activations")
+def floor():
+    limit.hit(request.remote_addr or "127.0.0.1")
+    body = json.loads(request.get_data())
+    try:
+        done = activate(registry, keyring, body["payload"], body["user"], ip=request.remote_addr)
+    except ActivationRejected as exc:
+        return jsonify({"error": {"reason": exc.reason}}), 409
+    return jsonify(done.to_json()), 201
+"""
+
+
+def plain_app(
+    module: str, processes: int, env: dict[str, str], work: Path, log: Path
+) -> tuple[int, subprocess.Popen[str]]:
+    """MODULE's `app` (in WORK) under provision.web.server, as the service runs: the same
+    processes and threads; each worker imports it after the fork."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         # The libraries imported before the fork, as `provision serve` has them, so that
+         # no worker is still importing when the first answers and the load begins.
+         "import flask, sqlalchemy, provision.activation, provision.web.common, logging; "
+         "logging.basicConfig(); logging.getLogger('provision.web').setLevel(logging.INFO); "
+         "from provision.web.server import serve; "
+         f"serve(lambda: __import__({module!r}).app, '127.0.0.1', {port}, {THREADS}, "
+         f"{processes})"],
+        env=env, cwd=work, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True,
+    )  # fmt: skip
+    wait_ready(port, "/", proc, log, processes)  # a 404 is an answer
+    return port, proc
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen[str], log: Path, workers: int) -> None:
+    """Until the server answers on PORT and every one of its WORKERS says it is serving (in
+    LOG): a load begun while one is still building its app would open every connection to
+    the others, and wrk keeps its connections for the whole run."""
     deadline = time.monotonic() + 60
+    answered = False
     while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return  # it answers
-        except OSError:
-            if proc is not None and proc.poll() is not None:
-                sys.exit(f"server on {port} exited ({proc.returncode}); see its log")
-            if time.monotonic() > deadline:
-                sys.exit(f"server on {port} did not start")
-            time.sleep(0.2)
+        if not answered:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2):
+                    answered = True
+            except urllib.error.HTTPError:
+                answered = True  # it answers
+            except OSError:
+                pass
+        if answered and len(re.findall(r"worker \d+ serving", log.read_text())) >= workers:
+            return
+        if proc.poll() is not None:
+            sys.exit(f"server on {port} exited ({proc.returncode}); see its log")
+        if time.monotonic() > deadline:
+            sys.exit(f"server on {port} did not start")
+        time.sleep(0.2)
 
 
 def start_redis(work: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -235,15 +294,15 @@ def run_database(db: str, url: str, args: argparse.Namespace, work: Path, redis:
         batch = f"c{c}"
         bodies = bodies_file(registry, keyring_path, work, batch, args.devices)
         port, metrics_port = free_port(), free_port()
+        serve_log = work / f"serve-{db}-{c}.log"
         server = subprocess.Popen(
             [sys.executable, "-m", "provision", "serve", "--port", str(port), "--processes",
              str(args.processes), "--workers", str(THREADS), "--rate-limit",
              "10000000 per minute", "--rate-limit-storage", redis, "--metrics-port",
              str(metrics_port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=(work / f"serve-{db}-{c}.log").open("w"),
-            text=True,
+            env=env, stdout=subprocess.DEVNULL, stderr=serve_log.open("w"), text=True,
         )  # fmt: skip
-        wait_ready(port, "/readyz", server)
+        wait_ready(port, "/readyz", server, serve_log, args.processes)
         result = wrk(port, c, args.seconds, bodies)
         time.sleep(1)  # the requests wrk left in flight at its deadline are answered
         result["answered_201"] = answered(metrics_port)
@@ -251,24 +310,39 @@ def run_database(db: str, url: str, args: argparse.Namespace, work: Path, redis:
         server.wait(60)
         result["activated_in_db"] = activated(registry, batch)
         # The baseline: one UPDATE per request, same processes and threads.
-        base_port = free_port()
-        base_env = env | {"BENCH_DB": url, "BENCH_ROWS": "10000", "PYTHONPATH": str(work)}
+        app_env = env | {"BENCH_DB": url, "BENCH_ROWS": "10000", "BENCH_REDIS": redis,
+                         "PYTHONPATH": os.pathsep.join([str(work), str(ROOT)])}  # fmt: skip
         (work / "baseline_app.py").write_text(textwrap.dedent(BASELINE_APP))
-        baseline = subprocess.Popen(
-            [sys.executable, "-c",
-             "import baseline_app; from provision.web.server import serve; "
-             f"serve(lambda: baseline_app.app, '127.0.0.1', {base_port}, {THREADS}, "
-             f"{args.processes})"],
-            env=base_env, cwd=work, stdout=subprocess.DEVNULL,
-            stderr=(work / f"baseline-{db}-{c}.log").open("w"), text=True,
-        )  # fmt: skip
-        wait_ready(base_port, "/", baseline)  # a 404 is an answer
+        base_port, baseline = plain_app(
+            "baseline_app", args.processes, app_env, work, work / f"baseline-{db}-{c}.log"
+        )
         base = wrk(base_port, c, args.seconds, None)
         baseline.send_signal(signal.SIGTERM)
         baseline.wait(60)
-        rows.append({"db": db, "c": c, "run": result, "baseline": base})
+        row = {"db": db, "c": c, "run": result, "baseline": base}
+        if args.floor:
+            (work / "floor_app.py").write_text(textwrap.dedent(FLOOR_APP))
+            floor_bodies = bodies_file(registry, keyring_path, work, f"floor{c}", args.devices)
+            floor_port, floor = plain_app(
+                "floor_app", args.processes, app_env, work, work / f"floor-{db}-{c}.log"
+            )
+            row["floor"] = wrk(floor_port, c, args.seconds, floor_bodies)
+            floor.send_signal(signal.SIGTERM)
+            floor.wait(60)
+            row["floor"]["activated_in_db"] = activated(registry, f"floor{c}")
+        rows.append(row)
     registry.close()
     return rows
+
+
+def floor_columns(row: dict[str, Any], base_rate: float) -> str:
+    """The floor's rate and its share of the baseline; its 201s checked against the devices
+    it activated (wrk misses at most one answer a connection at its deadline)."""
+    floor = row["floor"]
+    rate = floor["created"] / floor["seconds"]
+    share = 100 * rate / base_rate if base_rate else 0
+    exact = 0 <= floor["activated_in_db"] - floor["created"] <= row["c"] and not floor["errors"]
+    return f" {rate:>7.0f} {share:>5.0f}%" + ("" if exact else "  FLOOR MISMATCH OR ERRORS")
 
 
 def main() -> int:
@@ -279,6 +353,11 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--devices", type=int, default=20_000, help="pending devices a run")
     ap.add_argument("--only", choices=["sqlite", "postgresql"])
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run the library's activation in a bare Flask app (no service hooks)",
+    )
     args = ap.parse_args()
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
@@ -304,6 +383,8 @@ def main() -> int:
     print(f"{args.processes} processes x {THREADS} threads, {args.seconds} s a run, wrk")
     head = (f"{'database':<11} {'c':>3} {'act/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
             f" {'201s':>6} {'in db':>6} {'base/s':>7} {'base p99':>8} {'% base':>6}")  # fmt: skip
+    if args.floor:
+        head += f" {'floor/s':>7} {'% base':>6}"
     print(head)
     met = True
     for r in rows:
@@ -319,6 +400,7 @@ def main() -> int:
             f"{r['db']:<11} {r['c']:>3} {rate:>7.0f} {run['p50_ms']:>7.1f} {run['p99_ms']:>7.1f} "
             f"{run['errors']:>6.0f} {run['created']:>6.0f} {run['activated_in_db']:>6} "
             f"{base_rate:>7.0f} {base['p99_ms']:>8.1f} {share:>5.0f}%"
+            + (floor_columns(r, base_rate) if "floor" in r else "")
             + ("" if exact else f"  MISMATCH: {run['answered_201']} 201s answered")
             + (
                 f"  (errors: {run['timeouts']:.0f} past wrk's 2 s timeout, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -151,6 +152,9 @@ def test_a_limit_holds_across_three_processes(
         assert server.get("/readyz")[0] == 200
     finally:
         assert server.stop() == 0
+    # Each worker says when its app is built and it takes connections (three pids).
+    log = server.proc.stderr.read()  # type: ignore[union-attr]
+    assert len(set(re.findall(r"worker (\d+) serving", log))) == 3, log
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

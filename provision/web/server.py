@@ -121,6 +121,8 @@ def run_worker(app: Any, sock: socket.socket, threads: int, proxy_headers: bool 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # Its app is built: from here on it takes connections (until now the others took them).
+    log.info("worker %d serving", os.getpid())
     # waitress's own map: the listening socket, the wake-up pipe (its trigger, which a thread
     # pulls when an answer is ready; closing it would lose the answers still to come) and
     # every connection.
