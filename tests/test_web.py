@@ -353,6 +353,32 @@ def test_answers_without_a_script_allow_no_script_but_our_own_files(site: Site) 
     assert "default-src 'none'" in csp and "unsafe-inline" not in csp
 
 
+def test_a_request_without_a_session_cookie_builds_no_signing_serializer(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API call carries no session cookie: its empty session comes without the cookie
+    signer being built (a cost on every activation); one with the cookie is still read."""
+    device = site.one()
+    app = site.app()
+    client = app.test_client()
+    page = client.get(path(device))  # the scan page: its CSRF token goes into the session
+    assert page.status_code == 200 and client.get_cookie("session") is not None
+    sessions = app.session_interface
+    built: list[bool] = []
+    real = sessions.get_signing_serializer
+
+    def counted(app: Flask) -> Any:
+        built.append(True)
+        return real(app)
+
+    monkeypatch.setattr(sessions, "get_signing_serializer", counted)
+    api = app.test_client()  # no cookie
+    assert api_activate(api, device["payload"]).status_code == 201
+    assert built == []
+    assert client.get(path(device)).status_code == 200  # with the cookie: read, and signed
+    assert built
+
+
 def test_static_assets_are_served(site: Site) -> None:
     client = site.client()
     js = client.get("/static/fingerprint.js")
