@@ -130,10 +130,11 @@ class _Sessions(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, except that a request without the cookie (every API
     call, a phone's first scan) gets its empty session without the signing serializer being
     built first: that cost an activation 30-60 us of CPU here. Flask hands such a request
-    the same empty session once it has built the serializer (a secret key is always set)."""
+    the same empty session once it has built the serializer. (Without a secret key Flask's
+    own answer stands: no session.)"""
 
     def open_session(self, app: Flask, request: Any) -> SecureCookieSession | None:
-        if not request.cookies.get(self.get_cookie_name(app)):
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
             return self.session_class()
         return super().open_session(app, request)
 

@@ -66,12 +66,19 @@ class QueueReport:
         self._waited = 0
         self._deepest = 0
         self._next = 0.0
+        self._logger = logging.getLogger("waitress.queue")
 
     def warning(self, message: str, depth: int, *args: Any) -> None:
         self._waited += 1
         self._deepest = max(self._deepest, depth)
         now = time.monotonic()
-        if now < self._next:
+        if now >= self._next:
+            self.flush()
+            self._next = now + self.interval
+
+    def flush(self) -> None:
+        """Report the requests that waited since the last report, if any (and at the stop)."""
+        if not self._waited:
             return
         log.warning(
             "%d %s waited for a free thread since the last report (longest queue %d); "
@@ -81,7 +88,9 @@ class QueueReport:
             self._deepest,
         )
         self._waited = self._deepest = 0
-        self._next = now + self.interval
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._logger, name)  # any other call waitress may make: its own logger
 
 
 def _busy(channel: Any) -> bool:
@@ -111,7 +120,7 @@ def run_worker(app: Any, sock: socket.socket, threads: int, proxy_headers: bool 
         ident="provision",
         clear_untrusted_proxy_headers=not proxy_headers,
     )
-    server.task_dispatcher.queue_logger = QueueReport()
+    queue_report = server.task_dispatcher.queue_logger = QueueReport()
     stopping: list[float] = []
 
     def stop(signum: int, frame: Any) -> None:
@@ -139,11 +148,16 @@ def run_worker(app: Any, sock: socket.socket, threads: int, proxy_headers: bool 
             break
         if time.monotonic() - stopping[0] > GRACE_SECONDS:
             log.warning(
-                "stopping with %d requests unfinished after %.0f s", len(open_), GRACE_SECONDS
+                "stopping with %d connections unfinished after %.0f s",
+                sum(_busy(c) for c in open_),
+                GRACE_SECONDS,
             )
             break
-    server.close()
+    # The threads first: one that has just handed its answer over still pulls the trigger,
+    # which server.close() closes.
     server.task_dispatcher.shutdown(cancel_pending=False, timeout=5)
+    server.close()
+    queue_report.flush()
 
 
 def serve(
