@@ -119,6 +119,20 @@ class StaffError(ProvisionError):
     kind = "staff"
 
 
+class WorkerError(ProvisionError):
+    """A worker process ended in the middle of its work (killed, or out of memory): the
+    command stops, and what it was writing is dropped, as after any other failure."""
+
+    kind = "worker"
+
+
+def worker_died(what: str, consequence: str) -> WorkerError:
+    """The one line for a worker process that ended under WHAT (`reconcile`, ...)."""
+    return WorkerError(
+        f"{what}: a worker process ended unexpectedly (killed, or out of memory?); {consequence}"
+    )
+
+
 class RegistryError(ProvisionError):
     """The registry database cannot be reached or refused a statement."""
 

@@ -18,6 +18,8 @@ import re
 import threading
 from collections import deque
 from collections.abc import Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from provision.errors import UsageError
+from provision.errors import UsageError, WorkerError, worker_died
 from provision.keys import Keyring
 from provision.manifests import LINE, SHIPMENTS, read_manifest, write_rejects
 from provision.periods import moment
@@ -179,7 +181,7 @@ class _Sealer:
         self._keys = (keyring.pepper, keyring.data_key)
         self._imp = imp
         self._pool: Any = None
-        self._pending: deque[tuple[_Rows, Any]] = deque()
+        self._pending: deque[tuple[_Rows, Future[Any]]] = deque()
         self._workers = max(1, min(4, os.cpu_count() or 1))
         self._writer: _Writer | None = None
 
@@ -187,7 +189,11 @@ class _Sealer:
         if self._imp.bulk or self._imp.expected >= POOL_MIN_ROWS:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["provision.serials"])
-            self._pool = ctx.Pool(self._workers, initializer=init_seal_worker, initargs=self._keys)
+            # An executor, not multiprocessing.Pool: a worker killed meanwhile (the OOM killer,
+            # kill -9) fails the import, where Pool would wait for its block forever.
+            self._pool = ProcessPoolExecutor(
+                self._workers, mp_context=ctx, initializer=init_seal_worker, initargs=self._keys
+            )
             if not self._imp.in_memory:  # an in-memory SQLite connection is its thread's
                 self._writer = _Writer(self._imp)
         return self
@@ -207,8 +213,7 @@ class _Sealer:
                     self._writer.close(raise_error=not failed)
             finally:
                 if self._pool is not None:
-                    self._pool.terminate()
-                    self._pool.join()
+                    self._pool.shutdown(wait=True, cancel_futures=True)
 
     def feed(self, frame: pd.DataFrame | None) -> None:
         if frame is None:  # the file is read again from its start
@@ -223,14 +228,21 @@ class _Sealer:
         if self._pool is None:
             self._store(rows, seal_shipments(*self._keys, rows.serials, rows.texts))
             return
-        job = self._pool.apply_async(seal_in_worker, ((rows.serials, rows.texts),))
+        try:
+            job = self._pool.submit(seal_in_worker, (rows.serials, rows.texts))
+        except BrokenProcessPool as exc:
+            raise _worker_died() from exc
         self._pending.append((rows, job))
         self._drain(2 * self._workers)
 
     def _drain(self, keep: int) -> None:
         while len(self._pending) > keep:
             rows, job = self._pending.popleft()
-            self._store(rows, job.get())
+            try:
+                sealed = job.result()
+            except BrokenProcessPool as exc:
+                raise _worker_died() from exc
+            self._store(rows, sealed)
 
     def _store(self, rows: _Rows, sealed: tuple[list[str], list[str], list[bytes], bytes]) -> None:
         hashes, row_hashes, cts, prefixes = sealed
@@ -239,6 +251,10 @@ class _Sealer:
             self._writer.put(add)
         else:
             self._imp.add(*add)
+
+
+def _worker_died() -> WorkerError:
+    return worker_died("shipments import", "nothing of this file is stored")
 
 
 class _Writer:

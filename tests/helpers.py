@@ -141,3 +141,11 @@ def flush(redis_url: str) -> None:
     with socket.create_connection((host, int(port)), timeout=5) as s:
         s.sendall(b"FLUSHALL\r\n")
         assert s.recv(16).startswith(b"+OK")
+
+
+def exit_in_worker(*args: Any, **kwargs: Any) -> None:
+    """A worker process's task that ends its process at once, as the OOM killer or `kill -9`
+    would (tests put it in place of a pool's task function)."""
+    import os
+
+    os._exit(70)

@@ -142,6 +142,7 @@ ERROR_TYPES = {
     errors.DeviceError: "device",
     errors.RecallError: "recall",
     errors.RegistryError: "registry",
+    errors.WorkerError: "worker",
     errors.AlertError: "alert",
     errors.StaffError: "staff",
     errors.NotifyFailed: "notify_failed",

@@ -18,6 +18,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +29,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from provision.errors import TemplateError
+from provision.errors import TemplateError, worker_died
 from provision.files import atomic_writer
 from provision.labels.layout import check_offsets, check_placement, place
 from provision.labels.pdf import FontError, FontMetrics, SheetWriter, merge_glyphs
@@ -266,6 +267,8 @@ class RenderPool:
             while pending:
                 future, count = pending.popleft()
                 yield future.result(), count
+        except BrokenProcessPool as exc:  # a worker killed (the OOM killer, kill -9): one line
+            raise worker_died("labels", "no half-drawn file is left") from exc
         finally:
             for future, _ in pending:  # a failed task or a failed writer: drop the rest
                 future.cancel()

@@ -23,6 +23,7 @@ import multiprocessing
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -81,21 +82,38 @@ def _compute_in_worker(key: str) -> Any:
 
 
 class Worker:
-    """One process that computes figures, with its own connection to the registry."""
+    """One process that computes figures, with its own connection to the registry.
+
+    A worker that ended (the OOM killer, kill -9) is replaced at the next figure: the figure
+    it was computing fails once (a renewal keeps the old value), the next is computed by a
+    new process. Without that, every figure would fail until the console restarted."""
 
     def __init__(self, db_url: str) -> None:
-        self._pool = ProcessPoolExecutor(
+        self._db_url = db_url
+        self._lock = threading.Lock()
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=_open_worker,
-            initargs=(db_url,),
+            initargs=(self._db_url,),
         )
 
     def submit(self, key: str) -> Future[Any]:
-        return self._pool.submit(_compute_in_worker, key)
+        with self._lock:
+            try:
+                return self._pool.submit(_compute_in_worker, key)
+            except BrokenProcessPool:
+                log.warning("console figures: the worker process ended; starting another")
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._start()
+                return self._pool.submit(_compute_in_worker, key)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Figures:
