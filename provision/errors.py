@@ -129,7 +129,8 @@ class WorkerError(ProvisionError):
 def worker_died(what: str, consequence: str) -> WorkerError:
     """The one line for a worker process that ended under WHAT (`reconcile`, ...)."""
     return WorkerError(
-        f"{what}: a worker process ended unexpectedly (killed, or out of memory?); {consequence}"
+        f"{what}: a worker process ended unexpectedly (killed, out of memory, or failed to "
+        f"start); {consequence}"
     )
 
 

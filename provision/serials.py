@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import os
 import re
+import signal
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -149,8 +150,12 @@ _worker_keys: tuple[bytes, bytes] | None = None
 
 
 def init_seal_worker(pepper: bytes, data_key: bytes) -> None:
-    """A worker process's keys (sent once, through the pool's pipe; never logged)."""
+    """A worker process's keys (sent once, through the pool's pipe; never logged).
+
+    Ctrl-C reaches the whole process group: the importing process handles it and stops the
+    pool, so a worker does not print a traceback of its own."""
     global _worker_keys
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_keys = (pepper, data_key)
 
 

@@ -1,14 +1,17 @@
 """A worker process that ends in the middle of its work (the OOM killer, `kill -9`): the
 command fails in one line and keeps nothing of the run, where it used to print a traceback
-(reconcile, labels) or wait forever (a shipments import); the console starts a new worker.
+(reconcile, labels) or wait forever (a shipments import, audit verify); the console starts a
+new worker.
 
 Each test puts tests.helpers.exit_in_worker in place of the pool's task function: the worker
 runs it (found by name, as any task function is) and its process ends."""
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from provision.keys import Keyring
 from provision.registry import Registry
 from tests.helpers import exit_in_worker, serials_csv, write_csv
 
+DIED = "a worker process ended unexpectedly (killed, out of memory, or failed to start)"
 SHIPMENTS_HEADER = ["serial", "shipped_at", "order_id", "customer", "destination", "carrier"]
 
 
@@ -41,19 +45,48 @@ def test_a_shipments_import_whose_worker_dies_fails_and_stores_nothing(
     import provision.shipments
 
     monkeypatch.setattr(provision.shipments, "POOL_MIN_ROWS", 0)  # sealed by workers
-    monkeypatch.setattr(provision.shipments, "seal_in_worker", exit_in_worker)
     f = shipments_csv(tmp_path / "s.csv", [f"DIE{i}" for i in range(20)])
-    out = run_cli("shipments", "import", str(f))
+    # multiprocessing.Pool waited forever for the lost block: fail the test, not hang it.
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(provision.shipments, "seal_in_worker", exit_in_worker)
+            out = run_cli("shipments", "import", str(f))
+    finally:
+        faulthandler.cancel_dump_traceback_later()
     assert out.exit_code == 1, out.output
     assert out.stderr.strip().splitlines() == [
-        "Error: shipments import: a worker process ended unexpectedly (killed, or out of "
-        "memory?); nothing of this file is stored"
+        f"Error: shipments import: {DIED}; nothing of this file is stored"
     ]
     assert stored_shipments(registry) == 0
-    monkeypatch.undo()  # the same file, workers that live: all of it
-    monkeypatch.setattr(provision.shipments, "POOL_MIN_ROWS", 0)
-    assert run_cli("shipments", "import", str(f)).exit_code == 0
+    assert run_cli("shipments", "import", str(f)).exit_code == 0  # workers that live: all of it
     assert stored_shipments(registry) == 20
+
+
+def test_an_audit_verify_whose_worker_dies_fails_in_one_line(
+    run_cli: Any,
+    registry: Registry,
+    keyring: Keyring,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import provision.audit
+    from provision.pipeline import register_batch
+
+    register_batch(registry, keyring, serials_csv(tmp_path / "d.csv", 6, "AUD"), batch="aud")
+    monkeypatch.setattr(provision.audit, "PARALLEL_FROM", 1)  # verified by worker processes
+    assert run_cli("audit", "verify").exit_code == 0
+    faulthandler.dump_traceback_later(120, exit=True)  # as above: Pool waited forever
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(provision.audit, "_verify_worker", exit_in_worker)
+            out = run_cli("audit", "verify")
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    assert out.exit_code == 1, out.output
+    assert out.stderr.strip().splitlines() == [
+        f"Error: audit verify: {DIED}; nothing verified; run it again"
+    ]
 
 
 def test_a_reconcile_whose_worker_dies_fails_and_writes_no_report(
@@ -75,10 +108,7 @@ def test_a_reconcile_whose_worker_dies_fails_and_writes_no_report(
     out = run_cli("reconcile", "--report-dir", str(reports / "nov"), "--json")
     assert out.exit_code == 1, out.output
     assert json.loads(out.stdout)["error"]["type"] == "worker"
-    assert out.stderr.strip().splitlines() == [
-        "Error: reconcile: a worker process ended unexpectedly (killed, or out of memory?); "
-        "no report written"
-    ]
+    assert out.stderr.strip().splitlines() == [f"Error: reconcile: {DIED}; no report written"]
     assert not reports.exists() or os.listdir(reports) == []  # nor its hidden temp folder
 
 
@@ -95,7 +125,7 @@ def test_labels_whose_worker_dies_fail_and_publish_nothing(
     registry = Registry(db_url)
     out = tmp_path / "out"
     manifest = serials_csv(tmp_path / "s.csv", 3 * TASK_PAGES * template.per_page)
-    with pytest.raises(WorkerError, match=r"^labels: a worker process ended unexpectedly"):
+    with pytest.raises(WorkerError, match=rf"^labels: {re.escape(DIED)}; no half-drawn file"):
         pipeline.register_and_render(
             registry, keyring, manifest, batch="b1", template=template, output_dir=out,
             base_url="https://id.example.com", workers=2,
@@ -114,10 +144,9 @@ def test_the_console_starts_a_new_figures_worker_after_one_died(
     worker = figures.Worker(db_url)
     cache = figures.Figures(registry, worker)
     try:
-        monkeypatch.setattr(figures, "_compute_in_worker", exit_in_worker)
-        with pytest.raises(BrokenProcessPool):  # the figure being computed fails, once
-            cache.get("status")
-        monkeypatch.undo()
+        with monkeypatch.context() as m, pytest.raises(BrokenProcessPool):
+            m.setattr(figures, "_compute_in_worker", exit_in_worker)
+            cache.get("status")  # the figure being computed fails, once
         assert cache.get("status")[0] == figures.compute(registry, "status")  # a new worker
     finally:
         worker.close()

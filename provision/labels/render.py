@@ -29,7 +29,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from provision.errors import TemplateError, worker_died
+from provision.errors import TemplateError, WorkerError, worker_died
 from provision.files import atomic_writer
 from provision.labels.layout import check_offsets, check_placement, place
 from provision.labels.pdf import FontError, FontMetrics, SheetWriter, merge_glyphs
@@ -212,6 +212,12 @@ def _batched(pages: Iterator[Page], n: int) -> Iterator[list[Page]]:
         yield batch
 
 
+def _worker_died() -> WorkerError:
+    return worker_died(
+        "labels", "no half-drawn file is left; draw them again with `provision labels BATCH`"
+    )
+
+
 class RenderPool:
     """Worker processes that draw label pages, shared by the renders made while it is open.
 
@@ -235,7 +241,11 @@ class RenderPool:
                 initializer=_init_worker,
                 initargs=(os.getpid(),),
             )
-            self._pool.submit(int).result()  # with fork, every worker starts at the first task
+            try:
+                self._pool.submit(int).result()  # with fork, every worker starts at the first
+            except BrokenProcessPool as exc:
+                self.close()
+                raise _worker_died() from exc
 
     def __enter__(self) -> RenderPool:
         return self
@@ -268,7 +278,7 @@ class RenderPool:
                 future, count = pending.popleft()
                 yield future.result(), count
         except BrokenProcessPool as exc:  # a worker killed (the OOM killer, kill -9): one line
-            raise worker_died("labels", "no half-drawn file is left") from exc
+            raise _worker_died() from exc
         finally:
             for future, _ in pending:  # a failed task or a failed writer: drop the rest
                 future.cancel()

@@ -91,6 +91,7 @@ class Worker:
     def __init__(self, db_url: str) -> None:
         self._db_url = db_url
         self._lock = threading.Lock()
+        self._closed = False
         self._pool = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -106,6 +107,8 @@ class Worker:
             try:
                 return self._pool.submit(_compute_in_worker, key)
             except BrokenProcessPool:
+                if self._closed:
+                    raise
                 log.warning("console figures: the worker process ended; starting another")
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = self._start()
@@ -113,6 +116,7 @@ class Worker:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
