@@ -8,10 +8,12 @@ runs it (found by name, as any task function is) and its process ends."""
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,20 @@ from tests.helpers import exit_in_worker, serials_csv, write_csv
 
 DIED = "a worker process ended unexpectedly (killed, out of memory, or failed to start)"
 SHIPMENTS_HEADER = ["serial", "shipped_at", "order_id", "customer", "destination", "carrier"]
+
+
+@contextlib.contextmanager
+def tasks_that_die(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> Iterator[None]:
+    """MODULE.NAME, a pool's task function, replaced by one that ends its worker process; and
+    a pool that would wait forever for the lost task (multiprocessing.Pool did) fails the
+    test after two minutes instead of hanging the suite."""
+    faulthandler.dump_traceback_later(120, exit=True)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(module, name, exit_in_worker)
+            yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def shipments_csv(path: Path, serials: list[str]) -> Path:
@@ -46,14 +62,8 @@ def test_a_shipments_import_whose_worker_dies_fails_and_stores_nothing(
 
     monkeypatch.setattr(provision.shipments, "POOL_MIN_ROWS", 0)  # sealed by workers
     f = shipments_csv(tmp_path / "s.csv", [f"DIE{i}" for i in range(20)])
-    # multiprocessing.Pool waited forever for the lost block: fail the test, not hang it.
-    faulthandler.dump_traceback_later(120, exit=True)
-    try:
-        with monkeypatch.context() as m:
-            m.setattr(provision.shipments, "seal_in_worker", exit_in_worker)
-            out = run_cli("shipments", "import", str(f))
-    finally:
-        faulthandler.cancel_dump_traceback_later()
+    with tasks_that_die(monkeypatch, provision.shipments, "seal_in_worker"):
+        out = run_cli("shipments", "import", str(f))
     assert out.exit_code == 1, out.output
     assert out.stderr.strip().splitlines() == [
         f"Error: shipments import: {DIED}; nothing of this file is stored"
@@ -76,13 +86,8 @@ def test_an_audit_verify_whose_worker_dies_fails_in_one_line(
     register_batch(registry, keyring, serials_csv(tmp_path / "d.csv", 6, "AUD"), batch="aud")
     monkeypatch.setattr(provision.audit, "PARALLEL_FROM", 1)  # verified by worker processes
     assert run_cli("audit", "verify").exit_code == 0
-    faulthandler.dump_traceback_later(120, exit=True)  # as above: Pool waited forever
-    try:
-        with monkeypatch.context() as m:
-            m.setattr(provision.audit, "_verify_worker", exit_in_worker)
-            out = run_cli("audit", "verify")
-    finally:
-        faulthandler.cancel_dump_traceback_later()
+    with tasks_that_die(monkeypatch, provision.audit, "_verify_worker"):
+        out = run_cli("audit", "verify")
     assert out.exit_code == 1, out.output
     assert out.stderr.strip().splitlines() == [
         f"Error: audit verify: {DIED}; nothing verified; run it again"
@@ -103,9 +108,9 @@ def test_a_reconcile_whose_worker_dies_fails_and_writes_no_report(
     f = shipments_csv(tmp_path / "s.csv", [f"REC{i:06d}" for i in range(8)])
     assert run_cli("shipments", "import", str(f)).exit_code == 0
     monkeypatch.setattr(provision.reconcile, "PART_ROWS", 2)  # partitions, reconciled by workers
-    monkeypatch.setattr(provision.reconcile, "_part_in_worker", exit_in_worker)
     reports = tmp_path / "reports"
-    out = run_cli("reconcile", "--report-dir", str(reports / "nov"), "--json")
+    with tasks_that_die(monkeypatch, provision.reconcile, "_part_in_worker"):
+        out = run_cli("reconcile", "--report-dir", str(reports / "nov"), "--json")
     assert out.exit_code == 1, out.output
     assert json.loads(out.stdout)["error"]["type"] == "worker"
     assert out.stderr.strip().splitlines() == [f"Error: reconcile: {DIED}; no report written"]
@@ -121,11 +126,13 @@ def test_labels_whose_worker_dies_fail_and_publish_nothing(
     from provision.labels.templates import load_template
 
     template = load_template("avery-5160")
-    monkeypatch.setattr(provision.labels.render, "_compose_in_worker", exit_in_worker)
     registry = Registry(db_url)
     out = tmp_path / "out"
     manifest = serials_csv(tmp_path / "s.csv", 3 * TASK_PAGES * template.per_page)
-    with pytest.raises(WorkerError, match=rf"^labels: {re.escape(DIED)}; no half-drawn file"):
+    with (
+        tasks_that_die(monkeypatch, provision.labels.render, "_compose_in_worker"),
+        pytest.raises(WorkerError, match=rf"^labels: {re.escape(DIED)}; no half-drawn file"),
+    ):
         pipeline.register_and_render(
             registry, keyring, manifest, batch="b1", template=template, output_dir=out,
             base_url="https://id.example.com", workers=2,
@@ -144,8 +151,10 @@ def test_the_console_starts_a_new_figures_worker_after_one_died(
     worker = figures.Worker(db_url)
     cache = figures.Figures(registry, worker)
     try:
-        with monkeypatch.context() as m, pytest.raises(BrokenProcessPool):
-            m.setattr(figures, "_compute_in_worker", exit_in_worker)
+        with (
+            tasks_that_die(monkeypatch, figures, "_compute_in_worker"),
+            pytest.raises(BrokenProcessPool),
+        ):
             cache.get("status")  # the figure being computed fails, once
         assert cache.get("status")[0] == figures.compute(registry, "status")  # a new worker
     finally:
