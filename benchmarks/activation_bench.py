@@ -290,6 +290,10 @@ def run_database(db: str, url: str, args: argparse.Namespace, work: Path, redis:
             )
             + ") t"
         )
+    app_env = env | {"BENCH_DB": url, "BENCH_ROWS": "10000", "BENCH_REDIS": redis,
+                     "PYTHONPATH": os.pathsep.join([str(work), str(ROOT)])}  # fmt: skip
+    (work / "baseline_app.py").write_text(textwrap.dedent(BASELINE_APP))
+    (work / "floor_app.py").write_text(textwrap.dedent(FLOOR_APP))
     for c in CONCURRENCY:
         batch = f"c{c}"
         bodies = bodies_file(registry, keyring_path, work, batch, args.devices)
@@ -310,9 +314,6 @@ def run_database(db: str, url: str, args: argparse.Namespace, work: Path, redis:
         server.wait(60)
         result["activated_in_db"] = activated(registry, batch)
         # The baseline: one UPDATE per request, same processes and threads.
-        app_env = env | {"BENCH_DB": url, "BENCH_ROWS": "10000", "BENCH_REDIS": redis,
-                         "PYTHONPATH": os.pathsep.join([str(work), str(ROOT)])}  # fmt: skip
-        (work / "baseline_app.py").write_text(textwrap.dedent(BASELINE_APP))
         base_port, baseline = plain_app(
             "baseline_app", args.processes, app_env, work, work / f"baseline-{db}-{c}.log"
         )
@@ -321,7 +322,6 @@ def run_database(db: str, url: str, args: argparse.Namespace, work: Path, redis:
         baseline.wait(60)
         row = {"db": db, "c": c, "run": result, "baseline": base}
         if args.floor:
-            (work / "floor_app.py").write_text(textwrap.dedent(FLOOR_APP))
             floor_bodies = bodies_file(registry, keyring_path, work, f"floor{c}", args.devices)
             floor_port, floor = plain_app(
                 "floor_app", args.processes, app_env, work, work / f"floor-{db}-{c}.log"

@@ -17,13 +17,12 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from provision.chain import UNATTACHED, Sealer, canonical_json, genesis_hash, pairing_genesis
-from provision.errors import DeviceError, ProvisionError, worker_died
+from provision.errors import DeviceError, ProvisionError, worker_deaths
 from provision.keys import Keyring
 from provision.registry import (
     ActionEntry,
@@ -356,10 +355,11 @@ def verify_chains(
             try:
                 # An executor, not multiprocessing.Pool: a worker killed meanwhile (the OOM
                 # killer, kill -9) fails the run, where Pool would wait for its range forever.
-                with ProcessPoolExecutor(len(ranges), mp_context=ctx) as pool:
+                with (
+                    worker_deaths("audit verify", "nothing verified; run it again"),
+                    ProcessPoolExecutor(len(ranges), mp_context=ctx) as pool,
+                ):
                     parts = list(pool.map(_verify_worker, ranges))
-            except BrokenProcessPool as exc:
-                raise worker_died("audit verify", "nothing verified; run it again") from exc
             finally:
                 _WORKER_ARGS = None
         for part in parts:

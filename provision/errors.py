@@ -9,6 +9,9 @@ so renaming a class changes nothing a script sees.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,12 +129,18 @@ class WorkerError(ProvisionError):
     kind = "worker"
 
 
-def worker_died(what: str, consequence: str) -> WorkerError:
-    """The one line for a worker process that ended under WHAT (`reconcile`, ...)."""
-    return WorkerError(
-        f"{what}: a worker process ended unexpectedly (killed, out of memory, or failed to "
-        f"start); {consequence}"
-    )
+@contextlib.contextmanager
+def worker_deaths(what: str, consequence: str) -> Iterator[None]:
+    """A process pool's worker that ended meanwhile (the OOM killer, kill -9, an initializer
+    that failed: BrokenProcessPool) as the one line of a WorkerError naming WHAT
+    (`reconcile`, ...) and CONSEQUENCE, not a traceback."""
+    try:
+        yield
+    except BrokenProcessPool as exc:
+        raise WorkerError(
+            f"{what}: a worker process ended unexpectedly (killed, out of memory, or failed to "
+            f"start); {consequence}"
+        ) from exc
 
 
 class RegistryError(ProvisionError):

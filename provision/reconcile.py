@@ -19,7 +19,6 @@ import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from provision.categories import AGING_BUCKETS, CATEGORIES, CATEGORY_NAMES, ReconcileResult
-from provision.errors import ManifestError, ProvisionError, UsageError, worker_died
+from provision.errors import ManifestError, ProvisionError, UsageError, worker_deaths
 from provision.keys import Keyring
 from provision.manifests import LINE, SHIPMENTS, read_manifest
 from provision.registry import Registry
@@ -161,7 +160,10 @@ def _reconcile_stored(
                         report.append(frames)
                     on_progress("reconcile", k + 1, parts)
             else:
-                with _worker_deaths(), _workers(registry, keyring) as pool:
+                with (
+                    worker_deaths("reconcile", "no report written"),
+                    _workers(registry, keyring) as pool,
+                ):
                     # A worker deals out the shipments while this process deals out the devices.
                     shipments = pool.submit(_deal_shipments, spill.blank(), until_dt)
                     spill.deal("devices", registry.reconcile_chunks(batch_id=batch_id))
@@ -245,16 +247,6 @@ def _workers(registry: Registry, keyring: Keyring) -> Iterator[ProcessPoolExecut
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-@contextlib.contextmanager
-def _worker_deaths() -> Iterator[None]:
-    """A worker killed meanwhile (the OOM killer, kill -9) is one line, not a traceback; the
-    report is dropped as after any failure."""
-    try:
-        yield
-    except BrokenProcessPool as exc:
-        raise worker_died("reconcile", "no report written") from exc
 
 
 def _deal_shipments(spill: _Spill, until: datetime | None) -> _Spill:

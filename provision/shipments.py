@@ -11,6 +11,7 @@ file again stores nothing (and its summary says so).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -19,7 +20,6 @@ import threading
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from provision.errors import UsageError, WorkerError, worker_died
+from provision.errors import UsageError, worker_deaths
 from provision.keys import Keyring
 from provision.manifests import LINE, SHIPMENTS, read_manifest, write_rejects
 from provision.periods import moment
@@ -228,20 +228,16 @@ class _Sealer:
         if self._pool is None:
             self._store(rows, seal_shipments(*self._keys, rows.serials, rows.texts))
             return
-        try:
+        with _worker_deaths():
             job = self._pool.submit(seal_in_worker, (rows.serials, rows.texts))
-        except BrokenProcessPool as exc:
-            raise _worker_died() from exc
         self._pending.append((rows, job))
         self._drain(2 * self._workers)
 
     def _drain(self, keep: int) -> None:
         while len(self._pending) > keep:
             rows, job = self._pending.popleft()
-            try:
+            with _worker_deaths():
                 sealed = job.result()
-            except BrokenProcessPool as exc:
-                raise _worker_died() from exc
             self._store(rows, sealed)
 
     def _store(self, rows: _Rows, sealed: tuple[list[str], list[str], list[bytes], bytes]) -> None:
@@ -253,8 +249,8 @@ class _Sealer:
             self._imp.add(*add)
 
 
-def _worker_died() -> WorkerError:
-    return worker_died("shipments import", "nothing of this file is stored")
+def _worker_deaths() -> contextlib.AbstractContextManager[None]:
+    return worker_deaths("shipments import", "nothing of this file is stored")
 
 
 class _Writer:

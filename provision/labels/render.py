@@ -18,7 +18,6 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -29,7 +28,7 @@ from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 
-from provision.errors import TemplateError, WorkerError, worker_died
+from provision.errors import TemplateError, worker_deaths
 from provision.files import atomic_writer
 from provision.labels.layout import check_offsets, check_placement, place
 from provision.labels.pdf import FontError, FontMetrics, SheetWriter, merge_glyphs
@@ -212,8 +211,8 @@ def _batched(pages: Iterator[Page], n: int) -> Iterator[list[Page]]:
         yield batch
 
 
-def _worker_died() -> WorkerError:
-    return worker_died(
+def _worker_deaths() -> contextlib.AbstractContextManager[None]:
+    return worker_deaths(
         "labels", "no half-drawn file is left; draw them again with `provision labels BATCH`"
     )
 
@@ -242,10 +241,11 @@ class RenderPool:
                 initargs=(os.getpid(),),
             )
             try:
-                self._pool.submit(int).result()  # with fork, every worker starts at the first
-            except BrokenProcessPool as exc:
+                with _worker_deaths():
+                    self._pool.submit(int).result()  # with fork, each starts at the first task
+            except BaseException:
                 self.close()
-                raise _worker_died() from exc
+                raise
 
     def __enter__(self) -> RenderPool:
         return self
@@ -269,16 +269,17 @@ class RenderPool:
             return
         pending: deque[tuple[Future[list[ComposedPage]], int]] = deque()
         try:
-            for task in tasks:
-                pending.append((pool.submit(_compose_in_worker, job, task), sum(map(len, task))))
-                if len(pending) >= 2 * self.size:  # the reader never runs far ahead of the pool
+            with _worker_deaths():
+                for task in tasks:
+                    submitted = pool.submit(_compose_in_worker, job, task)
+                    pending.append((submitted, sum(map(len, task))))
+                    # The reader never runs far ahead of the pool.
+                    if len(pending) >= 2 * self.size:
+                        future, count = pending.popleft()
+                        yield future.result(), count
+                while pending:
                     future, count = pending.popleft()
                     yield future.result(), count
-            while pending:
-                future, count = pending.popleft()
-                yield future.result(), count
-        except BrokenProcessPool as exc:  # a worker killed (the OOM killer, kill -9): one line
-            raise _worker_died() from exc
         finally:
             for future, _ in pending:  # a failed task or a failed writer: drop the rest
                 future.cancel()

@@ -138,7 +138,7 @@ class Store:
         try:
             raw = self.engine.raw_connection()  # the pool's; its connect errors come out raw
         except psycopg.Error as exc:
-            raise RegistryError(f"registry {self.safe_url}: {exc}") from exc
+            raise self._refused(exc) from exc
         conn: Any = raw.driver_connection
         assert conn is not None
         try:
@@ -153,7 +153,7 @@ class Store:
                 self.engine.pool._invalidate(raw, exc)
             if isinstance(exc, psycopg.IntegrityError):
                 raise ConflictError(type(exc).__name__) from exc
-            raise RegistryError(f"registry {self.safe_url}: {exc}") from exc
+            raise self._refused(exc) from exc
         finally:
             if not conn.closed:
                 try:
@@ -161,6 +161,10 @@ class Store:
                 except psycopg.Error as exc:
                     raw.invalidate(exc)
             raw.close()
+
+    def _refused(self, cause: BaseException | None) -> RegistryError:
+        """What the database (or its driver) refused, naming the registry."""
+        return RegistryError(f"registry {self.safe_url}: {cause}")
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -172,7 +176,7 @@ class Store:
         except IntegrityError as exc:
             raise ConflictError(type(exc.orig).__name__) from exc
         except DBAPIError as exc:
-            raise RegistryError(f"registry {self.safe_url}: {exc.orig}") from exc
+            raise self._refused(exc.orig) from exc
 
     def among(self, column: Any, values: list[str]) -> Any:
         """`column IN (values)`: one array parameter on PostgreSQL (`= ANY(:values)`), which
